@@ -1,0 +1,211 @@
+"""The ``mlflow-deploy`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from mlflow_deploy_plugins import __version__
+
+_logger = logging.getLogger(__name__)
+
+_TOLERANCE_OPTIONS = [
+    click.option(
+        "--sample",
+        "sample",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Validation data for the parity gate (CSV, Parquet, JSON or JSONL). "
+        "Default: the run's logged dataset, else the model's input example.",
+    ),
+    click.option(
+        "--atol",
+        type=float,
+        default=1e-4,
+        show_default=True,
+        help="Absolute tolerance on probabilities and values.",
+    ),
+    click.option(
+        "--rtol",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Relative tolerance on probabilities and values.",
+    ),
+    click.option(
+        "--min-label-agreement",
+        type=float,
+        default=0.999,
+        show_default=True,
+        help="Minimum share of identical labels (classifiers).",
+    ),
+    click.option(
+        "--quantize/--no-quantize",
+        default=False,
+        show_default=True,
+        help="Apply dynamic int8 quantisation (must pass the parity gate too).",
+    ),
+]
+
+
+def _tolerance_options(func):
+    for option in reversed(_TOLERANCE_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(error: Exception) -> None:
+    message = getattr(error, "message", None) or str(error)
+    click.secho(f"Error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlflow-deploy")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Turn registered MLflow models into verified ONNX models and deploy them.
+
+    \b
+    Typical use:
+      mlflow-deploy promote churn 3 --alias champion   # convert, gate, register churn-onnx
+      mlflow-deploy convert models:/churn/3 --output ./churn-onnx
+
+    The tracking and registry servers come from MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, as
+    for every mlflow command.
+    """
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory to write the MLflow model (our ONNX flavor) to; must not exist.",
+)
+@_tolerance_options
+def convert(model_uri, output, sample, atol, rtol, min_label_agreement, quantize):
+    """Convert MODEL_URI to ONNX, check parity, write an MLflow model to --output.
+
+    MODEL_URI is any MLflow model URI: models:/name/version, models:/name@alias, runs:/..., a path.
+    Nothing is registered.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_deploy_plugins.onnx.convert import convert as do_convert
+
+    try:
+        result = do_convert(
+            model_uri,
+            sample=sample,
+            atol=atol,
+            rtol=rtol,
+            min_label_agreement=min_label_agreement,
+            quantize=quantize,
+        )
+        result.save(output)
+    except MlflowException as e:
+        _fail(e)
+    click.echo(result.parity.summary())
+    opt = result.optimization
+    click.echo(
+        f"ONNX model: {output}/model.onnx ({opt.after.size_bytes:,} bytes, "
+        f"{result.converter} {result.converter_version}, {len(result.reference_sample)} "
+        f"reference rows)"
+    )
+    click.echo(f"Load it: mlflow.pyfunc.load_model({output!r})")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--alias",
+    default=None,
+    help="Alias to set on the ONNX version after the gate (default: champion when no "
+    "--stage is given).",
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["Staging", "Production", "Archived", "None"]),
+    default=None,
+    help="Legacy stage to move the ONNX version to.",
+)
+@click.option(
+    "--onnx-name", default=None, help="Registered model of the ONNX twin [default: NAME-onnx]."
+)
+@click.option(
+    "--experiment",
+    default=None,
+    help="Experiment for the conversion run [default: the source run's].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_tolerance_options
+def promote(
+    name,
+    version,
+    alias,
+    stage,
+    onnx_name,
+    experiment,
+    as_json,
+    sample,
+    atol,
+    rtol,
+    min_label_agreement,
+    quantize,
+):
+    """Promote version VERSION of registered model NAME: convert, gate, register, alias.
+
+    Idempotent: promoting the same version again only moves the alias. On failure the source
+    version is tagged mlflow_deploy.status=failed with the reason, and no alias moves.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_deploy_plugins.registry.promote import promote as do_promote
+
+    if alias is None and stage is None:
+        alias = "champion"
+    try:
+        result = do_promote(
+            name,
+            version,
+            alias,
+            stage=stage,
+            sample=sample,
+            onnx_name=onnx_name,
+            atol=atol,
+            rtol=rtol,
+            min_label_agreement=min_label_agreement,
+            quantize=quantize,
+            experiment_name=experiment,
+        )
+    except MlflowException as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(result.__dict__ | {"model_uri": result.model_uri}, default=str))
+        return
+    click.echo(result.summary())
+    for key, value in sorted(result.parity.items()):
+        click.echo(f"  parity {key}: {value}")
+    click.echo(f"Model URI: {result.model_uri}")
+    if result.run_id:
+        click.echo(f"Conversion run: {result.run_id} (parity_report.json, metrics)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

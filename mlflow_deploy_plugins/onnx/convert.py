@@ -1,0 +1,287 @@
+"""Model URI -> verified ONNX: load the source, convert, optimise, gate on parity, sample.
+
+``convert()`` is the one pipeline behind ``mlflow_deploy_plugins.convert``, ``promote`` and the
+``mlflow-deploy convert`` command; it registers nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlflow_deploy_plugins.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+)
+from mlflow_deploy_plugins.onnx import optimize, parity
+from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
+from mlflow_deploy_plugins.onnx.sample import resolve_sample
+from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, IOSpec
+
+_logger = logging.getLogger(__name__)
+
+FLAVOR_KEY = "mlflow_deploy_plugins"
+
+#: source flavor -> "module:Class"; the first flavor of a model found here wins, in this order.
+CONVERTERS = {
+    FLAVOR_KEY: "mlflow_deploy_plugins.onnx.converters.onnx_passthrough:OnnxPassthroughConverter",
+    "onnx": "mlflow_deploy_plugins.onnx.converters.onnx_passthrough:OnnxPassthroughConverter",
+    "sklearn": "mlflow_deploy_plugins.onnx.converters.sklearn:SklearnConverter",
+    "lightgbm": "mlflow_deploy_plugins.onnx.converters.lightgbm:LightGBMConverter",
+    "xgboost": "mlflow_deploy_plugins.onnx.converters.xgboost:XGBoostConverter",
+    "pytorch": "mlflow_deploy_plugins.onnx.converters.torch:TorchConverter",
+}
+_LOADERS = {
+    FLAVOR_KEY: "mlflow.onnx",
+    "onnx": "mlflow.onnx",
+    "sklearn": "mlflow.sklearn",
+    "lightgbm": "mlflow.lightgbm",
+    "xgboost": "mlflow.xgboost",
+    "pytorch": "mlflow.pytorch",
+}
+DEFAULT_REFERENCE_ROWS = 10_000
+
+
+@dataclass
+class ConversionResult:
+    """Everything the flavor saves: the model, its IO contract and the evidence."""
+
+    source: SourceModel
+    onnx_model: Any
+    io: IOSpec
+    converter: str
+    converter_version: str
+    options: ConversionOptions
+    parity: parity.ParityReport
+    optimization: optimize.OptimizationReport
+    reference_sample: pd.DataFrame
+    sample_frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    #: opsets of the converter's graph (the saved, optimised graph may import more domains)
+    opsets: dict[str, int] = field(default_factory=dict)
+
+    def save(self, path: str, **kwargs) -> None:
+        from mlflow_deploy_plugins.onnx.flavor import save_model
+
+        save_model(self, path, **kwargs)
+
+
+def get_converter(flavor: str):
+    target = CONVERTERS.get(flavor)
+    if target is None:
+        raise UnsupportedModelError(
+            f"No converter for flavor '{flavor}'. Supported flavors: {', '.join(CONVERTERS)}"
+        )
+    module_name, cls_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UnsupportedModelError(
+            f"The '{flavor}' converter needs a package that is not installed ({e.name}); "
+            f"install mlflow-deploy-plugins[{_extra_for(flavor)}]"
+        ) from e
+    return getattr(module, cls_name)()
+
+
+def _extra_for(flavor: str) -> str:
+    return {"pytorch": "torch"}.get(flavor, flavor)
+
+
+def load_source(model_uri: str) -> SourceModel:
+    """Download the model, pick the flavor to convert from and load its native object."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    try:
+        local_path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+        mlmodel = Model.load(local_path)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"Model '{model_uri}' could not be resolved: {e.message}") from e
+    except OSError as e:
+        raise ModelNotFoundError(f"Model '{model_uri}' could not be read: {e}") from e
+    flavor = next((f for f in CONVERTERS if f in mlmodel.flavors), None)
+    if flavor is None:
+        raise UnsupportedModelError(
+            f"Model '{model_uri}' has flavors {sorted(mlmodel.flavors)}; none can be converted. "
+            f"Supported flavors: {', '.join(k for k in CONVERTERS if k != FLAVOR_KEY)}"
+        )
+    loader = importlib.import_module(_LOADERS[flavor])
+    try:
+        native = loader.load_model(local_path)
+    except ImportError as e:
+        raise UnsupportedModelError(
+            f"Loading the '{flavor}' model needs {e.name}; install "
+            f"mlflow-deploy-plugins[{_extra_for(flavor)}]"
+        ) from e
+    pyfunc_conf = mlmodel.flavors.get("python_function", {})
+    name, version = _registered_name_version(model_uri)
+    return SourceModel(
+        model_uri=model_uri,
+        flavor=flavor,
+        native=native,
+        local_path=local_path,
+        flavor_conf=mlmodel.flavors[flavor],
+        pyfunc_predict_fn=pyfunc_conf.get("predict_fn", "predict"),
+        signature=mlmodel.signature,
+        run_id=mlmodel.run_id,
+        model_name=name,
+        model_version=version,
+    )
+
+
+def _registered_name_version(model_uri: str):
+    if not model_uri.startswith("models:/"):
+        return None, None
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return get_model_name_and_version(MlflowClient(), model_uri)
+    except Exception:  # a models:/<model_id> URI of a logged model has no registered name
+        return None, None
+
+
+def convert(
+    model_uri: str,
+    *,
+    sample=None,
+    atol: float = parity.DEFAULT_ATOL,
+    rtol: float = parity.DEFAULT_RTOL,
+    min_label_agreement: float = parity.DEFAULT_MIN_LABEL_AGREEMENT,
+    quantize: bool = False,
+    target_opset: int | None = None,
+    reference_rows: int = DEFAULT_REFERENCE_ROWS,
+    source: SourceModel | None = None,
+) -> ConversionResult:
+    """Convert ``model_uri`` to ONNX and prove it predicts like the source.
+
+    Args:
+        model_uri: ``models:/name/version``, ``models:/name@alias``, ``runs:/...`` or a path.
+        sample: validation data (DataFrame, 2-D array, dict of columns or a file path); defaults
+            to the run's logged dataset, then the model's input example.
+        atol, rtol: tolerances on probabilities and values.
+        min_label_agreement: minimum share of identical labels for classifiers.
+        quantize: also apply dynamic int8 quantisation (checked by the gate again).
+        target_opset: ONNX opset (default 17).
+        reference_rows: at most this many sample rows are kept as the reference sample.
+
+    Returns:
+        A ConversionResult; ``.save(path)`` writes an MLflow model of our flavor.
+
+    Raises:
+        ParityError: the ONNX model does not match the source within the tolerances.
+    """
+    tolerances = parity.Tolerances(atol, rtol, min_label_agreement)
+    if reference_rows < 1:
+        raise InvalidInputError(f"reference_rows must be >= 1, got {reference_rows}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    source = source or load_source(model_uri)
+    resolved = resolve_sample(source, sample)
+    frame = resolved.frame
+    options = ConversionOptions(
+        **({"target_opset": target_opset} if target_opset else {}),
+        extra={"quantize": bool(quantize)},
+    )
+    converter = get_converter(source.flavor)
+    _logger.info("Converting %s (%s flavor) ...", model_uri, source.flavor)
+    t1 = time.perf_counter()
+    converted = converter.convert(source, frame, options)
+    io = converted.io
+    timings["load_s"], timings["convert_s"] = t1 - t0, time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    reference = _source_outputs(converter, source, frame, io)
+    baseline = converted.onnx_model
+    model = optimize.optimize_graph(baseline, optimize.SAVED_LEVEL)
+    variant = f"optimized:{optimize.SAVED_LEVEL}"
+    if quantize:
+        model = optimize.quantize_int8(model)
+        variant += "+int8"
+    report = parity.compare(
+        reference,
+        parity.onnx_outputs(model.SerializeToString(), io, frame),
+        io,
+        tolerances,
+        variant=variant,
+        sample_origin=resolved.origin,
+        small_sample=resolved.small,
+    )
+    report.notes.extend(converted.notes)
+    timings["parity_s"] = time.perf_counter() - t2
+    parity.enforce(report)
+
+    def feed_for(rows: int):
+        chunk = pd.concat([frame] * (rows // len(frame) + 1)).head(rows)
+        return io.encode_columns({c: chunk[c].to_numpy() for c in io.columns})
+
+    optimization = optimize.make_report(
+        optimize.SAVED_LEVEL,
+        quantize,
+        optimize.measure(baseline, feed_for, repeats=20),
+        optimize.measure(model, feed_for, repeats=20),
+    )
+    reference_sample = build_reference_sample(model.SerializeToString(), io, frame, reference_rows)
+    timings["total_s"] = time.perf_counter() - t0
+    _logger.info("%s (%.2fs)", report.summary(), timings["total_s"])
+    return ConversionResult(
+        source=source,
+        onnx_model=model,
+        io=io,
+        converter=converted.converter,
+        converter_version=converted.converter_version,
+        options=options,
+        parity=report,
+        optimization=optimization,
+        reference_sample=reference_sample,
+        sample_frame=frame,
+        notes=converted.notes,
+        timings=timings,
+        opsets={(o.domain or "ai.onnx"): o.version for o in baseline.opset_import},
+    )
+
+
+def _source_outputs(converter, source, frame: pd.DataFrame, io: IOSpec) -> dict:
+    """The source's predictions; its own input errors (NaN, types) become clear errors."""
+    try:
+        return converter.reference_outputs(source, frame, io)
+    except (ValueError, TypeError) as e:
+        nan_cols = [c for c in frame.columns if frame[c].isna().any()]
+        if nan_cols:
+            raise InvalidInputError(
+                f"The source model rejects the sample: column(s) {nan_cols} contain NaN and the "
+                f"model has no imputer for them ({type(e).__name__}: {e})"
+            ) from e
+        raise InvalidInputError(f"The source model rejects the sample: {e}") from e
+
+
+def build_reference_sample(model_bytes: bytes, io: IOSpec, frame: pd.DataFrame, rows: int):
+    """A bounded uniform sample of the inputs plus the model's predictions on them."""
+    sample = frame.sample(n=rows, random_state=0) if len(frame) > rows else frame
+    sample = sample[io.columns].reset_index(drop=True)
+    outputs = parity.onnx_outputs(model_bytes, io, sample, level="all")
+    predictions = {}
+    for role, values in outputs.items():
+        values = np.asarray(values)
+        if role == PROBABILITIES and values.ndim == 2:
+            labels = io.classes or range(values.shape[1])
+            for i, cls in enumerate(labels):
+                predictions[f"proba_{cls}"] = values[:, i]
+        elif role in (LABEL, "value") and values.ndim <= 2:
+            flat = values.reshape(len(sample), -1)
+            if flat.shape[1] == 1:
+                predictions["prediction"] = flat[:, 0]
+            else:
+                for i in range(flat.shape[1]):
+                    predictions[f"prediction_{i}"] = flat[:, i]
+    return pd.concat([sample, pd.DataFrame(predictions)], axis=1)

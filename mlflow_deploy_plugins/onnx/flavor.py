@@ -1,0 +1,287 @@
+"""Our MLflow flavor: a verified ONNX model plus its provenance, IO contract and evidence.
+
+The MLmodel keeps MLflow's standard ``onnx`` block (``mlflow.onnx.load_model`` works) and adds a
+``mlflow_deploy_plugins`` block. The pyfunc returns what the SOURCE model's pyfunc returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlflow_deploy_plugins.errors import InvalidInputError
+from mlflow_deploy_plugins.onnx import runtime
+from mlflow_deploy_plugins.serving.iospec import (
+    LABEL,
+    PROBABILITIES,
+    SCHEMA_VERSION,
+    VALUE,
+    IOSpec,
+    SchemaError,
+)
+
+_logger = logging.getLogger(__name__)
+
+FLAVOR_NAME = "mlflow_deploy_plugins"
+MODEL_FILE = "model.onnx"
+PARITY_FILE = "parity_report.json"
+OPTIMIZATION_FILE = "optimization_report.json"
+REFERENCE_FILE = "reference_sample.parquet"
+
+#: ``predict_method`` values the pyfunc accepts -> output role.
+PREDICT_METHODS = {"predict": None, "predict_proba": PROBABILITIES, "predict_values": VALUE}
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5) -> None:
+    """Write ``result`` (a ConversionResult) as an MLflow model directory at ``path``."""
+    import mlflow
+    import onnx
+    from mlflow.models import Model, infer_signature
+    from mlflow.models.model import MLMODEL_FILE_NAME
+    from mlflow.models.utils import _save_example
+    from mlflow.utils.environment import _mlflow_conda_env
+
+    if os.path.exists(path) and os.listdir(path):
+        raise InvalidInputError(f"Output directory {path!r} already exists and is not empty")
+    os.makedirs(path, exist_ok=True)
+    mlflow_model = mlflow_model or Model()
+
+    model_file = os.path.join(path, MODEL_FILE)
+    onnx.save(result.onnx_model, model_file)
+    with open(os.path.join(path, PARITY_FILE), "w") as f:
+        json.dump(result.parity.to_dict(), f, indent=2, default=str)
+    with open(os.path.join(path, OPTIMIZATION_FILE), "w") as f:
+        json.dump(result.optimization.to_dict(), f, indent=2, default=str)
+    result.reference_sample.to_parquet(os.path.join(path, REFERENCE_FILE), index=False)
+
+    example = result.sample_frame[result.io.columns].head(input_example_rows)
+    default_out = _predict(
+        runtime.make_session(result.onnx_model.SerializeToString()), result.io, example, None
+    )
+    mlflow_model.signature = infer_signature(
+        example, default_out, params={"predict_method": "predict"}
+    )
+    _save_example(mlflow_model, example, path)
+
+    source = result.source
+    mlflow_model.add_flavor(
+        "onnx",
+        onnx_version=onnx.__version__,
+        data=MODEL_FILE,
+        providers=["CPUExecutionProvider"],
+        onnx_session_options=None,
+        code=None,
+    )
+    mlflow_model.add_flavor(
+        FLAVOR_NAME,
+        schema_version=SCHEMA_VERSION,
+        data=MODEL_FILE,
+        sha256=_sha256(model_file),
+        io=result.io.to_dict(),
+        source={
+            "model_uri": source.model_uri,
+            "flavor": source.flavor,
+            "model_name": source.model_name,
+            "model_version": source.model_version,
+            "run_id": source.run_id,
+            "pyfunc_predict_fn": source.pyfunc_predict_fn,
+        },
+        converter={
+            "name": result.converter,
+            "version": result.converter_version,
+            "options": result.options.__dict__,
+            "options_hash": result.options.fingerprint(),
+            "notes": result.notes,
+        },
+        opsets=result.opsets,
+        parity={
+            "passed": result.parity.passed,
+            "rows": result.parity.rows,
+            "variant": result.parity.variant,
+            "sample_origin": result.parity.sample_origin,
+            "small_sample": result.parity.small_sample,
+            "metrics": result.parity.metrics(),
+            "report": PARITY_FILE,
+        },
+        optimization={
+            "level": result.optimization.level,
+            "quantized": result.optimization.quantized,
+            "onnxruntime_version": result.optimization.onnxruntime_version,
+            "report": OPTIMIZATION_FILE,
+        },
+        reference_sample=REFERENCE_FILE,
+        reference_rows=len(result.reference_sample),
+    )
+    import mlflow_deploy_plugins
+
+    mlflow.pyfunc.add_to_model(
+        mlflow_model,
+        loader_module="mlflow_deploy_plugins.onnx.flavor",
+        data=MODEL_FILE,
+        conda_env="conda.yaml",
+        python_env="python_env.yaml",
+    )
+    pip = [
+        f"mlflow=={mlflow.__version__}",
+        f"onnx=={onnx.__version__}",
+        f"onnxruntime=={__import__('onnxruntime').__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"mlflow-deploy-plugins=={mlflow_deploy_plugins.__version__}",
+    ]
+    from mlflow.utils.environment import _PythonEnv
+
+    with open(os.path.join(path, "requirements.txt"), "w") as f:
+        f.write("\n".join(pip) + "\n")
+    _PythonEnv.current().to_yaml(os.path.join(path, "python_env.yaml"))
+    import yaml
+
+    with open(os.path.join(path, "conda.yaml"), "w") as f:
+        yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=pip), f, default_flow_style=False)
+    mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+
+def log_model(result, name: str = "model", registered_model_name: str | None = None, **kwargs):
+    """Log ``result`` to the active run (or a new one); returns MLflow's ModelInfo."""
+    from mlflow.models import Model
+
+    import mlflow_deploy_plugins.onnx.flavor as flavor_module
+
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=flavor_module,
+        registered_model_name=registered_model_name,
+        result=result,
+        **kwargs,
+    )
+
+
+class OnnxModel:
+    """A loaded model of our flavor: an onnxruntime session plus the IO contract."""
+
+    def __init__(self, path: str, conf: dict):
+        self.path = path
+        self.conf = conf
+        self.io = IOSpec.from_dict(conf["io"])
+        model_file = os.path.join(path, conf["data"])
+        digest = _sha256(model_file)
+        if conf.get("sha256") and digest != conf["sha256"]:
+            raise InvalidInputError(
+                f"{model_file} has sha256 {digest}, the MLmodel records {conf['sha256']}: "
+                "the model file was modified after it was verified"
+            )
+        self.session = runtime.make_session(model_file)
+
+    @property
+    def source(self) -> dict:
+        return self.conf.get("source", {})
+
+    @property
+    def reference_sample_path(self) -> str | None:
+        ref = self.conf.get("reference_sample")
+        return os.path.join(self.path, ref) if ref else None
+
+    def predict(self, data: Any, predict_method: str | None = None) -> np.ndarray:
+        return _predict(self.session, self.io, data, predict_method)
+
+
+def _role_for(io: IOSpec, predict_method: str | None) -> str:
+    if predict_method is None or predict_method == "predict":
+        return (
+            io.default_role
+            if io.default_role in {o.role for o in io.outputs}
+            else (LABEL if io.task == "classification" else io.outputs[0].role)
+        )
+    if predict_method not in PREDICT_METHODS:
+        raise InvalidInputError(
+            f"predict_method must be one of {sorted(PREDICT_METHODS)}, got {predict_method!r}"
+        )
+    return PREDICT_METHODS[predict_method]
+
+
+def _feed(io: IOSpec, data: Any) -> dict:
+    try:
+        if isinstance(data, pd.DataFrame):
+            if list(data.columns) == list(range(data.shape[1])) and data.shape[1] == len(
+                io.columns
+            ):
+                return io.encode_matrix(data.to_numpy())
+            return io.encode_columns(
+                {c: data[c].to_numpy() for c in io.columns if c in data}, len(data)
+            )
+        if isinstance(data, dict):
+            onnx_names = {b.name for b in io.inputs}
+            if set(data) == onnx_names and not set(data) & set(io.columns) - onnx_names:
+                return {k: np.asarray(v) for k, v in data.items()}
+            return io.encode_columns({k: np.asarray(v) for k, v in data.items()})
+        if isinstance(data, pd.Series):
+            data = data.to_frame().T
+            return io.encode_columns({c: data[c].to_numpy() for c in io.columns if c in data}, 1)
+        return io.encode_matrix(np.asarray(data))
+    except SchemaError as e:
+        raise InvalidInputError(str(e)) from e
+
+
+def _predict(session, io: IOSpec, data: Any, predict_method: str | None) -> np.ndarray:
+    role = _role_for(io, predict_method)
+    try:
+        out_spec = io.output_for(role)
+    except SchemaError as e:
+        raise InvalidInputError(f"predict_method={predict_method!r}: {e}") from e
+    feed = _feed(io, data)
+    raw = session.run([out_spec.name], feed)[0]
+    result = runtime.shape_like_source(raw, out_spec.shape)
+    if role == PROBABILITIES and io.extra.get("proba_column") is not None and result.ndim == 2:
+        result = result[:, int(io.extra["proba_column"])]
+    if role == LABEL and io.classes and all(isinstance(c, bool) for c in io.classes):
+        result = result.astype(bool)
+    return result
+
+
+class _PyFuncModel:
+    """What ``mlflow.pyfunc.load_model`` wraps; ``params={"predict_method": ...}``."""
+
+    def __init__(self, model: OnnxModel):
+        self.model = model
+
+    def get_raw_model(self) -> OnnxModel:
+        return self.model
+
+    def predict(self, data, params: dict | None = None):
+        method = (params or {}).get("predict_method")
+        return self.model.predict(data, method)
+
+
+def _flavor_conf(path: str) -> dict:
+    from mlflow.utils.model_utils import _get_flavor_configuration
+
+    return _get_flavor_configuration(model_path=path, flavor_name=FLAVOR_NAME)
+
+
+def load_model(model_uri: str, dst_path: str | None = None) -> OnnxModel:
+    """Load a model of our flavor from any MLflow model URI."""
+    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+
+    local = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
+    return OnnxModel(local, _flavor_conf(local))
+
+
+def _load_pyfunc(path: str) -> _PyFuncModel:
+    # MLflow passes the data path (model.onnx) or the model dir depending on the version.
+    model_dir = path if os.path.isdir(path) else os.path.dirname(path)
+    return _PyFuncModel(OnnxModel(model_dir, _flavor_conf(model_dir)))

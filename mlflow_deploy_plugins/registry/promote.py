@@ -1,0 +1,377 @@
+"""Promotion: source model version -> verified ONNX twin version -> alias/stage, in that order.
+
+Write order (binding): register the ONNX version, write its tags, set the alias last. A failure
+before the alias moves deletes the new version (or tags it failed), tags the source version with
+the reason and re-raises: no alias ever points at an unverified model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from mlflow_deploy_plugins.errors import (
+    DeployPluginError,
+    InvalidInputError,
+    ModelNotFoundError,
+)
+from mlflow_deploy_plugins.onnx import parity
+from mlflow_deploy_plugins.onnx.convert import DEFAULT_REFERENCE_ROWS, ConversionResult, convert
+from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions
+from mlflow_deploy_plugins.registry import tags as T
+
+_logger = logging.getLogger(__name__)
+
+VALID_STAGES = ("Staging", "Production", "Archived", "None")
+
+
+@dataclass
+class PromotionResult:
+    source_name: str
+    source_version: str
+    onnx_name: str
+    onnx_version: str
+    alias: str | None
+    stage: str | None
+    reused: bool  # True when an earlier conversion with the same key was re-used
+    run_id: str | None
+    parity: dict
+
+    @property
+    def model_uri(self) -> str:
+        if self.alias:
+            return f"models:/{self.onnx_name}@{self.alias}"
+        return f"models:/{self.onnx_name}/{self.onnx_version}"
+
+    def summary(self) -> str:
+        what = "re-used" if self.reused else "converted"
+        where = ", ".join(
+            x
+            for x in (
+                f"alias '{self.alias}'" if self.alias else "",
+                f"stage '{self.stage}'" if self.stage else "",
+            )
+            if x
+        )
+        return (
+            f"{self.source_name} v{self.source_version} -> {self.onnx_name} v{self.onnx_version} "
+            f"({what}){'; ' + where if where else ''}; parity passed={self.parity.get('passed')}"
+        )
+
+
+def default_onnx_name(name: str) -> str:
+    return f"{name}-onnx"
+
+
+def idempotency_key(name: str, version: str, options_hash: str) -> str:
+    return f"{name}/{version}/{options_hash}"
+
+
+def promote(
+    name: str,
+    version: int | str,
+    alias: str | None = "champion",
+    *,
+    stage: str | None = None,
+    sample=None,
+    onnx_name: str | None = None,
+    atol: float = parity.DEFAULT_ATOL,
+    rtol: float = parity.DEFAULT_RTOL,
+    min_label_agreement: float = parity.DEFAULT_MIN_LABEL_AGREEMENT,
+    quantize: bool = False,
+    target_opset: int | None = None,
+    reference_rows: int = DEFAULT_REFERENCE_ROWS,
+    experiment_name: str | None = None,
+    client: MlflowClient | None = None,
+) -> PromotionResult:
+    """Convert a registered model version to ONNX, gate it on parity, register and alias it.
+
+    Args:
+        name: registered model name of the source.
+        version: its version number.
+        alias: alias to set on the ONNX version once it passed the gate (None: no alias).
+        stage: legacy stage to move the ONNX version to (``Staging``, ``Production``, ...).
+        sample: validation data for the parity gate, kept as the reference sample.
+        onnx_name: registered model for the ONNX twin (default ``<name>-onnx``).
+        atol, rtol, min_label_agreement: parity tolerances.
+        quantize: dynamic int8 quantisation (checked by the gate too).
+        experiment_name: where the conversion run is logged (default: the source run's).
+
+    Returns:
+        PromotionResult naming the ONNX version and whether it was re-used.
+
+    Raises:
+        ModelNotFoundError, InvalidInputError, UnsupportedModelError, ConversionError,
+        ParityError: nothing is aliased, the source version carries the reason in tags.
+    """
+    client = client or MlflowClient()
+    version = _check_version_arg(version)
+    if alias is None and stage is None:
+        raise InvalidInputError("promote() needs alias= or stage= (or both)")
+    if stage is not None and stage not in VALID_STAGES:
+        raise InvalidInputError(f"stage must be one of {VALID_STAGES}, got {stage!r}")
+    source_mv = _get_source_version(client, name, version)
+    onnx_name = onnx_name or default_onnx_name(name)
+    if onnx_name == name:
+        raise InvalidInputError("onnx_name must differ from the source model's name")
+    options = ConversionOptions(
+        **({"target_opset": target_opset} if target_opset else {}),
+        extra={"quantize": bool(quantize)},
+    )
+    key = idempotency_key(name, version, options.fingerprint())
+    _ensure_onnx_registered_model(client, onnx_name, name)
+
+    existing = _find_converted(client, onnx_name, key)
+    if existing is not None:
+        _logger.info(
+            "%s v%s already converted as %s v%s: moving alias/stage only",
+            name,
+            version,
+            onnx_name,
+            existing.version,
+        )
+        _move(client, onnx_name, existing.version, alias, stage)
+        return PromotionResult(
+            name,
+            version,
+            onnx_name,
+            existing.version,
+            alias,
+            stage,
+            True,
+            existing.tags.get(T.RUN_ID),
+            {
+                k[len(T.PARITY_PREFIX) :]: v
+                for k, v in existing.tags.items()
+                if k.startswith(T.PARITY_PREFIX)
+            },
+        )
+
+    source_uri = f"models:/{name}/{version}"
+    try:
+        result = convert(
+            source_uri,
+            sample=sample,
+            atol=atol,
+            rtol=rtol,
+            min_label_agreement=min_label_agreement,
+            quantize=quantize,
+            target_opset=target_opset,
+            reference_rows=reference_rows,
+        )
+    except DeployPluginError as e:
+        _tag_source_failed(client, name, version, e)
+        raise
+    except MlflowException as e:
+        _tag_source_failed(client, name, version, e)
+        raise
+
+    onnx_version, run_id = None, None
+    try:
+        run_id, model_uri = _log_conversion_run(result, source_mv, key, experiment_name)
+        mv = client.create_model_version(
+            onnx_name,
+            source=model_uri,
+            run_id=run_id,
+            tags={T.STATUS: "pending"},
+            description=f"ONNX twin of {name} v{version}",
+        )
+        onnx_version = mv.version
+        _wait_ready(client, onnx_name, onnx_version)
+        twin_tags = {
+            T.KIND: "onnx",
+            T.SOURCE_MODEL: name,
+            T.SOURCE_VERSION: version,
+            T.IDEMPOTENCY_KEY: key,
+            T.OPTIONS_HASH: options.fingerprint(),
+            T.CONVERTER: f"{result.converter}=={result.converter_version}",
+            T.RUN_ID: run_id,
+            **T.parity_tags(result.parity),
+        }
+        for k, v in twin_tags.items():
+            client.set_model_version_tag(onnx_name, onnx_version, k, v)
+        client.set_model_version_tag(onnx_name, onnx_version, T.STATUS, T.STATUS_CONVERTED)
+        _tag_source_converted(client, name, version, onnx_name, onnx_version, result)
+        _move(client, onnx_name, onnx_version, alias, stage)
+    except Exception as e:
+        _undo_version(client, onnx_name, onnx_version, e)
+        _tag_source_failed(client, name, version, e)
+        if isinstance(e, MlflowException):
+            raise
+        raise DeployPluginError(f"Promotion of {name} v{version} failed: {e}") from e
+    out = PromotionResult(
+        name,
+        version,
+        onnx_name,
+        onnx_version,
+        alias,
+        stage,
+        False,
+        run_id,
+        {"passed": result.parity.passed, **result.parity.metrics("")},
+    )
+    _logger.info(out.summary())
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_version_arg(version) -> str:
+    text = str(version).strip()
+    if not text.isdigit():
+        raise InvalidInputError(
+            f"version must be a model version number, got {version!r} "
+            "(to promote by alias, resolve it first: MlflowClient().get_model_version_by_alias)"
+        )
+    return text
+
+
+def _get_source_version(client, name, version):
+    try:
+        client.get_registered_model(name)
+    except MlflowException as e:
+        if e.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise ModelNotFoundError(f"Registered model '{name}' does not exist") from e
+        raise
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as e:
+        if e.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise ModelNotFoundError(f"Registered model '{name}' has no version {version}") from e
+        raise
+
+
+def _ensure_onnx_registered_model(client, onnx_name: str, source_name: str) -> None:
+    try:
+        rm = client.get_registered_model(onnx_name)
+    except MlflowException as e:
+        if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        client.create_registered_model(
+            onnx_name,
+            tags={T.KIND: "onnx", T.SOURCE_MODEL: source_name},
+            description=f"Verified ONNX versions of '{source_name}' (mlflow-deploy-plugins)",
+        )
+        return
+    if rm.tags.get(T.KIND) != "onnx":
+        raise InvalidInputError(
+            f"Registered model '{onnx_name}' exists and was not created by mlflow-deploy-plugins "
+            f"(no tag {T.KIND}=onnx); pass onnx_name= to use another name"
+        )
+
+
+def _find_converted(client, onnx_name: str, key: str):
+    for mv in client.search_model_versions(f"name='{onnx_name}'"):
+        if mv.tags.get(T.IDEMPOTENCY_KEY) == key and mv.tags.get(T.STATUS) == T.STATUS_CONVERTED:
+            return mv
+    return None
+
+
+def _move(client, onnx_name, onnx_version, alias, stage) -> None:
+    if stage is not None:
+        client.transition_model_version_stage(onnx_name, onnx_version, stage)
+    if alias is not None:
+        client.set_registered_model_alias(onnx_name, alias, onnx_version)
+
+
+def _log_conversion_run(result: ConversionResult, source_mv, key: str, experiment_name):
+    from mlflow_deploy_plugins.onnx.flavor import log_model
+
+    experiment_id = None
+    if experiment_name:
+        mlflow.set_experiment(experiment_name)
+    elif source_mv.run_id:
+        try:
+            experiment_id = MlflowClient().get_run(source_mv.run_id).info.experiment_id
+        except MlflowException:
+            experiment_id = None
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=f"onnx-convert-{source_mv.name}-v{source_mv.version}",
+        tags={
+            T.SOURCE_MODEL: source_mv.name,
+            T.SOURCE_VERSION: str(source_mv.version),
+            T.IDEMPOTENCY_KEY: key,
+        },
+        nested=mlflow.active_run() is not None,
+    ) as run:
+        mlflow.log_params(
+            {
+                "source_model_uri": result.source.model_uri,
+                "source_flavor": result.source.flavor,
+                "converter": f"{result.converter}=={result.converter_version}",
+                "options_hash": result.options.fingerprint(),
+                "atol": result.parity.tolerances.atol,
+                "rtol": result.parity.tolerances.rtol,
+                "min_label_agreement": result.parity.tolerances.min_label_agreement,
+                "sample_origin": result.parity.sample_origin,
+                "sample_rows": result.parity.rows,
+                "quantized": result.optimization.quantized,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **result.parity.metrics(),
+                **result.optimization.metrics(),
+                **{f"timing.{k}": v for k, v in result.timings.items()},
+            }
+        )
+        mlflow.log_dict(result.parity.to_dict(), "parity_report.json")
+        info = log_model(result, name="onnx_model")
+        return run.info.run_id, info.model_uri
+
+
+def _wait_ready(client, name, version, timeout_s: float = 300) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mv = client.get_model_version(name, version)
+        if mv.status == "READY":
+            return
+        if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise DeployPluginError(f"{name} v{version} did not become READY (status {mv.status})")
+        time.sleep(0.5)
+
+
+def _tag_source_converted(client, name, version, onnx_name, onnx_version, result) -> None:
+    for k, v in {
+        T.STATUS: T.STATUS_CONVERTED,
+        T.ONNX_MODEL: onnx_name,
+        T.ONNX_VERSION: str(onnx_version),
+        **T.parity_tags(result.parity),
+    }.items():
+        client.set_model_version_tag(name, version, k, v)
+    with contextlib.suppress(MlflowException):
+        client.delete_model_version_tag(name, version, T.ERROR)
+
+
+def _tag_source_failed(client, name, version, error: Exception) -> None:
+    message = getattr(error, "message", None) or str(error)
+    try:
+        client.set_model_version_tag(name, version, T.STATUS, T.STATUS_FAILED)
+        client.set_model_version_tag(name, version, T.ERROR, T.clip(message))
+        report = getattr(error, "report", None)
+        if report is not None:
+            for k, v in T.parity_tags(report).items():
+                client.set_model_version_tag(name, version, k, v)
+    except MlflowException as tag_error:  # the original error matters more
+        _logger.warning("Could not tag %s v%s as failed: %s", name, version, tag_error)
+
+
+def _undo_version(client, onnx_name, onnx_version, error) -> None:
+    if onnx_version is None:
+        return
+    try:
+        client.delete_model_version(onnx_name, onnx_version)
+        _logger.warning(
+            "Deleted %s v%s after a failed promotion: %s", onnx_name, onnx_version, error
+        )
+    except MlflowException:
+        client.set_model_version_tag(onnx_name, onnx_version, T.STATUS, T.STATUS_FAILED)
+        client.set_model_version_tag(onnx_name, onnx_version, T.ERROR, T.clip(error))

@@ -1,0 +1,247 @@
+"""The contract between a table of named columns and an ONNX graph's inputs and outputs.
+
+Numpy only: the same spec drives the MLflow pyfunc (pandas in, via ``encode_columns``) and the
+serving runtime (JSON in), and is stored in the MLmodel flavor block and the bundle manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+#: Roles an output can play; the pyfunc's ``predict_method`` picks one.
+LABEL, PROBABILITIES, VALUE = "label", "probabilities", "value"
+ROLES = (LABEL, PROBABILITIES, VALUE)
+
+#: Element types we bind; ``string`` is an object array of ``str`` on the numpy side.
+_NUMPY = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "int64": np.int64,
+    "int32": np.int32,
+    "bool": np.bool_,
+    "string": object,
+}
+ONNX_TO_DTYPE = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+
+
+class SchemaError(ValueError):
+    """Input does not match the spec. ``field`` names the column or input at fault."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class InputBinding:
+    """One ONNX input fed by one or more table columns (stacked in order along axis 1)."""
+
+    name: str
+    columns: tuple[str, ...]
+    dtype: str
+    shape: tuple[int | None, ...] = (None, 1)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    dtype: str
+    role: str = VALUE
+    shape: tuple[int | None, ...] = (None,)
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    inputs: tuple[InputBinding, ...]
+    outputs: tuple[OutputSpec, ...]
+    task: str = "regression"  # classification | regression | other
+    classes: tuple[Any, ...] | None = None
+    default_role: str = VALUE
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def columns(self) -> list[str]:
+        return [c for b in self.inputs for c in b.columns]
+
+    def column_dtypes(self) -> dict[str, str]:
+        return {c: b.dtype for b in self.inputs for c in b.columns}
+
+    def output_for(self, role: str) -> OutputSpec:
+        for out in self.outputs:
+            if out.role == role:
+                return out
+        available = sorted({o.role for o in self.outputs})
+        raise SchemaError(
+            f"This model has no '{role}' output; available: {', '.join(available)}", field=role
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode_columns(self, data: Mapping[str, Any], n_rows: int | None = None) -> dict:
+        """Build the ONNX feed from a mapping ``column -> 1-D values``.
+
+        Raises:
+            SchemaError: a column is missing, has the wrong length, or holds values that do not
+                convert to the expected type. The message names the column.
+        """
+        missing = [c for c in self.columns if c not in data]
+        if missing:
+            raise SchemaError(
+                f"Missing column(s) {missing}; the model expects {self.columns}", field=missing[0]
+            )
+        feed = {}
+        for binding in self.inputs:
+            arrays = [_column_array(data[c], c, binding.dtype, n_rows) for c in binding.columns]
+            lengths = {len(a) for a in arrays}
+            if len(lengths) > 1:
+                raise SchemaError(
+                    f"Columns of input '{binding.name}' have different lengths {sorted(lengths)}",
+                    field=binding.name,
+                )
+            stacked = np.stack(arrays, axis=1) if arrays else np.empty((0, 0))
+            feed[binding.name] = _fit_rank(stacked, binding)
+        return feed
+
+    def encode_matrix(self, matrix: np.ndarray) -> dict:
+        """Build the feed from a 2-D array whose columns follow ``self.columns``."""
+        matrix = np.asarray(matrix)
+        if matrix.ndim == 1:
+            matrix = matrix.reshape(1, -1)
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.columns):
+            raise SchemaError(
+                f"Expected a 2-D array with {len(self.columns)} columns {self.columns}, "
+                f"got shape {matrix.shape}",
+                field="input",
+            )
+        if len(self.inputs) == 1 and self.inputs[0].dtype != "string":
+            binding = self.inputs[0]
+            try:
+                return {binding.name: _fit_rank(matrix.astype(_NUMPY[binding.dtype]), binding)}
+            except (TypeError, ValueError) as e:
+                raise SchemaError(
+                    f"Input '{binding.name}' must be {binding.dtype}: {e}", field=binding.name
+                ) from e
+        return self.encode_columns({c: matrix[:, i] for i, c in enumerate(self.columns)})
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["schema_version"] = SCHEMA_VERSION
+        d["classes"] = None if self.classes is None else [_plain(c) for c in self.classes]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IOSpec:
+        return cls(
+            inputs=tuple(
+                InputBinding(
+                    name=i["name"],
+                    columns=tuple(i["columns"]),
+                    dtype=i["dtype"],
+                    shape=tuple(i.get("shape") or (None, 1)),
+                )
+                for i in d["inputs"]
+            ),
+            outputs=tuple(
+                OutputSpec(
+                    name=o["name"],
+                    dtype=o["dtype"],
+                    role=o.get("role", VALUE),
+                    shape=tuple(o.get("shape") or (None,)),
+                )
+                for o in d["outputs"]
+            ),
+            task=d.get("task", "regression"),
+            classes=None if d.get("classes") is None else tuple(d["classes"]),
+            default_role=d.get("default_role", VALUE),
+            extra=dict(d.get("extra") or {}),
+        )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars, for JSON/YAML."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _column_array(values: Any, column: str, dtype: str, n_rows: int | None) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        else:
+            raise SchemaError(f"Column '{column}' must be 1-D, got shape {arr.shape}", field=column)
+    if n_rows is not None and len(arr) != n_rows:
+        raise SchemaError(f"Column '{column}' has {len(arr)} rows, expected {n_rows}", field=column)
+    if dtype == "string":
+        if arr.dtype.kind in "fc" and len(arr) and np.isnan(arr.astype(float)).any():
+            raise SchemaError(
+                f"Column '{column}' must hold strings, got missing values (NaN)", field=column
+            )
+        return arr.astype(str).astype(object)
+    target = _NUMPY[dtype]
+    if arr.dtype.kind in "OUS":
+        try:
+            return arr.astype(target)
+        except (TypeError, ValueError) as e:
+            bad = _first_bad(arr, target)
+            raise SchemaError(
+                f"Column '{column}' must be {dtype} (numeric), got a non-numeric value {bad!r}",
+                field=column,
+            ) from e
+    return arr.astype(target, copy=False)
+
+
+def _first_bad(arr: np.ndarray, target: Any) -> Any:
+    for v in arr:
+        try:
+            np.asarray([v]).astype(target)
+        except (TypeError, ValueError):
+            return v
+    return None
+
+
+def _fit_rank(stacked: np.ndarray, binding: InputBinding) -> np.ndarray:
+    """Match the graph's declared rank: (n,) for 1-D inputs, (n, k) otherwise."""
+    if len(binding.shape) == 1:
+        return stacked.reshape(-1)
+    width = binding.shape[1] if len(binding.shape) > 1 else None
+    if isinstance(width, int) and stacked.shape[1] != width:
+        raise SchemaError(
+            f"Input '{binding.name}' expects {width} column(s), got {stacked.shape[1]}",
+            field=binding.name,
+        )
+    return stacked
+
+
+def spec_inputs_from_columns(
+    columns: Sequence[str], dtypes: Sequence[str], per_column: bool, name: str = "X"
+) -> tuple[InputBinding, ...]:
+    """Bindings for a table: one input per column, or one matrix input for all of them."""
+    if per_column:
+        return tuple(
+            InputBinding(name=_safe_name(c), columns=(c,), dtype=d, shape=(None, 1))
+            for c, d in zip(columns, dtypes, strict=False)
+        )
+    dtype = dtypes[0] if dtypes else "float32"
+    return (
+        InputBinding(name=name, columns=tuple(columns), dtype=dtype, shape=(None, len(columns))),
+    )
+
+
+def _safe_name(column: str) -> str:
+    return str(column)
