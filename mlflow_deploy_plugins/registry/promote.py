@@ -141,7 +141,7 @@ def promote(
             name,
             version,
             onnx_name,
-            existing.version,
+            str(existing.version),
             alias,
             stage,
             True,
@@ -182,7 +182,7 @@ def promote(
             tags={T.STATUS: "pending"},
             description=f"ONNX twin of {name} v{version}",
         )
-        onnx_version = mv.version
+        onnx_version = str(mv.version)
         _wait_ready(client, onnx_name, onnx_version)
         twin_tags = {
             T.KIND: "onnx",
@@ -214,7 +214,7 @@ def promote(
         stage,
         False,
         run_id,
-        {"passed": result.parity.passed, **result.parity.metrics("")},
+        {**result.parity.metrics(""), "passed": result.parity.passed},
     )
     _logger.info(out.summary())
     return out

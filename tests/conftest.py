@@ -1,0 +1,55 @@
+"""Shared fixtures: a real local tracking store per test, tiny real datasets."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch):
+    """A fresh SQLite tracking + registry store in tmp_path, set for mlflow and its clients."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+@pytest.fixture
+def mixed_frame() -> pd.DataFrame:
+    """Numeric and string columns, 400 rows, deterministic."""
+    rng = np.random.default_rng(0)
+    n = 400
+    return pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, n),
+            "income": rng.lognormal(10, 0.5, n),
+            "tenure": rng.integers(0, 20, n).astype(float),
+            "city": rng.choice(["paris", "lyon", "nice"], n),
+            "plan": rng.choice(["basic", "pro"], n),
+        }
+    )
+
+
+@pytest.fixture
+def mixed_target(mixed_frame) -> np.ndarray:
+    f = mixed_frame
+    return (((f.age - 40) / 10 + (f.city == "lyon") * 1.5 - (f.plan == "pro")) > 0).to_numpy()
+
+
+@pytest.fixture
+def numeric_xy():
+    """20 numeric features, a regression and a classification target."""
+    rng = np.random.default_rng(1)
+    x = pd.DataFrame(rng.normal(size=(300, 20)), columns=[f"x{i}" for i in range(20)])
+    y_reg = x["x0"] * 3 + x["x1"] ** 2 - x["x2"] + rng.normal(scale=0.1, size=300)
+    y_cls = (y_reg > y_reg.median()).astype(int).to_numpy()
+    return x, y_reg.to_numpy(), y_cls
