@@ -146,9 +146,14 @@ def _registered_name_version(model_uri: str):
     from mlflow.tracking import MlflowClient
 
     try:
-        return get_model_name_and_version(MlflowClient(), model_uri)
-    except Exception:  # a models:/<model_id> URI of a logged model has no registered name
+        resolved = get_model_name_and_version(MlflowClient(), model_uri)
+    except Exception:
         return None, None
+    # a models:/<model_id> URI of a logged model resolves to (model_id,): no registered name
+    if len(resolved) != 2:
+        return None, None
+    name, version = resolved
+    return name, str(version)  # an alias resolves to an int version
 
 
 def convert(
@@ -256,13 +261,18 @@ def _source_outputs(converter, source, frame: pd.DataFrame, io: IOSpec) -> dict:
     try:
         return converter.reference_outputs(source, frame, io)
     except (ValueError, TypeError) as e:
-        nan_cols = [c for c in frame.columns if frame[c].isna().any()]
-        if nan_cols:
-            raise InvalidInputError(
-                f"The source model rejects the sample: column(s) {nan_cols} contain NaN and the "
-                f"model has no imputer for them ({type(e).__name__}: {e})"
-            ) from e
-        raise InvalidInputError(f"The source model rejects the sample: {e}") from e
+        raise sample_rejected(frame, e) from e
+
+
+def sample_rejected(frame: pd.DataFrame, error: Exception) -> InvalidInputError:
+    """The error to raise when the SOURCE model's own predict refuses the sample."""
+    nan_cols = [c for c in frame.columns if frame[c].isna().any()]
+    if nan_cols:
+        return InvalidInputError(
+            f"The source model rejects the sample: column(s) {nan_cols} contain NaN and the "
+            f"model has no imputer for them ({type(error).__name__}: {error})"
+        )
+    return InvalidInputError(f"The source model rejects the sample: {error}")
 
 
 def build_reference_sample(model_bytes: bytes, io: IOSpec, frame: pd.DataFrame, rows: int):

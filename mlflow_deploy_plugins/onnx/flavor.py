@@ -72,6 +72,10 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
     default_out = _predict(
         runtime.make_session(result.onnx_model.SerializeToString()), result.io, example, None
     )
+    if _takes_arrays(result):
+        # The source was logged with an array (tensor signature): keep taking arrays, which
+        # MLflow's schema enforcement refuses for a signature with named columns.
+        example = example.to_numpy()
     mlflow_model.signature = infer_signature(
         example, default_out, params={"predict_method": "predict"}
     )
@@ -153,6 +157,18 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
     with open(os.path.join(path, "conda.yaml"), "w") as f:
         yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=pip), f, default_flow_style=False)
     mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+
+def _takes_arrays(result) -> bool:
+    """True when the source's signature is tensor-based and the graph takes one numeric matrix."""
+    signature = getattr(result.source, "signature", None)
+    inputs = getattr(signature, "inputs", None)
+    return (
+        inputs is not None
+        and inputs.is_tensor_spec()
+        and len(result.io.inputs) == 1
+        and result.io.inputs[0].dtype != "string"
+    )
 
 
 def log_model(result, name: str = "model", registered_model_name: str | None = None, **kwargs):

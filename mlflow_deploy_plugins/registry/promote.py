@@ -146,11 +146,7 @@ def promote(
             stage,
             True,
             existing.tags.get(T.RUN_ID),
-            {
-                k[len(T.PARITY_PREFIX) :]: v
-                for k, v in existing.tags.items()
-                if k.startswith(T.PARITY_PREFIX)
-            },
+            _parity_from_tags(existing.tags),
         )
 
     source_uri = f"models:/{name}/{version}"
@@ -165,12 +161,14 @@ def promote(
             target_opset=target_opset,
             reference_rows=reference_rows,
         )
-    except DeployPluginError as e:
+    except MlflowException as e:  # DeployPluginError included
         _tag_source_failed(client, name, version, e)
         raise
-    except MlflowException as e:
+    except Exception as e:  # a library error no converter translated: still tag the source
         _tag_source_failed(client, name, version, e)
-        raise
+        raise DeployPluginError(
+            f"Conversion of {name} v{version} failed: {type(e).__name__}: {e}"
+        ) from e
 
     onnx_version, run_id = None, None
     try:
@@ -270,6 +268,22 @@ def _find_converted(client, onnx_name: str, key: str):
         if mv.tags.get(T.IDEMPOTENCY_KEY) == key and mv.tags.get(T.STATUS) == T.STATUS_CONVERTED:
             return mv
     return None
+
+
+def _parity_from_tags(tags: dict) -> dict:
+    """The parity figures of a re-used version, typed like a fresh promotion's."""
+    out = {}
+    for key, value in tags.items():
+        if not key.startswith(T.PARITY_PREFIX):
+            continue
+        if value in ("true", "false"):
+            out[key[len(T.PARITY_PREFIX) :]] = value == "true"
+            continue
+        try:
+            out[key[len(T.PARITY_PREFIX) :]] = float(value)
+        except ValueError:
+            out[key[len(T.PARITY_PREFIX) :]] = value
+    return out
 
 
 def _move(client, onnx_name, onnx_version, alias, stage) -> None:

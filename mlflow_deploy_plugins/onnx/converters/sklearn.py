@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,9 @@ from mlflow_deploy_plugins.serving.iospec import (
 
 _logger = logging.getLogger(__name__)
 
+#: ONNX element type of numeric columns that go through preprocessing (see ``_graph_model``).
+_FLOAT = "float64"
+
 #: pyfunc_predict_fn values whose output role we know.
 _PREDICT_FN_ROLE = {"predict": None, "predict_proba": PROBABILITIES}
 
@@ -41,31 +45,38 @@ class SklearnConverter:
     def convert(
         self, source: SourceModel, sample: pd.DataFrame, options: ConversionOptions
     ) -> ConvertedModel:
-        from skl2onnx import convert_sklearn
         from sklearn.base import is_classifier
 
         model = source.native
         boosters.register_sklearn_converters()
+        _register_float64_imputer()
         check_supported(model)
         inputs = _input_bindings(model, sample)
         conv_options = _converter_options(model)
+        notes = _notes(conv_options)
         try:
-            onx = convert_sklearn(
-                model,
-                initial_types=[(b.name, _tensor_type(b.dtype, b.shape)) for b in inputs],
-                target_opset={"": options.target_opset, "ai.onnx.ml": options.ml_opset},
-                options=conv_options,
+            onx = _to_onnx(model, inputs, options, conv_options)
+        except ConversionError as e:
+            if not any(b.dtype == _FLOAT for b in inputs):
+                raise
+            # e.g. SimpleImputer: ai.onnx.ml ops onnxruntime only runs on float32
+            inputs = tuple(replace(b, dtype="float32") if b.dtype == _FLOAT else b for b in inputs)
+            onx = _to_onnx(model, inputs, options, conv_options)
+            notes.append(
+                f"float32 inputs: float64 preprocessing did not convert ({e.message}); the "
+                "parity gate checks the float32 rounding"
             )
-        except Exception as e:  # skl2onnx raises RuntimeError/TypeError/... for its many cases
-            raise ConversionError(
-                f"skl2onnx could not convert {_describe(model)}: {type(e).__name__}: {e}"
-            ) from e
 
         classifier = is_classifier(model)
         io = IOSpec(
             inputs=inputs, outputs=(), task="classification" if classifier else "regression"
         )
-        reference = self.reference_outputs(source, sample.head(2), io)
+        try:
+            reference = self.reference_outputs(source, sample.head(2), io)
+        except (ValueError, TypeError) as e:
+            from mlflow_deploy_plugins.onnx.convert import sample_rejected
+
+            raise sample_rejected(sample, e) from e
         roles = default_roles(onx)
         io = IOSpec(
             inputs=inputs,
@@ -79,7 +90,7 @@ class SklearnConverter:
             io=io,
             converter="skl2onnx",
             converter_version=package_version("skl2onnx"),
-            notes=_notes(conv_options),
+            notes=notes,
         )
 
     def reference_outputs(
@@ -93,6 +104,29 @@ class SklearnConverter:
                 out[PROBABILITIES] = np.asarray(model.predict_proba(x))
             return out
         return {VALUE: np.asarray(model.predict(x))}
+
+
+def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict):
+    """skl2onnx, then a check that onnxruntime can load the graph."""
+    from skl2onnx import convert_sklearn
+
+    from mlflow_deploy_plugins.onnx import runtime
+
+    float64 = any(b.dtype == _FLOAT for b in inputs)
+    try:
+        onx = convert_sklearn(
+            _graph_model(model) if float64 else model,
+            initial_types=[(b.name, _tensor_type(b.dtype, b.shape)) for b in inputs],
+            target_opset={"": options.target_opset, "ai.onnx.ml": options.ml_opset},
+            options=conv_options,
+        )
+        if float64:
+            runtime.make_session(onx.SerializeToString(), level="disable")
+    except Exception as e:  # skl2onnx raises RuntimeError/TypeError/... for its many cases
+        raise ConversionError(
+            f"skl2onnx could not convert {_describe(model)}: {_short_error(e)}"
+        ) from e
+    return onx
 
 
 # --------------------------------------------------------------------------- model inspection
@@ -160,7 +194,7 @@ def _input_bindings(model: Any, sample: pd.DataFrame):
                 f"({columns})"
             )
         dtypes = [table_dtype(sample[c]) for c in columns]
-        dtypes = ["float32" if d == "bool" else d for d in dtypes]
+        dtypes = [_FLOAT if d in ("bool", "float32") else d for d in dtypes]
         return spec_inputs_from_columns(columns, dtypes, per_column=True)
     if feature_names is not None:
         columns = [str(c) for c in feature_names]
@@ -182,7 +216,106 @@ def _input_bindings(model: Any, sample: pd.DataFrame):
             f"Column(s) {non_numeric} hold strings but {_describe(model)} takes one numeric "
             "matrix; a string column needs an encoder (e.g. OneHotEncoder in a ColumnTransformer)"
         )
-    return spec_inputs_from_columns(columns, ["float32"] * len(columns), per_column=False)
+    dtype = _FLOAT if _float64_preprocessing(model) else "float32"
+    return spec_inputs_from_columns(columns, [dtype] * len(columns), per_column=False)
+
+
+def _float64_preprocessing(model: Any) -> bool:
+    """True for a Pipeline with steps before its estimator: scikit-learn runs those in float64."""
+    from sklearn.pipeline import Pipeline
+
+    return isinstance(model, Pipeline) and len(_active_steps(model)) > 1
+
+
+def _active_steps(pipeline: Any) -> list:
+    return [(n, s) for n, s in pipeline.steps if s not in (None, "passthrough")]
+
+
+def _graph_model(model: Any) -> Any:
+    """The model skl2onnx converts: float64 preprocessing, float32 into the final estimator.
+
+    A float32 trap: scikit-learn scales in float64 and a tree casts the result to float32; an
+    ONNX graph fed float32 scales in float32, is off by an ulp and flips splits whose threshold
+    sits next to a training value. So the preprocessing steps get float64 inputs (see
+    ``_input_bindings``) and a Cast to float32 is inserted before a non-linear final estimator,
+    which is exactly what scikit-learn does. Linear models compute in float64 end to end.
+    """
+    from skl2onnx.sklapi import CastTransformer
+    from sklearn.pipeline import Pipeline
+
+    if not _float64_preprocessing(model):
+        return model
+    steps = _active_steps(model)
+    final = steps[-1][1]
+    if type(final).__module__.startswith("sklearn.linear_model"):
+        return Pipeline(steps)
+    return Pipeline(
+        [*steps[:-1], ("onnx_cast_float32", CastTransformer(dtype=np.float32)), steps[-1]]
+    )
+
+
+_imputer_registered = False
+
+
+def _register_float64_imputer() -> None:
+    """SimpleImputer on float64 inputs: skl2onnx emits ai.onnx.ml Imputer, which onnxruntime runs
+    on float32 only; IsNaN + Where in float64 replaces exactly what scikit-learn replaces."""
+    global _imputer_registered
+    if _imputer_registered:
+        return
+    from skl2onnx import update_registered_converter
+    from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+    from sklearn.impute import SimpleImputer
+
+    update_registered_converter(
+        SimpleImputer,
+        "SklearnSimpleImputer",
+        calculate_sklearn_imputer_output_shapes,
+        _convert_simple_imputer,
+    )
+    _imputer_registered = True
+
+
+def _convert_simple_imputer(scope, operator, container):
+    from onnx import TensorProto
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.operator_converters.common import concatenate_variables
+    from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+
+    imputer = operator.raw_operator
+    stats = np.asarray(getattr(imputer, "statistics_", []))
+    missing = imputer.missing_values
+    if (
+        not isinstance(operator.inputs[0].type, DoubleTensorType)
+        or not (isinstance(missing, float) and np.isnan(missing))
+        or getattr(imputer, "add_indicator", False)
+        or stats.dtype.kind not in "fiu"
+        or np.isnan(stats.astype(np.float64)).any()  # dropped all-NaN columns
+    ):
+        return convert_sklearn_imputer(scope, operator, container)
+    features = concatenate_variables(scope, operator.inputs, container)
+    fill = scope.get_unique_variable_name("fill_values")
+    container.add_initializer(
+        fill, TensorProto.DOUBLE, [1, len(stats)], stats.astype(np.float64).tolist()
+    )
+    is_nan = scope.get_unique_variable_name("is_nan")
+    container.add_node("IsNaN", [features], [is_nan], name=scope.get_unique_operator_name("IsNaN"))
+    container.add_node(
+        "Where",
+        [is_nan, fill, features],
+        [operator.outputs[0].full_name],
+        name=scope.get_unique_operator_name("Where"),
+    )
+
+
+def _short_error(e: Exception) -> str:
+    """skl2onnx errors can dump whole node attribute tables: keep the first line and the cause."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = f"{type(e).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause):
+        text += f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0][:300]})"
+    return text
 
 
 def _tensor_type(dtype: str, shape):
