@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mlflow_deploy_plugins.errors import (
+    ConversionError,
     InvalidInputError,
     ModelNotFoundError,
     UnsupportedModelError,
@@ -118,11 +119,8 @@ def load_source(model_uri: str) -> SourceModel:
     loader = importlib.import_module(_LOADERS[flavor])
     try:
         native = loader.load_model(local_path)
-    except ImportError as e:
-        raise UnsupportedModelError(
-            f"Loading the '{flavor}' model needs {e.name}; install "
-            f"mlflow-deploy-plugins[{_extra_for(flavor)}]"
-        ) from e
+    except Exception as e:
+        _raise_load_error(model_uri, flavor, e)
     pyfunc_conf = mlmodel.flavors.get("python_function", {})
     name, version = _registered_name_version(model_uri)
     return SourceModel(
@@ -137,6 +135,24 @@ def load_source(model_uri: str) -> SourceModel:
         model_name=name,
         model_version=version,
     )
+
+
+def _raise_load_error(model_uri: str, flavor: str, error: Exception):
+    """Translate a flavor loader's failure into our errors (always raises)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, ImportError):
+        raise UnsupportedModelError(
+            f"Loading the '{flavor}' model needs {error.name}; install "
+            f"mlflow-deploy-plugins[{_extra_for(flavor)}]"
+        ) from error
+    if isinstance(error, MlflowException):
+        raise error
+    if type(error).__name__ == "ValidationError" and flavor in ("onnx", FLAVOR_KEY):
+        raise ConversionError(f"Model '{model_uri}' is not a valid ONNX model: {error}") from error
+    raise ConversionError(
+        f"Could not load the '{flavor}' model of '{model_uri}': {type(error).__name__}: {error}"
+    ) from error
 
 
 def _registered_name_version(model_uri: str):

@@ -35,7 +35,12 @@ OPTIMIZATION_FILE = "optimization_report.json"
 REFERENCE_FILE = "reference_sample.parquet"
 
 #: ``predict_method`` values the pyfunc accepts -> output role.
-PREDICT_METHODS = {"predict": None, "predict_proba": PROBABILITIES, "predict_values": VALUE}
+PREDICT_METHODS = {
+    "predict": None,  # what the source pyfunc returned
+    "predict_label": LABEL,
+    "predict_proba": PROBABILITIES,
+    "predict_values": VALUE,
+}
 
 
 def _sha256(path: str) -> str:

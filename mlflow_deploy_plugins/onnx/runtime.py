@@ -32,7 +32,9 @@ def run(session: ort.InferenceSession, io: IOSpec, feed: Mapping[str, np.ndarray
     """Run once; return ``role -> array`` reshaped to what the source model returns."""
     names = [o.name for o in io.outputs]
     raw = session.run(names, dict(feed))
-    return {o.role: shape_like_source(arr, o.shape) for o, arr in zip(io.outputs, raw, strict=False)}
+    return {
+        o.role: shape_like_source(arr, o.shape) for o, arr in zip(io.outputs, raw, strict=False)
+    }
 
 
 def shape_like_source(arr: np.ndarray, shape) -> np.ndarray:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.errors import (
@@ -116,6 +121,7 @@ def promote(
         raise InvalidInputError("promote() needs alias= or stage= (or both)")
     if stage is not None and stage not in VALID_STAGES:
         raise InvalidInputError(f"stage must be one of {VALID_STAGES}, got {stage!r}")
+    _check_alias_name(alias)
     source_mv = _get_source_version(client, name, version)
     onnx_name = onnx_name or default_onnx_name(name)
     if onnx_name == name:
@@ -125,9 +131,9 @@ def promote(
         extra={"quantize": bool(quantize)},
     )
     key = idempotency_key(name, version, options.fingerprint())
-    _ensure_onnx_registered_model(client, onnx_name, name)
+    twin_exists = _check_onnx_registered_model(client, onnx_name)
 
-    existing = _find_converted(client, onnx_name, key)
+    existing = _find_converted(client, onnx_name, key) if twin_exists else None
     if existing is not None:
         _logger.info(
             "%s v%s already converted as %s v%s: moving alias/stage only",
@@ -172,6 +178,8 @@ def promote(
 
     onnx_version, run_id = None, None
     try:
+        if not twin_exists:
+            _create_onnx_registered_model(client, onnx_name, name)
         run_id, model_uri = _log_conversion_run(result, source_mv, key, experiment_name)
         mv = client.create_model_version(
             onnx_name,
@@ -229,6 +237,16 @@ def _check_version_arg(version) -> str:
     return text
 
 
+def _check_alias_name(alias: str | None) -> None:
+    """MLflow reserves 'latest' and 'v<number>': refuse them before any work is done."""
+    if alias is None:
+        return
+    if not alias or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise InvalidInputError(
+            f"alias {alias!r} is not allowed: MLflow reserves 'latest' and 'v<number>'"
+        )
+
+
 def _get_source_version(client, name, version):
     try:
         client.get_registered_model(name)
@@ -244,23 +262,33 @@ def _get_source_version(client, name, version):
         raise
 
 
-def _ensure_onnx_registered_model(client, onnx_name: str, source_name: str) -> None:
+def _check_onnx_registered_model(client, onnx_name: str) -> bool:
+    """True when the twin exists; refuses a registered model of that name that is not ours."""
     try:
         rm = client.get_registered_model(onnx_name)
     except MlflowException as e:
         if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
-        client.create_registered_model(
-            onnx_name,
-            tags={T.KIND: "onnx", T.SOURCE_MODEL: source_name},
-            description=f"Verified ONNX versions of '{source_name}' (mlflow-deploy-plugins)",
-        )
-        return
+        return False
     if rm.tags.get(T.KIND) != "onnx":
         raise InvalidInputError(
             f"Registered model '{onnx_name}' exists and was not created by mlflow-deploy-plugins "
             f"(no tag {T.KIND}=onnx); pass onnx_name= to use another name"
         )
+    return True
+
+
+def _create_onnx_registered_model(client, onnx_name: str, source_name: str) -> None:
+    try:
+        client.create_registered_model(
+            onnx_name,
+            tags={T.KIND: "onnx", T.SOURCE_MODEL: source_name},
+            description=f"Verified ONNX versions of '{source_name}' (mlflow-deploy-plugins)",
+        )
+    except MlflowException as e:  # created meanwhile by a concurrent promotion
+        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        _check_onnx_registered_model(client, onnx_name)
 
 
 def _find_converted(client, onnx_name: str, key: str):

@@ -266,12 +266,29 @@ def test_parity_failure(promoted, mixed_frame, mixed_target):
     assert float(tags[T.PARITY_PREFIX + "probabilities.max_abs_error"]) > 0
 
 
-def test_failure_after_the_version_exists_deletes_it(promoted, mixed_frame):
-    """The alias is set last; when that fails the new ONNX version is deleted again."""
+def test_reserved_alias_is_refused_before_any_work(promoted, mixed_frame):
     register_sklearn(promoted, NAME, mixed_frame.head(5))
+    with pytest.raises(InvalidInputError, match="'latest' is not allowed"):
+        promote(2, alias="latest", sample=mixed_frame)
+    assert T.STATUS not in version_tags(NAME, "2")
+    assert onnx_versions(TWIN) == ["1"] and alias_version(TWIN, "champion") == "1"
+
+
+def test_failure_after_the_version_exists_deletes_it(promoted, mixed_frame, monkeypatch):
+    """The alias is set last; when that fails the new ONNX version is deleted again.
+
+    The registry server refusing the alias write is injected: a real store does not fail on cue.
+    """
+
+    def refuse(self, name, alias, version):
+        raise MlflowException("registry unavailable: alias write refused")
+
+    register_sklearn(promoted, NAME, mixed_frame.head(5))
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
     with pytest.raises(MlflowException) as err:
-        promote(2, alias="latest", sample=mixed_frame)  # a reserved alias name
-    assert_failed_cleanly(err.value, "2", "latest")
+        promote(2, sample=mixed_frame)
+    monkeypatch.undo()
+    assert_failed_cleanly(err.value, "2", "alias write refused")
 
 
 def test_recovery_after_a_failure(promoted, mixed_frame):

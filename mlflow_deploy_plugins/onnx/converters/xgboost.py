@@ -28,13 +28,7 @@ import pandas as pd
 
 from mlflow_deploy_plugins.errors import ConversionError, UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters._graph import default_roles, outputs_from_graph
-from mlflow_deploy_plugins.onnx.converters.base import (
-    ConversionOptions,
-    ConvertedModel,
-    SourceModel,
-    package_version,
-)
-from mlflow_deploy_plugins.onnx.converters.lightgbm import (
+from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
     MULTICLASS,
     REGRESSION,
@@ -46,6 +40,12 @@ from mlflow_deploy_plugins.onnx.converters.lightgbm import (
     name_for_role,
     positive_class_probability,
     rewrite_output,
+)
+from mlflow_deploy_plugins.onnx.converters.base import (
+    ConversionOptions,
+    ConvertedModel,
+    SourceModel,
+    package_version,
 )
 from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, VALUE, IOSpec
 

@@ -1,0 +1,172 @@
+"""Helpers shared by the converters of onnxmltools-converted tree boosters (LightGBM, XGBoost):
+opset cap, matrix inputs, dynamic batch axis, positive-class column, roles."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pandas as pd
+
+from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError
+from mlflow_deploy_plugins.onnx.converters._graph import table_dtype
+from mlflow_deploy_plugins.serving.iospec import (
+    LABEL,
+    PROBABILITIES,
+    VALUE,
+    InputBinding,
+    spec_inputs_from_columns,
+)
+
+#: onnxmltools refuses a higher ``target_opset`` for tree models.
+ONNXMLTOOLS_MAX_OPSET = 15
+
+#: what a model predicts; decides roles, the default role and the reference outputs.
+BINARY, MULTICLASS, REGRESSION, RANKING = "binary", "multiclass", "regression", "ranking"
+
+#: pyfunc_predict_fn values whose output role we know.
+_PREDICT_FN_ROLE = {"predict": None, "predict_proba": PROBABILITIES}
+
+
+def clamp_opset(target_opset: int) -> tuple[int, list[str]]:
+    """onnxmltools' tree converters stop at opset 15 (the graph uses far older operators)."""
+    if target_opset > ONNXMLTOOLS_MAX_OPSET:
+        return ONNXMLTOOLS_MAX_OPSET, [
+            f"target_opset {target_opset} lowered to {ONNXMLTOOLS_MAX_OPSET} (onnxmltools maximum)"
+        ]
+    return target_opset, []
+
+
+def matrix_inputs(
+    feature_names: list[str] | None,
+    n_features: int,
+    sample: pd.DataFrame,
+    what: str,
+    strict_names: bool,
+) -> tuple[tuple[InputBinding, ...], list[str]]:
+    """One float32 matrix input ``X`` for a tree model and the notes about how columns were picked.
+
+    The model's own feature names win when the sample has them all. Otherwise, if
+    ``strict_names`` is false (the source reads columns by position, like LightGBM) or the model
+    has no names, the sample's columns are used positionally when there are exactly
+    ``n_features`` of them.
+
+    Raises:
+        InvalidInputError: the sample does not provide the model's features, or holds strings.
+    """
+    notes: list[str] = []
+    sample_columns = [str(c) for c in sample.columns]
+    if feature_names is not None and all(c in sample_columns for c in feature_names):
+        columns = list(feature_names)
+    elif feature_names is not None and strict_names:
+        missing = [c for c in feature_names if c not in sample_columns]
+        raise InvalidInputError(
+            f"The sample is missing column(s) {missing} that {what} was fitted on ({feature_names})"
+        )
+    elif len(sample_columns) == n_features:
+        columns = sample_columns
+        if feature_names is not None:
+            notes.append(
+                f"the model's feature names {feature_names} are not the sample's columns; the "
+                "sample's columns are used by position"
+            )
+    else:
+        raise InvalidInputError(
+            f"{what} takes {n_features} feature(s)"
+            + (f" {feature_names}" if feature_names is not None else "")
+            + f" but the sample has {len(sample_columns)} column(s) {sample_columns}"
+        )
+    non_numeric = [c for c in columns if table_dtype(sample[c]) == "string"]
+    if non_numeric:
+        raise InvalidInputError(
+            f"Column(s) {non_numeric} hold strings or categories but {what} takes one numeric "
+            "matrix; encode them as numbers before training"
+        )
+    return spec_inputs_from_columns(columns, ["float32"] * len(columns), per_column=False), notes
+
+
+def dynamic_batch(model: onnx.ModelProto) -> None:
+    """Declare the first axis of every output as the batch axis ``N``.
+
+    onnxmltools declares some outputs with a fixed first dimension (``label`` as ``[1]``), which
+    makes onnxruntime warn on every batch of more than one row.
+    """
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+
+
+def positive_class_probability(model: onnx.ModelProto, name: str) -> None:
+    """Rewrite the ``[N, 2]`` output ``name`` into its column 1, shape ``[N]``, in place."""
+    from onnx import TensorProto, helper
+
+    index = helper.make_tensor(f"{name}_positive_column", TensorProto.INT64, [], [1])
+    rewrite_output(model, name, "Gather", constants=[index], batch_only=True, axis=1)
+
+
+def rewrite_output(
+    model: onnx.ModelProto,
+    name: str,
+    op_type: str,
+    constants=(),
+    batch_only: bool = False,
+    **attributes,
+) -> None:
+    """Feed graph output ``name`` through one more ``op_type`` node, keeping its name, in place.
+
+    ``constants`` are TensorProtos added as initializers and passed as the node's extra inputs;
+    ``batch_only`` declares the new output as shape ``[N]``.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    raw = f"{name}_before_{op_type.lower()}"
+    for node in graph.node:
+        for i, out in enumerate(node.output):
+            if out == name:
+                node.output[i] = raw
+        for i, inp in enumerate(node.input):
+            if inp == name:
+                node.input[i] = raw
+    graph.initializer.extend(constants)
+    graph.node.append(
+        helper.make_node(
+            op_type,
+            [raw, *(c.name for c in constants)],
+            [name],
+            name=f"{name}_{op_type}",
+            **attributes,
+        )
+    )
+    if batch_only:
+        for out in graph.output:
+            if out.name == name:
+                shape = out.type.tensor_type.shape
+                del shape.dim[:]
+                shape.dim.add().dim_param = "N"
+
+
+def booster_reference(kind: str, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Reference outputs of a raw Booster from what its ``predict`` returned."""
+    if kind == BINARY:
+        return {LABEL: (pred > 0.5).astype(np.int64), PROBABILITIES: pred}
+    if kind == MULTICLASS:
+        return {LABEL: pred.argmax(axis=1).astype(np.int64), PROBABILITIES: pred}
+    return {VALUE: pred}
+
+
+def default_role(pyfunc_predict_fn: str | None, kind: str, raw_booster: bool) -> str:
+    """The role matching what the source pyfunc returns."""
+    if kind not in (BINARY, MULTICLASS):
+        return VALUE
+    if raw_booster:
+        return PROBABILITIES  # Booster.predict returns probabilities
+    return _PREDICT_FN_ROLE.get(pyfunc_predict_fn or "predict") or LABEL
+
+
+def name_for_role(roles: dict[str, str], role: str) -> str:
+    for name, r in roles.items():
+        if r == role:
+            return name
+    raise ConversionError(f"The converted graph has no {role} output (outputs: {sorted(roles)})")
