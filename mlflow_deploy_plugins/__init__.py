@@ -16,6 +16,7 @@ _LAZY = {
     "promote": "mlflow_deploy_plugins.registry.promote:promote",
     "PromotionResult": "mlflow_deploy_plugins.registry.promote:PromotionResult",
     "ConversionResult": "mlflow_deploy_plugins.onnx.convert:ConversionResult",
+    "build_bundle": "mlflow_deploy_plugins.bundle:build_bundle",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -207,5 +207,51 @@ def promote(
         click.echo(f"Conversion run: {result.run_id} (parity_report.json, metrics)")
 
 
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("model", required=False)
+@click.pass_context
+def serve(ctx, model):
+    """Serve MODEL (a models:/ URI or a serving-bundle directory) with the ONNX runtime.
+
+    \b
+    mlflow-deploy serve models:/churn-onnx@champion --port 8080 [--workers 2]
+        [--max-batch-size 64 --max-batch-time-ms 0] [--payload-log DIR]
+    mlflow-deploy serve ./bundle --host 127.0.0.1 --port 8080
+
+    A model that is not ONNX yet is converted through the parity gate first (nothing is
+    registered). The server runs in a fresh process that imports no mlflow. Run with --help for
+    every flag (also settable as MLFLOW_DEPLOY_* environment variables).
+    """
+    import inspect
+    import os
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_deploy_plugins.serving.__main__ import build_parser
+
+    args = list(ctx.args)
+    if model in (None, "-h", "--help") or "-h" in args or "--help" in args:
+        click.echo(inspect.cleandoc(serve.help).replace("\b\n", ""))
+        click.echo(build_parser(prog="mlflow-deploy serve MODEL").format_help())
+        return
+    build_parser().parse_args([model, *args])  # fail fast on bad flags, before any conversion
+    from mlflow_deploy_plugins.bundle import build_bundle, is_bundle
+
+    bundle_dir = model
+    if not is_bundle(model):
+        bundle_dir = tempfile.mkdtemp(prefix="mlflow-deploy-bundle-")
+        try:
+            build_bundle(model, bundle_dir)
+        except MlflowException as e:
+            _fail(e)
+    argv = [sys.executable, "-m", "mlflow_deploy_plugins.serving", "serve", bundle_dir, *args]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

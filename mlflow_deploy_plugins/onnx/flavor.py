@@ -283,12 +283,7 @@ def _predict(session, io: IOSpec, data: Any, predict_method: str | None) -> np.n
         raise InvalidInputError(f"predict_method={predict_method!r}: {e}") from e
     feed = _feed(io, data)
     raw = session.run([out_spec.name], feed)[0]
-    result = runtime.shape_like_source(raw, out_spec.shape)
-    if role == PROBABILITIES and io.extra.get("proba_column") is not None and result.ndim == 2:
-        result = result[:, int(io.extra["proba_column"])]
-    if role == LABEL and io.classes and all(isinstance(c, bool) for c in io.classes):
-        result = result.astype(bool)
-    return result
+    return io.as_source(out_spec, raw)
 
 
 class _PyFuncModel:

@@ -32,14 +32,4 @@ def run(session: ort.InferenceSession, io: IOSpec, feed: Mapping[str, np.ndarray
     """Run once; return ``role -> array`` reshaped to what the source model returns."""
     names = [o.name for o in io.outputs]
     raw = session.run(names, dict(feed))
-    return {
-        o.role: shape_like_source(arr, o.shape) for o, arr in zip(io.outputs, raw, strict=False)
-    }
-
-
-def shape_like_source(arr: np.ndarray, shape) -> np.ndarray:
-    arr = np.asarray(arr)
-    tail = tuple(shape[1:])
-    if arr.ndim and arr.shape[1:] != tail and all(isinstance(d, int) for d in tail):
-        arr = arr.reshape((arr.shape[0], *tail))
-    return arr
+    return {o.role: io.as_source(o, arr) for o, arr in zip(io.outputs, raw, strict=True)}

@@ -89,6 +89,16 @@ class IOSpec:
             f"This model has no '{role}' output; available: {', '.join(available)}", field=role
         )
 
+    def as_source(self, out: OutputSpec, arr: np.ndarray) -> np.ndarray:
+        """An ONNX output reshaped (and typed) like the source model returned it."""
+        arr = np.asarray(arr)
+        tail = tuple(out.shape[1:])
+        if arr.ndim and arr.shape[1:] != tail and all(isinstance(d, int) for d in tail):
+            arr = arr.reshape((arr.shape[0], *tail))
+        if out.role == LABEL and self.classes and all(isinstance(c, bool) for c in self.classes):
+            arr = arr.astype(bool)
+        return arr
+
     # ------------------------------------------------------------------ encoding
     def encode_columns(self, data: Mapping[str, Any], n_rows: int | None = None) -> dict:
         """Build the ONNX feed from a mapping ``column -> 1-D values``.

@@ -66,7 +66,9 @@ class ServingSettings:
         8 * MIB, "Largest request body accepted; larger gets 413 (suffixes KiB/MiB/GiB allowed)."
     )
     keepalive_timeout_s: float = _setting(
-        5.0, "Idle keep-alive connections are closed after this many seconds."
+        75.0,
+        "Idle keep-alive connections are closed after this many seconds (above the 60 s idle "
+        "timeout of common load balancers, so they never reuse a connection we closed).",
     )
     request_timeout_s: float = _setting(
         30.0, "A request whose headers and body do not arrive within this many seconds is dropped."

@@ -1,0 +1,139 @@
+"""Any MLflow model URI -> a serving bundle directory (model.onnx + bundle.json).
+
+A model of our flavor is copied as is (it already passed the parity gate). Any other model is
+converted through the parity gate first, without writing to the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from mlflow_deploy_plugins.errors import InvalidInputError, ModelNotFoundError
+from mlflow_deploy_plugins.serving.model import (
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA_VERSION,
+    Manifest,
+    file_sha256,
+)
+
+_logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: str
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> str:
+        return os.path.join(self.path, self.manifest.model_file)
+
+
+def is_bundle(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MANIFEST_FILE))
+
+
+def build_bundle(
+    model_uri: str,
+    output_dir: str,
+    *,
+    name: str | None = None,
+    settings: dict | None = None,
+    **convert_kwargs,
+) -> Bundle:
+    """Write the serving bundle for ``model_uri`` to ``output_dir`` (created; must be empty).
+
+    Args:
+        model_uri: any MLflow model URI (``models:/churn-onnx@champion``, ``models:/churn/3``,
+            ``runs:/...``, a local model directory).
+        output_dir: where the bundle goes.
+        name: served model name; default the registered model name in the URI, else the
+            directory name of the model.
+        settings: serving defaults recorded in the manifest (env and CLI flags override them).
+        convert_kwargs: passed to ``convert()`` when the model is not ONNX yet (``sample=``,
+            ``atol=``...).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from mlflow_deploy_plugins.onnx.convert import FLAVOR_KEY, _registered_name_version, convert
+
+    if os.path.exists(output_dir) and os.listdir(output_dir):
+        raise InvalidInputError(f"Bundle directory {output_dir!r} exists and is not empty")
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+        mlmodel = Model.load(local)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"Model '{model_uri}' could not be resolved: {e.message}") from e
+    reg_name, reg_version = _registered_name_version(model_uri)
+    os.makedirs(output_dir, exist_ok=True)
+    target = os.path.join(output_dir, MODEL_FILE)
+
+    if FLAVOR_KEY in mlmodel.flavors:
+        conf = mlmodel.flavors[FLAVOR_KEY]
+        shutil.copyfile(os.path.join(local, conf["data"]), target)
+        io = conf["io"]
+        source = conf.get("source", {})
+        onnx_model = {"name": reg_name, "version": reg_version, "model_uri": model_uri}
+        parity = conf.get("parity", {})
+    else:
+        _logger.info(
+            "%s is not an ONNX model of ours: converting through the parity gate", model_uri
+        )
+        result = convert(model_uri, **convert_kwargs)
+        import onnx
+
+        onnx.save(result.onnx_model, target)
+        io = result.io.to_dict()
+        src = result.source
+        source = {
+            "model_uri": src.model_uri,
+            "flavor": src.flavor,
+            "model_name": src.model_name,
+            "model_version": src.model_version,
+            "run_id": src.run_id,
+        }
+        onnx_model = {}
+        parity = {
+            "passed": result.parity.passed,
+            "rows": result.parity.rows,
+            "metrics": result.parity.metrics(),
+        }
+
+    served_name = name or reg_name or os.path.basename(os.path.normpath(local)) or "model"
+    served_version = str(reg_version or source.get("model_version") or "1")
+    import onnxruntime
+
+    raw = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "name": served_name,
+        "version": served_version,
+        "model_file": MODEL_FILE,
+        "sha256": file_sha256(target),
+        "io": io,
+        "source": source,
+        "onnx_model": onnx_model,
+        "parity": parity,
+        "settings": dict(settings or {}),
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "onnxruntime_version": onnxruntime.__version__,
+    }
+    with open(os.path.join(output_dir, MANIFEST_FILE), "w") as f:
+        json.dump(raw, f, indent=2, sort_keys=True, default=str)
+    manifest = Manifest.read(output_dir)
+    _logger.info(
+        "Serving bundle for %s written to %s (%s v%s)",
+        model_uri,
+        output_dir,
+        manifest.name,
+        manifest.version,
+    )
+    return Bundle(output_dir, manifest)

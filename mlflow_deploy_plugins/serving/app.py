@@ -1,0 +1,335 @@
+"""Routes of the serving runtime: Open Inference Protocol V2, MLflow scoring, health, metrics.
+
+``ServingApp.handle`` is the ``http.Handler``: called on the event loop for each request, it
+returns a ``Response`` at once (health, metadata, errors) or a Future the batcher resolves.
+Every client mistake is a ``ServingError`` (errors.py) turned into a response here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+
+import orjson
+
+from mlflow_deploy_plugins import __version__
+from mlflow_deploy_plugins.serving import codecs
+from mlflow_deploy_plugins.serving.batching import Batcher
+from mlflow_deploy_plugins.serving.errors import (
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    ServingError,
+    Unauthorized,
+    Unprocessable,
+)
+from mlflow_deploy_plugins.serving.http import Request, Response
+from mlflow_deploy_plugins.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mlflow_deploy_plugins.serving.metrics import ServingMetrics
+from mlflow_deploy_plugins.serving.model import ServedModel
+from mlflow_deploy_plugins.serving.settings import ServingSettings
+
+_logger = logging.getLogger(__name__)
+_access = logging.getLogger("mlflow_deploy_plugins.serving.access")
+
+JSON = "application/json"
+SERVER_NAME = "mlflow-deploy-plugins"
+#: Paths that never need the bearer token (probes must work without secrets).
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/health", "/v2"})
+_V2_DTYPE = {
+    "float32": "FP32",
+    "float64": "FP64",
+    "int64": "INT64",
+    "int32": "INT32",
+    "bool": "BOOL",
+    "string": "BYTES",
+}
+
+
+class ServingApp:
+    """One served model behind every route; see docs/serving.md for the contract."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        settings: ServingSettings,
+        metrics: ServingMetrics | None = None,
+        payload_log=None,
+    ):
+        self.model = model
+        self.io = model.io
+        self.settings = settings
+        self.name = settings.model_name or model.name
+        self.version = model.version
+        self.metrics = metrics or ServingMetrics()
+        self.metrics.set_model(self.name, self.version)
+        self.payload_log = payload_log
+        self.batcher = Batcher(
+            model.run,
+            max_batch_size=settings.max_batch_size,
+            max_batch_time_ms=settings.max_batch_time_ms,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.ready = False
+        self._token = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+        self._max_elements = max(1, settings.max_body_bytes // 2)
+        self._output_names = model.output_names
+        base = f"/v2/models/{self.name}"
+        self._infer_paths = frozenset({f"{base}/infer", f"{base}/versions/{self.version}/infer"})
+        self._model_paths = frozenset({base, f"{base}/versions/{self.version}"})
+        self._ready_paths = frozenset({f"{base}/ready", f"{base}/versions/{self.version}/ready"})
+        self._metadata = orjson.dumps(self._model_metadata())
+        self._server_metadata = orjson.dumps(
+            {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+        self._version_body = orjson.dumps(
+            {
+                "server": SERVER_NAME,
+                "version": __version__,
+                "model": self.name,
+                "model_version": self.version,
+            }
+        )
+
+    # ------------------------------------------------------------------ the handler
+    def handle(self, request: Request) -> Response | asyncio.Future:
+        try:
+            return self._route(request)
+        except ServingError as e:
+            return _error_response(e, request.path)
+
+    def _route(self, request: Request):
+        path, method = request.path, request.method
+        if path in self._infer_paths:
+            self._check(request, "POST")
+            return self._infer_v2(request)
+        if path == "/invocations":
+            self._check(request, "POST")
+            return self._invocations(request)
+        if path in ("/v2/health/live", "/ping", "/health"):
+            _allow(method, "GET", "HEAD")
+            if path == "/v2/health/live":
+                return Response(200, b"", JSON)
+            return self._ready_response(b"\n", "text/plain")
+        if path == "/v2/health/ready":
+            _allow(method, "GET", "HEAD")
+            return self._ready_response(b"", JSON)
+        if self._token is not None and path not in OPEN_PATHS:
+            self._authorize(request)
+        if path in self._ready_paths:
+            _allow(method, "GET", "HEAD")
+            return self._ready_response(b"", JSON)
+        if path in self._model_paths:
+            _allow(method, "GET", "HEAD")
+            return Response(200, self._metadata, JSON)
+        if path == "/v2":
+            _allow(method, "GET", "HEAD")
+            return Response(200, self._server_metadata, JSON)
+        if path == "/version":
+            _allow(method, "GET", "HEAD")
+            return Response(200, self._version_body, JSON)
+        if path == "/metrics":
+            _allow(method, "GET", "HEAD")
+            self.metrics.inflight_requests.set(_inflight())
+            return Response(200, self.metrics.render(), METRICS_CONTENT_TYPE)
+        if path.startswith("/v2/models/"):
+            raise NotFound(
+                f"Unknown model or version in {path!r}: this server serves "
+                f"'{self.name}' version '{self.version}'",
+                field="model",
+            )
+        raise NotFound(f"No route {path!r}", field="path")
+
+    def _check(self, request: Request, method: str) -> None:
+        if request.method != method:
+            _allow(request.method, method)
+        if self._token is not None:
+            self._authorize(request)
+        if not self.ready:
+            raise NotReady("The model is not ready (starting or shutting down)")
+
+    def _authorize(self, request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._token):
+            raise Unauthorized(
+                "Missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                headers=[("WWW-Authenticate", "Bearer")],
+            )
+
+    def _ready_response(self, body: bytes, content_type: str) -> Response:
+        if self.ready:
+            return Response(200, body, content_type)
+        raise NotReady("The model is not ready (starting or shutting down)")
+
+    # ------------------------------------------------------------------ inference
+    def _infer_v2(self, request: Request) -> asyncio.Future:
+        decoded = codecs.decode_v2(
+            request.body, request.headers, self.io, max_elements=self._max_elements
+        )
+        future = asyncio.get_running_loop().create_future()
+        request_id = decoded.id or request.request_id
+
+        def done(outputs, error):
+            if future.done():
+                return
+            if error is not None:
+                future.set_result(_error_response(_model_error(error), request.path))
+                return
+            named = dict(zip(self._output_names, outputs, strict=True))
+            try:
+                body, headers = codecs.encode_v2(
+                    self.name,
+                    self.version,
+                    request_id,
+                    named,
+                    self.io,
+                    decoded.requested_outputs,
+                    decoded.binary_outputs,
+                )
+            except ServingError as e:
+                future.set_result(_error_response(e, request.path))
+                return
+            content_type = codecs.V2_BINARY_CONTENT_TYPE if headers else JSON
+            future.set_result(Response(200, body, content_type, headers))
+            self._log_payload(request.request_id, decoded, named)
+
+        self.batcher.submit(decoded.feed, decoded.n_rows, done)
+        return future
+
+    def _invocations(self, request: Request) -> asyncio.Future:
+        decoded = codecs.decode_mlflow(
+            request.body,
+            request.headers.get("content-type"),
+            self.io,
+            max_elements=self._max_elements,
+        )
+        role = codecs.role_for(self.io, (decoded.params or {}).get("predict_method"))
+        out_spec = self.io.output_for(role)
+        index = self._output_names.index(out_spec.name)
+        future = asyncio.get_running_loop().create_future()
+
+        def done(outputs, error):
+            if future.done():
+                return
+            if error is not None:
+                future.set_result(_error_response(_model_error(error), request.path))
+                return
+            body = codecs.encode_mlflow(self.io.as_source(out_spec, outputs[index]))
+            future.set_result(Response(200, body, JSON))
+            self._log_payload(
+                request.request_id, decoded, dict(zip(self._output_names, outputs, strict=True))
+            )
+
+        self.batcher.submit(decoded.feed, decoded.n_rows, done)
+        return future
+
+    def _log_payload(self, request_id, decoded, outputs) -> None:
+        if self.payload_log is not None:
+            self.payload_log.submit(request_id, decoded.columns, outputs)
+
+    # ------------------------------------------------------------------ metadata, logs
+    def _model_metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [
+                {
+                    "name": b.name,
+                    "datatype": _V2_DTYPE.get(b.dtype, b.dtype.upper()),
+                    "shape": [-1 if d is None else d for d in b.shape],
+                }
+                for b in self.io.inputs
+            ],
+            "outputs": [
+                {
+                    "name": o.name,
+                    "datatype": _V2_DTYPE.get(o.dtype, o.dtype.upper()),
+                    "shape": [-1 if d is None else d for d in o.shape],
+                }
+                for o in self.io.outputs
+            ],
+            "parameters": {
+                "columns": self.io.columns,
+                "column_datatypes": {
+                    c: _V2_DTYPE.get(d, d) for c, d in self.io.column_dtypes().items()
+                },
+                "task": self.io.task,
+                "classes": list(self.io.classes) if self.io.classes else None,
+            },
+        }
+
+    def on_response(self, request: Request, response: Response, duration_s: float) -> None:
+        route = _route_label(request.path, self)
+        self.metrics.requests_total.labels(route, str(response.status)).inc()
+        self.metrics.request_duration_seconds.labels(route).observe(duration_s)
+        if self.settings.access_log:
+            _access.info(
+                "%s %s %d %.3fms %dB id=%s",
+                request.method,
+                request.path,
+                response.status,
+                duration_s * 1000,
+                len(response.body),
+                request.request_id,
+            )
+
+
+def _route_label(path: str, app: ServingApp) -> str:
+    if path in app._infer_paths:
+        return "/v2/models/{name}/infer"
+    if path in (
+        "/invocations",
+        "/ping",
+        "/health",
+        "/version",
+        "/metrics",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    ):
+        return path
+    if path in app._model_paths:
+        return "/v2/models/{name}"
+    if path in app._ready_paths:
+        return "/v2/models/{name}/ready"
+    return "other"
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed(
+            f"Method {method} not allowed here; use {' or '.join(allowed)}",
+            headers=[("Allow", ", ".join(allowed))],
+        )
+
+
+def _model_error(error: BaseException) -> ServingError:
+    """onnxruntime refusing decoded input is a client mistake (422); anything else is ours."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    name = type(error).__name__
+    if name in ("InvalidArgument", "Fail", "InvalidGraph") or "INVALID_ARGUMENT" in text:
+        return Unprocessable(f"The model rejected the input: {text[:300]}")
+    _logger.error("Inference failed: %s: %s", name, text)
+    return InternalError("Inference failed")
+
+
+def _error_response(error: ServingError, path: str) -> Response:
+    body = error.to_mlflow_body() if path == "/invocations" else error.to_body()
+    return Response(error.status, body, JSON, list(error.headers))
+
+
+def _inflight() -> int:
+    from mlflow_deploy_plugins.serving.http import in_flight
+
+    return in_flight()
+
+
+def warm_up(app: ServingApp, rounds: int = 2) -> None:
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        app.model.warm_up()
+    _logger.debug("Warm-up took %.1f ms", (time.perf_counter() - t0) * 1000)

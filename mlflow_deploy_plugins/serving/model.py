@@ -1,0 +1,141 @@
+"""A serving bundle on disk -> a verified onnxruntime session (no mlflow, no pandas)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlflow_deploy_plugins.serving.iospec import IOSpec
+
+_logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "bundle.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+
+class BundleError(ValueError):
+    """The bundle directory is missing, incomplete or tampered with."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    model_file: str
+    sha256: str
+    io: IOSpec
+    source: dict = field(default_factory=dict)
+    onnx_model: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, bundle_dir: str) -> Manifest:
+        path = os.path.join(bundle_dir, MANIFEST_FILE)
+        try:
+            with open(path, "rb") as f:
+                raw = json.loads(f.read())
+        except FileNotFoundError as e:
+            raise BundleError(f"{bundle_dir!r} is not a serving bundle: no {MANIFEST_FILE}") from e
+        except ValueError as e:
+            raise BundleError(f"{path} is not valid JSON: {e}") from e
+        version = raw.get("schema_version")
+        if version != MANIFEST_SCHEMA_VERSION:
+            raise BundleError(
+                f"{path}: schema_version {version!r} is not supported "
+                f"(this runtime reads {MANIFEST_SCHEMA_VERSION})"
+            )
+        try:
+            return cls(
+                name=str(raw["name"]),
+                version=str(raw.get("version") or "1"),
+                model_file=raw.get("model_file", "model.onnx"),
+                sha256=raw["sha256"],
+                io=IOSpec.from_dict(raw["io"]),
+                source=raw.get("source") or {},
+                onnx_model=raw.get("onnx_model") or {},
+                settings=raw.get("settings") or {},
+                raw=raw,
+            )
+        except KeyError as e:
+            raise BundleError(f"{path} lacks the key {e.args[0]!r}") from e
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ServedModel:
+    """One onnxruntime session over a verified bundle; ``run`` is the only hot-path call."""
+
+    def __init__(self, bundle_dir: str, intra_op_threads: int = 1):
+        import onnxruntime as ort
+
+        self.bundle_dir = bundle_dir
+        self.manifest = Manifest.read(bundle_dir)
+        self.io = self.manifest.io
+        model_path = os.path.join(bundle_dir, self.manifest.model_file)
+        if not os.path.exists(model_path):
+            raise BundleError(
+                f"Bundle {bundle_dir!r} lacks its model file {self.manifest.model_file}"
+            )
+        digest = file_sha256(model_path)
+        if digest != self.manifest.sha256:
+            raise BundleError(
+                f"{model_path} has sha256 {digest}, the manifest records {self.manifest.sha256}: "
+                "refusing to serve a model that is not the one verified"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.io.outputs]
+        self._run = self.session.run
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        _logger.info(
+            "Loaded %s v%s (%s, sha256 %s...)",
+            self.manifest.name,
+            self.manifest.version,
+            model_path,
+            digest[:12],
+        )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in ``self.output_names`` order."""
+        return self._run(self.output_names, feed)
+
+    def warm_up(self) -> None:
+        """One tiny inference so the first request does not pay for lazy initialisation."""
+        feed = {}
+        for binding in self.io.inputs:
+            width = len(binding.columns)
+            if binding.dtype == "string":
+                arr = np.full((1, width), "", dtype=object)
+            else:
+                arr = np.zeros((1, width), dtype=binding.dtype)
+            feed[binding.name] = arr.reshape(-1) if len(binding.shape) == 1 else arr
+        try:
+            self.run(feed)
+        except Exception as e:  # a model may reject zeros (e.g. strings it never saw): not fatal
+            _logger.debug("Warm-up inference failed (ignored): %s", e)
