@@ -242,6 +242,11 @@ def decode_v2(
     Inputs are either the ONNX graph's own inputs (``io.inputs`` names, shapes and datatypes), or
     one 1-D (or ``[N, 1]``) input per table column (``io.columns``), numeric datatypes converted.
 
+    ``parameters`` honoured: the request's ``binary_data_output``, each output's ``binary_data``
+    (``binary_data_output`` accepted too), each input's ``binary_data_size``. Refused:
+    ``classification`` and ``shared_memory_*`` (not supported). Others are ignored, as the
+    protocol allows, and returned in ``V2Request.parameters``.
+
     Args:
         body: The request body.
         headers: Request headers, names lower-cased (``Inference-Header-Content-Length``).
@@ -896,9 +901,9 @@ def _from_rows(names: list | None, rows: Any, plan: _Plan, max_elements: int):
         rows = [[v] for v in rows]  # pandas: one column given as a flat list
     for i, row in enumerate(rows):
         if type(row) not in (list, tuple) or len(row) != width:
-            got = f"{len(row)} values" if type(row) in (list, tuple) else _show(row)
+            got = f"has {len(row)} values" if type(row) in (list, tuple) else f"is {_show(row)}"
             what = f"the {width} columns {names}" if positional else f"{width} columns"
-            raise Unprocessable(f"Row {i} has {got}; expected one value for each of {what}")
+            raise Unprocessable(f"Row {i} {got}; expected one value for each of {what}")
     in_order = positional or names == plan.columns
     position = plan.positions if in_order else _positions(names, io)
     # Fast path: a numeric table for float inputs is one np.asarray and one cast per input.

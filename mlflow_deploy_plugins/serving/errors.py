@@ -73,7 +73,12 @@ class Unauthorized(ServingError):
     status = 401
     error_code = "UNAUTHENTICATED"
 
-    def __init__(self, message: str = "A valid bearer token is required", field=None, headers=None):
+    def __init__(
+        self,
+        message: str = "A valid bearer token is required",
+        field: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ):
         super().__init__(message, field, headers or [("WWW-Authenticate", "Bearer")])
 
 
@@ -86,7 +91,14 @@ class MethodNotAllowed(ServingError):
     status = 405
     error_code = "BAD_REQUEST"
 
-    def __init__(self, message: str, field=None, headers=None, *, allowed: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        allowed: tuple[str, ...] = (),
+    ):
         if allowed and headers is None:
             headers = [("Allow", ", ".join(allowed))]
         super().__init__(message, field, headers)
