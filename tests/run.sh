@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # The one test command (README, CI): make .venv, install the package with every extra the tests
-# need, start the services the tests need, run the whole suite. Extra arguments go to pytest.
+# need, start the services the tests need (a Docker engine and the local base image), run the
+# whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+export LOGDIR=${LOGDIR:-$PWD/.test-logs}
+mkdir -p "$LOGDIR"
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -c tests/constraints.txt -e '.[all,test]'
+
+# Services. In CI (CI=true) each must come up or the run fails; elsewhere the tests that need a
+# missing one skip with the reason.
+if [ "${CI:-}" = "true" ]; then
+    bash tests/infra/docker.sh
+elif ! bash tests/infra/docker.sh; then
+    echo "run.sh: no Docker engine: Docker tests will be skipped" >&2
+fi
 
 exec "$VENV/bin/python" -m pytest "$@"
