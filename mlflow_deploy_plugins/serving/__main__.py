@@ -97,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    from mlflow_deploy_plugins.serving import logs
+
+    logs.configure(settings.log_level)
     from mlflow_deploy_plugins.serving.server import run
 
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 
 import orjson
@@ -74,9 +75,18 @@ class ServingApp:
             on_batch=self.metrics.batch_size.observe,
         )
         self.ready = False
+        #: Shutting down: readiness answers 503 so no new traffic comes, but requests already
+        #: on their way (e.g. a body still arriving at SIGTERM) are answered, not refused.
+        self.draining = False
         self._token = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
         self._max_elements = max(1, settings.max_body_bytes // 2)
         self._output_names = model.output_names
+        #: V2 outputs are shaped as the metadata declares them (e.g. a regressor's [N, 1] -> [N]).
+        self._v2_tails = {
+            o.name: tuple(o.shape[1:])
+            for o in self.io.outputs
+            if all(type(d) is int for d in o.shape[1:])
+        }
         base = f"/v2/models/{self.name}"
         self._infer_paths = frozenset({f"{base}/infer", f"{base}/versions/{self.version}/infer"})
         self._model_paths = frozenset({base, f"{base}/versions/{self.version}"})
@@ -148,7 +158,7 @@ class ServingApp:
             _allow(request.method, method)
         if self._token is not None:
             self._authorize(request)
-        if not self.ready:
+        if not self.ready and not self.draining:
             raise NotReady("The model is not ready (starting or shutting down)")
 
     def _authorize(self, request: Request) -> None:
@@ -178,7 +188,10 @@ class ServingApp:
             if error is not None:
                 future.set_result(_error_response(_model_error(error), request.path))
                 return
-            named = dict(zip(self._output_names, outputs, strict=True))
+            named = {
+                name: _declared_shape(out, self._v2_tails.get(name))
+                for name, out in zip(self._output_names, outputs, strict=True)
+            }
             try:
                 body, headers = codecs.encode_v2(
                     self.name,
@@ -268,13 +281,21 @@ class ServingApp:
         self.metrics.request_duration_seconds.labels(route).observe(duration_s)
         if self.settings.access_log:
             _access.info(
-                "%s %s %d %.3fms %dB id=%s",
+                "%s %s %d",
                 request.method,
                 request.path,
                 response.status,
-                duration_s * 1000,
-                len(response.body),
-                request.request_id,
+                extra={
+                    "http": {
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status,
+                        "duration_ms": round(duration_s * 1000, 3),
+                        "bytes": len(response.body),
+                        "request_id": request.request_id,
+                        "remote": request.remote,
+                    }
+                },
             )
 
 
@@ -297,6 +318,16 @@ def _route_label(path: str, app: ServingApp) -> str:
     if path in app._ready_paths:
         return "/v2/models/{name}/ready"
     return "other"
+
+
+def _declared_shape(arr, tail: tuple | None):
+    """``arr`` as ``[rows, *tail]`` when it holds the same values in another shape ([N, 1])."""
+    if tail is None or arr.ndim == 0 or arr.shape[1:] == tail:
+        return arr
+    rows = arr.shape[0]
+    if arr.size != rows * math.prod(tail):
+        return arr
+    return arr.reshape((rows, *tail))
 
 
 def _allow(method: str, *allowed: str) -> None:
