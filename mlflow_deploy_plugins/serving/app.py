@@ -78,7 +78,7 @@ class ServingApp:
         #: Shutting down: readiness answers 503 so no new traffic comes, but requests already
         #: on their way (e.g. a body still arriving at SIGTERM) are answered, not refused.
         self.draining = False
-        self._token = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+        self._token = settings.auth_token.encode() if settings.auth_token else None
         self._max_elements = max(1, settings.max_body_bytes // 2)
         self._output_names = model.output_names
         #: V2 outputs are shaped as the metadata declares them (e.g. a regressor's [N, 1] -> [N]).
@@ -127,11 +127,11 @@ class ServingApp:
         if path == "/v2/health/ready":
             _allow(method, "GET", "HEAD")
             return self._ready_response(b"", JSON)
-        if self._token is not None and path not in OPEN_PATHS:
-            self._authorize(request)
-        if path in self._ready_paths:
+        if path in self._ready_paths:  # a health probe too (V2 "model ready"): no token
             _allow(method, "GET", "HEAD")
             return self._ready_response(b"", JSON)
+        if self._token is not None and path not in OPEN_PATHS:
+            self._authorize(request)
         if path in self._model_paths:
             _allow(method, "GET", "HEAD")
             return Response(200, self._metadata, JSON)
@@ -162,8 +162,11 @@ class ServingApp:
             raise NotReady("The model is not ready (starting or shutting down)")
 
     def _authorize(self, request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, self._token):
+        # The auth scheme is case-insensitive (RFC 7235): "bearer <token>" is as good.
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token
+        ):
             raise Unauthorized(
                 "Missing or wrong bearer token (send 'Authorization: Bearer <token>')",
                 headers=[("WWW-Authenticate", "Bearer")],

@@ -724,10 +724,13 @@ class _HttpProtocol(asyncio.Protocol):
             self._no_more = self._closed = True  # idle keep-alive connection
             self._transport.close()
 
-    def _on_shutdown(self) -> None:
+    def _on_shutdown(self, idle_grace_s: float = 0.0) -> None:
         if self._closed or self._lingering:
             return
         if not self._in_request and not self._queue:
+            if idle_grace_s > 0:  # the sweeper closes it then, unless a request comes first
+                self._deadline = self._state.now + idle_grace_s
+                return
             self._no_more = self._closed = True
             self._transport.close()
 
@@ -790,10 +793,16 @@ async def start_server(
     return server
 
 
-async def shutdown(server: asyncio.AbstractServer, timeout: float = 10.0) -> None:
+async def shutdown(
+    server: asyncio.AbstractServer, timeout: float = 10.0, idle_grace_s: float = 0.0
+) -> None:
     """Stop accepting, close idle connections, let in-flight responses finish, then close.
 
-    Connections still busy after ``timeout`` seconds are aborted.
+    Connections still busy after ``timeout`` seconds are aborted. With ``idle_grace_s`` > 0,
+    idle keep-alive connections (and accepted ones with no request yet) stay open that long and
+    a request arriving meanwhile is answered with ``Connection: close``: closing them at once
+    races with a client sending its next request, which then sees a reset (this matters when
+    another server takes over the port, e.g. a zero-downtime update).
     """
     server.close()
     state = _STATES.pop(server, None)
@@ -801,7 +810,7 @@ async def shutdown(server: asyncio.AbstractServer, timeout: float = 10.0) -> Non
         state.shutting_down = True
         state.drained = state.loop.create_future()
         for conn in list(state.connections):
-            conn._on_shutdown()
+            conn._on_shutdown(idle_grace_s)
         if state.connections:
             try:
                 await asyncio.wait_for(asyncio.shield(state.drained), timeout)

@@ -75,6 +75,25 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def verify_bundle(bundle_dir: str) -> Manifest:
+    """The bundle's manifest, once its model file is checked against the recorded sha256.
+
+    Raises:
+        BundleError: no manifest, no model file, or a model file that is not the one verified.
+    """
+    manifest = Manifest.read(bundle_dir)
+    model_path = os.path.join(bundle_dir, manifest.model_file)
+    if not os.path.exists(model_path):
+        raise BundleError(f"Bundle {bundle_dir!r} lacks its model file {manifest.model_file}")
+    digest = file_sha256(model_path)
+    if digest != manifest.sha256:
+        raise BundleError(
+            f"{model_path} has sha256 {digest}, the manifest records {manifest.sha256}: "
+            "refusing to serve a model that is not the one verified"
+        )
+    return manifest
+
+
 class ServedModel:
     """One onnxruntime session over a verified bundle; ``run`` is the only hot-path call."""
 
@@ -82,19 +101,10 @@ class ServedModel:
         import onnxruntime as ort
 
         self.bundle_dir = bundle_dir
-        self.manifest = Manifest.read(bundle_dir)
+        self.manifest = verify_bundle(bundle_dir)
         self.io = self.manifest.io
         model_path = os.path.join(bundle_dir, self.manifest.model_file)
-        if not os.path.exists(model_path):
-            raise BundleError(
-                f"Bundle {bundle_dir!r} lacks its model file {self.manifest.model_file}"
-            )
-        digest = file_sha256(model_path)
-        if digest != self.manifest.sha256:
-            raise BundleError(
-                f"{model_path} has sha256 {digest}, the manifest records {self.manifest.sha256}: "
-                "refusing to serve a model that is not the one verified"
-            )
+        digest = self.manifest.sha256
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1

@@ -20,23 +20,32 @@ from mlflow_deploy_plugins.serving.http import (
     start_server,
 )
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
-from mlflow_deploy_plugins.serving.model import ServedModel
+from mlflow_deploy_plugins.serving.model import ServedModel, verify_bundle
 from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 _logger = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 20.0
+#: With a shared port (SO_REUSEPORT), idle keep-alive connections get this long to send one last
+#: request (answered with Connection: close) before they are closed: closing them at once races
+#: with a client sending on them. The next server on the port takes the reconnections.
+SHARED_PORT_IDLE_GRACE_S = 1.0
+SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
 
 
 def run(bundle_dir: str, settings: ServingSettings) -> int:
     """Serve ``bundle_dir`` until SIGTERM/SIGINT; returns the process exit code."""
     if settings.workers <= 1:
-        return serve_worker(bundle_dir, settings, reuse_port=False)
+        return serve_worker(bundle_dir, settings, reuse_port=settings.reuse_port)
+    # Refuse a bad bundle here, once: a worker failing on it would be restarted forever.
+    verify_bundle(bundle_dir)
     return _supervise(bundle_dir, settings)
 
 
-def serve_worker(bundle_dir: str, settings: ServingSettings, reuse_port: bool) -> int:
+def serve_worker(
+    bundle_dir: str, settings: ServingSettings, reuse_port: bool, on_ready=None
+) -> int:
     started = time.perf_counter()
     model = ServedModel(bundle_dir, intra_op_threads=settings.intra_op_threads)
     metrics = ServingMetrics()
@@ -44,12 +53,28 @@ def serve_worker(bundle_dir: str, settings: ServingSettings, reuse_port: bool) -
     payload_log = PayloadLogger.from_settings(settings, name, model.version, metrics)
     app = ServingApp(model, settings, metrics=metrics, payload_log=payload_log)
     warm_up(app)
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(_serve(app, settings, reuse_port, started))
+    _run_loop(_serve(app, settings, reuse_port, started, on_ready))
     return 0
 
 
-async def _serve(app: ServingApp, settings: ServingSettings, reuse_port: bool, started: float):
+def _run_loop(coro) -> None:
+    """``asyncio.Runner(loop_factory=...).run(coro)``; by hand on Python 3.10 (no Runner)."""
+    if hasattr(asyncio, "Runner"):
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(coro)
+        return
+    loop = event_loop_factory()()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+async def _serve(
+    app: ServingApp, settings: ServingSettings, reuse_port: bool, started: float, on_ready=None
+):
     loop = asyncio.get_running_loop()
     limits = HttpLimits(
         max_body_bytes=settings.max_body_bytes,
@@ -64,10 +89,14 @@ async def _serve(app: ServingApp, settings: ServingSettings, reuse_port: bool, s
         limits=limits,
         on_response=app.on_response,
     )
+    if reuse_port and settings.reuse_port_takeover:
+        steer_new_connections(server, settings.reuse_port_takeover, settings.workers)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app.ready = True
+    if on_ready is not None:
+        on_ready()
     _logger.info(
         "Serving %s v%s on http://%s:%d (pid %d, ready in %.2fs; V2 /v2/models/%s/infer, "
         "MLflow /invocations)",
@@ -81,17 +110,70 @@ async def _serve(app: ServingApp, settings: ServingSettings, reuse_port: bool, s
     )
     await stop.wait()
     _logger.info("Stopping: finishing in-flight requests")
+    app.draining = True
     app.ready = False
-    await shutdown(server, timeout=SHUTDOWN_TIMEOUT_S)
+    grace = SHARED_PORT_IDLE_GRACE_S if reuse_port else 0.0
+    await shutdown(server, timeout=SHUTDOWN_TIMEOUT_S, idle_grace_s=grace)
     if app.payload_log is not None:
         await loop.run_in_executor(None, app.payload_log.close)
     _logger.info("Stopped")
 
 
+def steer_new_connections(server, previous: int, workers: int) -> bool:
+    """Send every new connection on the shared port to this server's sockets.
+
+    Sockets join a SO_REUSEPORT group in listen order, so the previous server's ``previous``
+    sockets hold indexes 0..previous-1 and ours follow. A classic BPF program attached to the
+    group returns one of our indexes. Once the previous sockets close, those indexes are out of
+    range and the kernel falls back to its hash: the steering ends by itself. Returns False
+    where it cannot be attached (not Linux, old kernel): updates then work without it.
+    """
+    import ctypes
+    import socket
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        ]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    if workers == 1:
+        program = [(0x06, previous)]  # ret #previous
+    else:
+        random = (-0x1000 + 56) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_RANDOM
+        # A = random; A %= workers; A += previous; return A
+        program = [(0x20, random), (0x94, workers), (0x04, previous), (0x16, 0)]
+    code = (SockFilter * len(program))(*(SockFilter(op, 0, 0, k) for op, k in program))
+    fprog = SockFprog(len(program), ctypes.cast(code, ctypes.POINTER(SockFilter)))
+    try:
+        listener = server.sockets[0]
+        with socket.fromfd(listener.fileno(), listener.family, listener.type) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))
+    except (OSError, IndexError, AttributeError) as e:
+        _logger.warning("Could not steer new connections to this server: %s", e)
+        return False
+    _logger.info("Taking over the port: new connections go to this server")
+    return True
+
+
 def _supervise(bundle_dir: str, settings: ServingSettings) -> int:
-    """Fork one worker per ``settings.workers``; forward SIGTERM/SIGINT; restart crashed ones."""
+    """Fork one worker per ``settings.workers``; forward SIGTERM/SIGINT; restart crashed ones.
+
+    A worker that fails before it ever served (port taken, model not loadable) is not restarted:
+    the others are stopped and the exit code is 1, so the failure is seen, not looped over.
+    """
     children: dict[int, int] = {}
     stopping = False
+    # Workers write their pid here once they serve.
+    ready_r, ready_w = os.pipe()
+    os.set_blocking(ready_r, False)
+    booted: set[int] = set()
+    boot_failed = False
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -100,7 +182,12 @@ def _supervise(bundle_dir: str, settings: ServingSettings) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = serve_worker(bundle_dir, settings, reuse_port=True)
+                code = serve_worker(
+                    bundle_dir,
+                    settings,
+                    reuse_port=True,
+                    on_ready=lambda: os.write(ready_w, b"%d\n" % os.getpid()),
+                )
             except BaseException:
                 _logger.exception("Worker %d failed", slot)
             finally:
@@ -131,10 +218,22 @@ def _supervise(bundle_dir: str, settings: ServingSettings) -> int:
             continue
         slot = children.pop(pid, None)
         code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(ready_r, 4096):
+                booted.update(int(p) for p in chunk.split())
         if stopping or slot is None:
+            continue
+        if pid not in booted:
+            _logger.error("Worker %d (pid %d) failed to start (exit %d): stopping", slot, pid, code)
+            boot_failed = True
+            forward(signal.SIGTERM, None)
             continue
         _logger.error("Worker %d (pid %d) exited with %d: restarting it", slot, pid, code)
         exit_code = 1
         time.sleep(0.5)
         spawn(slot)
+    os.close(ready_r)
+    os.close(ready_w)
+    if boot_failed:
+        return 1
     return 0 if stopping else exit_code

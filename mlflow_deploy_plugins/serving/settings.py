@@ -94,6 +94,23 @@ class ServingSettings:
         "Bearer token required on every route but health checks; None disables auth.",
         repr=False,  # never print the secret
     )
+    auth_token_file: str | None = _setting(
+        None,
+        "File holding the bearer token (read once at start, surrounding whitespace stripped), "
+        "e.g. a mounted secret; use it instead of auth_token.",
+    )
+    reuse_port: bool = _setting(
+        False,
+        "Set SO_REUSEPORT with one worker too, so a second server (the new container of a "
+        "zero-downtime update) can bind the same port before this one stops.",
+    )
+    reuse_port_takeover: int | None = _setting(
+        None,
+        "Set by a zero-downtime update: how many sockets (workers) the previous server holds "
+        "on the shared port. This server then steers every new connection to its own workers "
+        "(Linux, classic BPF on the SO_REUSEPORT group), so the previous one only finishes the "
+        "connections it has and never resets one waiting in its accept queue.",
+    )
     access_log: bool = _setting(True, "Write one structured access log line per request.")
     intra_op_threads: int = _setting(
         1, "onnxruntime intra-op threads per worker; 1 is fastest with one worker per core."
@@ -166,6 +183,13 @@ class ServingSettings:
                 where, key = origin[name]
                 shown = "<hidden>" if name == "auth_token" else repr(value)
                 raise SettingsError(f"{where}={shown}: {problem}", key=key)
+        if values.get("auth_token_file") is not None:
+            where, key = origin["auth_token_file"]
+            if values.get("auth_token") is not None:
+                raise SettingsError(
+                    f"{where}: set auth_token or auth_token_file, not both", key=key
+                )
+            values["auth_token"] = _read_token_file(values["auth_token_file"], where, key)
         return cls(**values)
 
     @classmethod
@@ -285,6 +309,7 @@ _RANGES: dict[str, typing.Callable[[Any], str | None]] = {
     "payload_log_max_age_s": _positive,
     "payload_log_queue_size": _at_least(1),
     "intra_op_threads": _at_least(1),
+    "reuse_port_takeover": _at_least(1),
     "log_level": lambda v: (
         None if str(v).upper() in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
     ),
@@ -294,6 +319,17 @@ _RANGES: dict[str, typing.Callable[[Any], str | None]] = {
         else "must not be blank (unset it to turn authentication off)"
     ),
 }
+
+
+def _read_token_file(path: str, where: str, key: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{where}={path!r}: cannot read the token file: {e}", key=key) from e
+    if not token:
+        raise SettingsError(f"{where}={path!r}: the token file is empty", key=key)
+    return token
 
 
 def _check_range(name: str, value: Any) -> str | None:
