@@ -180,11 +180,13 @@ def promote(
     try:
         if not twin_exists:
             _create_onnx_registered_model(client, onnx_name, name)
-        run_id, model_uri = _log_conversion_run(result, source_mv, key, experiment_name)
+        run_id, model_uri, model_id = _log_conversion_run(result, source_mv, key, experiment_name)
         mv = client.create_model_version(
             onnx_name,
             source=model_uri,
             run_id=run_id,
+            # a tracking server refuses a models:/<model_id> source without its model_id
+            model_id=model_id,
             tags={T.STATUS: "pending"},
             description=f"ONNX twin of {name} v{version}",
         )
@@ -365,7 +367,7 @@ def _log_conversion_run(result: ConversionResult, source_mv, key: str, experimen
         )
         mlflow.log_dict(result.parity.to_dict(), "parity_report.json")
         info = log_model(result, name="onnx_model")
-        return run.info.run_id, info.model_uri
+        return run.info.run_id, info.model_uri, info.model_id
 
 
 def _wait_ready(client, name, version, timeout_s: float = 300) -> None:

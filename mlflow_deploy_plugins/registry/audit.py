@@ -1,0 +1,187 @@
+"""Audit trail of the promotion automation: one MLflow run per handled event.
+
+Each run records the event, the source and ONNX versions, the parity figures, the deployment
+target and the result, with timings; its start and end times say when. So "which ONNX version
+served ``churn@champion`` on March 3rd" is answered from MLflow alone (:func:`promotion_history`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mlflow.entities import Metric, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from mlflow_deploy_plugins.registry import tags as T
+
+_logger = logging.getLogger(__name__)
+
+#: Results that leave a run (no-ops and ignored events only leave a log line).
+RESULTS = ("converted", "reused", "removed", "failed")
+
+
+@dataclass
+class AuditRecord:
+    """What one pipeline attempt did; becomes the tags and metrics of one audit run."""
+
+    event: str  # model_version_alias.created | model_version_alias.deleted | reconcile | poll
+    source_model: str
+    kind: str  # alias | stage
+    label: str  # the alias or the stage
+    result: str  # one of RESULTS
+    source_version: str | None = None
+    onnx_model: str | None = None
+    onnx_version: str | None = None
+    previous_onnx_version: str | None = None
+    delivery_ids: tuple[str, ...] = ()
+    error: str | None = None
+    target: str | None = None
+    deployment: str | None = None
+    deployed_model_uri: str | None = None
+    parity: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: queue, promote, deploy
+    started_at: float = field(default_factory=time.time)  # epoch seconds
+    ended_at: float | None = None
+
+    def run_name(self) -> str:
+        at = f"@{self.label}" if self.kind == "alias" else f" [{self.label}]"
+        version = f" v{self.source_version}" if self.source_version else ""
+        return f"{self.result} {self.source_model}{at}{version}"
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            T.AUDIT_EVENT: self.event,
+            T.AUDIT_RESULT: self.result,
+            T.SOURCE_MODEL: self.source_model,
+            T.AUDIT_ALIAS if self.kind == "alias" else T.AUDIT_STAGE: self.label,
+            T.SOURCE_VERSION: self.source_version,
+            T.ONNX_MODEL: self.onnx_model,
+            T.ONNX_VERSION: self.onnx_version,
+            T.AUDIT_PREVIOUS_ONNX_VERSION: self.previous_onnx_version,
+            T.AUDIT_DELIVERY_IDS: ",".join(self.delivery_ids) or None,
+            T.ERROR: T.clip(self.error) if self.error else None,
+            T.AUDIT_TARGET: self.target,
+            T.AUDIT_DEPLOYMENT: self.deployment,
+            T.AUDIT_DEPLOYED_URI: self.deployed_model_uri,
+        }
+        return {k: str(v) for k, v in tags.items() if v is not None}
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"timing.{k}_s": float(v) for k, v in self.timings.items()}
+        for key, value in self.parity.items():
+            if isinstance(value, bool | int | float):
+                out[f"parity.{key}"] = float(value)
+        return out
+
+
+class AuditLog:
+    """Writes :class:`AuditRecord` runs into one experiment. Never raises: an audit failure is
+    logged, it does not undo or fail the promotion it describes."""
+
+    def __init__(self, experiment_name: str, client: MlflowClient | None = None):
+        self.experiment_name = experiment_name
+        self._client = client or MlflowClient()
+        self._experiment_id: str | None = None
+        self._lock = threading.Lock()
+
+    def record(self, record: AuditRecord) -> str | None:
+        """Log ``record`` as a finished (or failed) run; return its run id (None on error)."""
+        try:
+            experiment_id = self._experiment()
+            run = self._client.create_run(
+                experiment_id,
+                start_time=int(record.started_at * 1000),
+                tags=record.tags(),
+                run_name=record.run_name(),
+            )
+            run_id = run.info.run_id
+            ended = record.ended_at or time.time()
+            metrics = [
+                Metric(k, v, int(ended * 1000), 0) for k, v in sorted(record.metrics().items())
+            ]
+            if metrics:
+                self._client.log_batch(run_id, metrics=metrics)
+            status = RunStatus.FAILED if record.result == "failed" else RunStatus.FINISHED
+            self._client.set_terminated(
+                run_id, RunStatus.to_string(status), end_time=int(ended * 1000)
+            )
+            return run_id
+        except Exception as e:  # the audit must never take the pipeline down
+            _logger.warning("Could not record the audit run for %s: %s", record.run_name(), e)
+            return None
+
+    def _experiment(self) -> str:
+        with self._lock:
+            if self._experiment_id is None:
+                self._experiment_id = _get_or_create_experiment(self._client, self.experiment_name)
+            return self._experiment_id
+
+
+def _get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, tags={T.KIND: "automation-audit"})
+    except MlflowException as e:  # another receiver/watcher created it meanwhile
+        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def promotion_history(
+    source_model: str,
+    *,
+    alias: str | None = None,
+    stage: str | None = None,
+    experiment_name: str = "mlflow-deploy-automation",
+    client: MlflowClient | None = None,
+) -> list[dict]:
+    """Every recorded attempt for ``source_model`` (optionally one alias or stage), oldest first.
+
+    Returns:
+        One dict per audit run: ``run_id``, ``start``/``end`` (epoch ms), ``status`` and the
+        ``mlflow_deploy.*`` tags without their prefix (``result``, ``source_version``,
+        ``onnx_version``, ``deployment``, ...).
+    """
+    client = client or MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    filters = [f"tags.`{T.SOURCE_MODEL}` = '{_quote(source_model)}'"]
+    if alias is not None:
+        filters.append(f"tags.`{T.AUDIT_ALIAS}` = '{_quote(alias)}'")
+    if stage is not None:
+        filters.append(f"tags.`{T.AUDIT_STAGE}` = '{_quote(stage)}'")
+    out, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            " and ".join(filters),
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            row = {
+                "run_id": run.info.run_id,
+                "start": run.info.start_time,
+                "end": run.info.end_time,
+                "status": run.info.status,
+            }
+            row.update(
+                {k[len(T.PREFIX) :]: v for k, v in run.data.tags.items() if k.startswith(T.PREFIX)}
+            )
+            out.append(row)
+        token = page.token
+        if not token:
+            return out
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
