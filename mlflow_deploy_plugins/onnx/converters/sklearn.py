@@ -153,15 +153,16 @@ def iter_estimators(model: Any):
 
 def check_supported(model: Any) -> None:
     """Fail early, naming the first estimator skl2onnx has no converter for."""
-    from skl2onnx import supported_converters
     from skl2onnx._supported_operators import sklearn_operator_name_map
 
     for est in iter_estimators(model):
         if type(est) not in sklearn_operator_name_map:
             names = sorted(
-                c.__name__
-                for c in supported_converters(from_sklearn=True)
-                if hasattr(c, "__name__")
+                {
+                    c.__name__
+                    for c in sklearn_operator_name_map
+                    if c.__module__.startswith("sklearn")
+                }
             )
             raise UnsupportedModelError(
                 f"Cannot convert {type(est).__module__}.{type(est).__name__}: no ONNX converter is "
