@@ -17,6 +17,7 @@ _LAZY = {
     "PromotionResult": "mlflow_deploy_plugins.registry.promote:PromotionResult",
     "ConversionResult": "mlflow_deploy_plugins.onnx.convert:ConversionResult",
     "build_bundle": "mlflow_deploy_plugins.bundle:build_bundle",
+    "drift_report": "mlflow_deploy_plugins.monitoring.drift:drift_report",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -23,6 +23,24 @@ RUN_ID = PREFIX + "run_id"
 PARITY_PREFIX = PREFIX + "parity."  # parity.passed, parity.rows, parity.<role>.<figure>
 PARITY_SMALL_SAMPLE = PARITY_PREFIX + "small_sample"
 
+# Drift monitoring (mlflow_deploy_plugins.monitoring): on the model versions a report checked
+# (the version the URI resolves to and, for an ONNX twin, its source version), and on the run.
+DRIFT_PREFIX = PREFIX + "drift."
+DRIFT_STATUS = DRIFT_PREFIX + "status"  # drift | no_drift | failed (the latest check)
+DRIFT_SHARE = DRIFT_PREFIX + "share"  # share of compared columns that drifted
+DRIFT_COLUMNS = DRIFT_PREFIX + "columns"  # the drifted columns, comma-separated
+DRIFT_RUN_ID = DRIFT_PREFIX + "run_id"  # the monitoring run holding the report
+DRIFT_CHECKED_AT = DRIFT_PREFIX + "checked_at"  # UTC ISO 8601 time of the check
+DRIFT_ERROR = DRIFT_PREFIX + "error"  # why the latest check failed
+# On the monitoring run only: which model version it checked.
+MODEL_NAME = PREFIX + "model_name"
+MODEL_VERSION = PREFIX + "model_version"
+MODEL_URI = PREFIX + "model_uri"
+
+DRIFT_DETECTED = "drift"
+DRIFT_NONE = "no_drift"
+DRIFT_FAILED = "failed"
+
 STATUS_CONVERTED = "converted"
 STATUS_FAILED = "failed"
 
@@ -48,3 +66,34 @@ def parity_tags(report) -> dict[str, str]:
     if report.small_sample:
         tags[PARITY_SMALL_SAMPLE] = "true"
     return tags
+
+
+# ------------------------------------------------------------------------------------------------
+# Promotion automation (registry/pipeline.py, webhooks.py, watch.py, audit.py; docs/automation.md)
+# ------------------------------------------------------------------------------------------------
+# On the ONNX twin registered model: the twin version each deployment serves, one key per
+# deployment: "mlflow_deploy.deployment.<target>.<deployment name>" -> "<twin version>".
+DEPLOYMENT_PREFIX = PREFIX + "deployment."
+# On the ONNX twin version: the latest deployment attempt of that version.
+DEPLOY_STATUS = PREFIX + "deploy_status"  # deployed | failed
+DEPLOY_ERROR = PREFIX + "deploy_error"
+STATUS_DEPLOYED = "deployed"
+# On the audit runs (one MLflow run per handled event), beside SOURCE_MODEL, SOURCE_VERSION,
+# ONNX_MODEL, ONNX_VERSION and ERROR:
+AUDIT_EVENT = PREFIX + "event"  # model_version_alias.created | ...deleted | reconcile | poll
+AUDIT_DELIVERY_IDS = PREFIX + "delivery_ids"  # X-MLflow-Delivery-Id values, comma-separated
+AUDIT_ALIAS = PREFIX + "alias"
+AUDIT_STAGE = PREFIX + "stage"
+AUDIT_RESULT = PREFIX + "result"  # converted | reused | removed | failed
+AUDIT_PREVIOUS_ONNX_VERSION = PREFIX + "previous_onnx_version"
+AUDIT_TARGET = PREFIX + "target"
+AUDIT_DEPLOYMENT = PREFIX + "deployment"
+AUDIT_DEPLOYED_URI = PREFIX + "deployed_model_uri"
+
+
+def deployment_tag(target: str, deployment_name: str) -> str:
+    """The twin registered-model tag key recording what ``deployment_name`` on ``target`` serves."""
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{target}.{deployment_name}")
+    return DEPLOYMENT_PREFIX + safe
