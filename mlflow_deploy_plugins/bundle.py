@@ -91,9 +91,12 @@ def build_bundle(
         result = convert(model_uri, **convert_kwargs)
         import onnx
 
+        src = result.source
+        # Converters name the graph with a random uuid; a fixed name makes the same source
+        # version give the same bytes, hence the same sha256 and a reusable serving image.
+        result.onnx_model.graph.name = src.model_name or "model"
         onnx.save(result.onnx_model, target)
         io = result.io.to_dict()
-        src = result.source
         source = {
             "model_uri": src.model_uri,
             "flavor": src.flavor,

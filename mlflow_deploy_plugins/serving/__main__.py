@@ -32,7 +32,7 @@ def build_parser(prog: str = "python -m mlflow_deploy_plugins.serving") -> argpa
         description="Serve a serving bundle (model.onnx + bundle.json) over Open Inference "
         "Protocol V2 and MLflow's scoring protocol.",
         epilog=f"Every flag can also be set as {ENV_PREFIX}<NAME> (e.g. {ENV_PREFIX}PORT=8080); "
-        f"flags win. The bearer token is read from {ENV_PREFIX}AUTH_TOKEN only.",
+        f"flags win. The bearer token comes from {ENV_PREFIX}AUTH_TOKEN or --auth-token-file (a mounted secret).",
     )
     parser.add_argument(
         "args",

@@ -1,0 +1,41 @@
+"""Shared by the target tests (a uniquely named module: every test folder has a conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+
+import pytest
+
+#: Stands in for python:3.11-slim on machines without a registry (tests/infra/docker.sh builds it).
+BASE_IMAGE = os.environ.get("MLFLOW_DEPLOY_TEST_BASE_IMAGE", "local/debian-python:bookworm-slim")
+#: Every image the tests build goes to this repository (removed at the end of the session).
+TEST_REPOSITORY = f"mlflow-deploy-test/run-{uuid.uuid4().hex[:8]}"
+
+
+def engine_unavailable(reason: str):
+    """Skip with the reason; under CI (CI=true) fail, since CI starts the engine itself."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true, so the Docker tests must run (tests/infra/docker.sh)")
+    pytest.skip(f"{reason}: start one with `bash tests/infra/docker.sh` (root, Debian docker.io)")
+
+
+def remove_test_images(client) -> None:
+    import docker
+
+    for image in client.images.list(name=TEST_REPOSITORY):
+        # an image still used by a container a failed test left stays
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(image.id, force=True)
+
+
+def remove_deployment_containers(client, names) -> None:
+    """Remove every container a test created for the deployment ``names`` (any state)."""
+    import docker
+
+    for name in names:
+        for label in ("mlflow_deploy.deployment", "mlflow_deploy.run_local"):
+            for container in client.containers.list(all=True, filters={"label": f"{label}={name}"}):
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
