@@ -121,7 +121,10 @@ class IOSpec:
                     f"Columns of input '{binding.name}' have different lengths {sorted(lengths)}",
                     field=binding.name,
                 )
-            stacked = np.stack(arrays, axis=1) if arrays else np.empty((0, 0))
+            if len(arrays) == 1:  # a view, not np.stack's copy; C order as np.stack gives
+                stacked = np.ascontiguousarray(arrays[0]).reshape(-1, 1)
+            else:
+                stacked = np.stack(arrays, axis=1) if arrays else np.empty((0, 0))
             feed[binding.name] = _fit_rank(stacked, binding)
         return feed
 
@@ -202,6 +205,8 @@ def _column_array(values: Any, column: str, dtype: str, n_rows: int | None) -> n
             raise SchemaError(
                 f"Column '{column}' must hold strings, got missing values (NaN)", field=column
             )
+        if arr.dtype.kind == "O" and _plain_strings(arr):
+            return arr  # what the round trip below would give back
         return arr.astype(str).astype(object)
     target = _NUMPY[dtype]
     if arr.dtype.kind in "OUS":
@@ -214,6 +219,16 @@ def _column_array(values: Any, column: str, dtype: str, n_rows: int | None) -> n
                 field=column,
             ) from e
     return arr.astype(target, copy=False)
+
+
+def _plain_strings(arr: np.ndarray) -> bool:
+    """Every element a ``str`` (not a subclass) without trailing NULs (numpy's ``str`` dtype drops
+    them): ``astype(str).astype(object)`` would return equal strings."""
+    values = arr.tolist()
+    for v in values:
+        if type(v) is not str:
+            return False
+    return "\x00" not in "".join(values)
 
 
 def _first_bad(arr: np.ndarray, target: Any) -> Any:

@@ -807,3 +807,130 @@ def test_mutated_bodies_only_ever_raise_client_errors(name, protocol):
                 codecs.decode_mlflow(mutated, content_type, io)
         except ServingError as e:
             assert 400 <= e.status < 500, (mutated, e)
+
+
+# ====================================================================== V2: per-column fast path
+MATRIX64 = IOSpec(
+    inputs=(InputBinding("X", FEATURES, "float64", (None, 20)),),
+    outputs=(OutputSpec("variable", "float64", VALUE, (None,)),),
+)
+
+
+def _v2_general(doc: dict, io: IOSpec):
+    """The general path alone: ``_v2_inputs`` + ``_bind_v2`` (what the fast path must equal)."""
+    plan = codecs._plan(io)
+    return codecs._bind_v2(codecs._v2_inputs(doc["inputs"], None, 1 << 24), plan)
+
+
+def _outcome(call):
+    try:
+        feed, n_rows, columns = call()
+    except ServingError as e:
+        return type(e), e.field, str(e)
+    return feed, n_rows, columns
+
+
+def _random_value(rng, kind: str):
+    choices = {
+        "float": lambda: float(rng.normal()),
+        "int": lambda: int(rng.integers(-1000, 1000)),
+        "big": lambda: int(rng.choice([2**53 + 1, 2**63 + 5, -(2**62) - 1])),
+        "bool": lambda: bool(rng.integers(2)),
+        "null": lambda: None,
+        "text": lambda: "abc",
+        "nested": lambda: [float(rng.normal())],
+    }
+    return choices[kind]()
+
+
+@pytest.mark.parametrize("io", [MATRIX, MATRIX64, MIXED], ids=["f32", "f64", "mixed"])
+def test_v2_per_column_fast_path_equals_general_path(io: IOSpec):
+    rng = np.random.default_rng(7)
+    columns, dtypes = io.columns, io.column_dtypes()
+    kinds = ["float"] * 12 + ["int"] * 4 + ["big", "bool", "null", "text", "nested"]
+    for trial in range(400):
+        n = int(rng.integers(0, 4)) if trial % 10 == 0 else int(rng.integers(1, 4))
+        inputs = []
+        for c in columns:
+            if dtypes[c] == "string":
+                pool = ["paris", "Zürich", "a\x00", 3, None] if trial % 3 == 0 else ["x", "y"]
+                data = [pool[int(rng.integers(len(pool)))] for _ in range(n)]
+                datatype = "BYTES" if trial % 17 else "FP32"
+            else:
+                noisy = trial % 4 == 0
+                data = [
+                    _random_value(rng, kinds[int(rng.integers(len(kinds)))] if noisy else "float")
+                    for _ in range(n)
+                ]
+                datatype = ["FP64", "FP32", "FP16", "INT64", "BOOL"][int(rng.integers(5))]
+                datatype = datatype if trial % 5 == 0 else "FP64"
+            shape = [[n], [n, 1], [n, 2], [n + 1], [True] * (n == 1) or [n], [float(n)]][
+                int(rng.integers(6)) if trial % 7 == 0 else int(rng.integers(2))
+            ]
+            inputs.append({"name": c, "shape": shape, "datatype": datatype, "data": data})
+        if trial % 11 == 0:
+            rng.shuffle(inputs)
+        if trial % 13 == 0:
+            inputs.pop()
+        if trial % 19 == 0:
+            inputs.append(dict(inputs[0]))
+        doc = {"inputs": inputs}
+        fast = _outcome(lambda doc=doc: _fast_or_none(doc, io))
+        general = _outcome(lambda doc=doc: _v2_general(doc, io))
+        if isinstance(general[0], type):
+            assert fast == general, doc
+            continue
+        feed, n_rows, _ = fast
+        assert n_rows == general[1] and list(feed) == list(general[0]), doc
+        for name, arr in general[0].items():
+            got = feed[name]
+            assert got.dtype == arr.dtype and got.shape == arr.shape, (doc, name)
+            assert got.flags.c_contiguous, (doc, name)
+            assert got.tolist() == arr.tolist(), (doc, name)
+        req = v2(doc, io)
+        expected = general[2] if general[2] is not None else codecs.columns_from_feed(io, feed)
+        assert list(req.columns) == list(expected), doc
+        for c, values in expected.items():
+            assert req.columns[c].tolist() == values.tolist(), (doc, c)
+
+
+def _fast_or_none(doc: dict, io: IOSpec):
+    """decode_v2's feed; also checks whether the fast path took it (it must, for plain bodies)."""
+    req = v2(doc, io)
+    return req.feed, req.n_rows, None
+
+
+def test_v2_per_column_plain_bodies_take_the_fast_path():
+    rows = [[0.5 * i + j for i in range(20)] for j in range(3)]
+    doc = {
+        "inputs": [
+            {"name": c, "shape": [3], "datatype": "FP64", "data": [r[i] for r in rows]}
+            for i, c in enumerate(FEATURES)
+        ]
+    }
+    fast = codecs._v2_columns_fast(doc["inputs"], codecs._plan(MATRIX), 1 << 24)
+    assert fast is not None
+    np.testing.assert_array_equal(fast[0]["X"], np.array(rows, dtype=np.float32))
+    mixed = orjson.loads(body_of("v2/mixed_columns.json"))["inputs"]
+    plain = [{k: i[k] for k in ("name", "shape", "datatype", "data")} for i in mixed]
+    plain[2]["datatype"] = "FP64"  # INT64 data for a float column takes the general path
+    assert codecs._v2_columns_fast(plain, codecs._plan(MIXED), 1 << 24) is not None
+
+
+def test_encode_columns_single_columns_and_strings_match_the_general_rules():
+    io = MIXED
+    data = {
+        "age": np.array([1.0, 2.0]),
+        "income": np.array([[3], [4]]),
+        "température": np.arange(6.0)[::3],  # a strided view
+        "city": np.array(["a", "b\x00"], dtype=object),
+    }
+    feed = io.encode_columns(data, 2)
+    assert feed["age"].shape == (2, 1) and feed["age"].dtype == np.float32
+    assert feed["income"][:, 0].tolist() == [3.0, 4.0]
+    assert feed["température"].flags.c_contiguous and feed["température"][:, 0].tolist() == [0, 3]
+    assert feed["city"][:, 0].tolist() == ["a", "b"]  # numpy's str dtype drops trailing NULs
+    feed = io.encode_columns({**data, "city": np.array(["x", "y"], dtype=object)}, 2)
+    assert feed["city"].dtype == object and feed["city"][:, 0].tolist() == ["x", "y"]
+    feed = io.encode_columns({**data, "city": np.array([1, None], dtype=object)}, 2)
+    assert feed["city"][:, 0].tolist() == ["1", "None"]
