@@ -72,8 +72,6 @@ _OBJECTIVE_KIND = {
     "rank_xendcg": RANKING,
 }
 
-#: pyfunc_predict_fn values whose output role we know.
-
 
 class LightGBMConverter:
     flavors = ("lightgbm",)
