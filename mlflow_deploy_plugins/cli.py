@@ -249,16 +249,43 @@ def serve(ctx, model):
     build_parser().parse_args([model, *args])  # fail fast on bad flags, before any conversion
     from mlflow_deploy_plugins.bundle import build_bundle, is_bundle
 
-    bundle_dir = model
-    if not is_bundle(model):
-        bundle_dir = tempfile.mkdtemp(prefix="mlflow-deploy-bundle-")
+    argv = [sys.executable, "-m", "mlflow_deploy_plugins.serving", "serve", model, *args]
+    if is_bundle(model):
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)  # nothing to clean up: become the lean server
+    with tempfile.TemporaryDirectory(prefix="mlflow-deploy-bundle-") as work:
+        bundle_dir = os.path.join(work, "bundle")
         try:
             build_bundle(model, bundle_dir)
         except MlflowException as e:
             _fail(e)
-    argv = [sys.executable, "-m", "mlflow_deploy_plugins.serving", "serve", bundle_dir, *args]
+        argv[4] = bundle_dir
+        sys.exit(_run_server(argv))
+
+
+def _run_server(argv: list[str]) -> int:
+    """Run the server in a child process (it never imports mlflow) and forward SIGTERM/SIGINT,
+    so the temporary bundle is removed once it stopped."""
+    import signal
+    import subprocess
+
     sys.stdout.flush()
-    os.execv(sys.executable, argv)
+    child = subprocess.Popen(argv)
+
+    def forward(signum, _frame):
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # pragma: no cover - the handler above catches SIGINT
+                forward(signal.SIGINT, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 #: ``mlflow-deploy drift`` exit statuses (cron/CI alert on 2).

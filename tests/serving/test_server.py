@@ -288,7 +288,9 @@ def test_console_script_serves_a_registered_model(served, start_server, kit, tmp
     labels = np.asarray(served.onnx_pyfunc.predict(frame)).tolist()
     reply = server.post("/invocations", records_body(frame))
     assert reply.status == 200 and reply.json() == {"predictions": labels}, reply.text
+    assert list(tmp_path.glob("mlflow-deploy-bundle-*")), "the bundle lives in TMPDIR while serving"
     assert server.stop() == 0
+    assert not list(tmp_path.glob("mlflow-deploy-bundle-*")), "the temporary bundle is removed"
 
 
 def test_console_script_refuses_an_unknown_model(served, start_server, kit, tmp_path):
