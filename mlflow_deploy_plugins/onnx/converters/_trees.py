@@ -1,19 +1,33 @@
 """Helpers shared by the converters of onnxmltools-converted tree boosters (LightGBM, XGBoost):
-opset cap, matrix inputs, dynamic batch axis, positive-class column, roles."""
+opset cap, matrix inputs, dynamic batch axis, positive-class column, roles, and
+``OnnxmltoolsTreeConverter``, the ``convert()`` / ``reference_outputs()`` flow they share."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import onnx
 import pandas as pd
 
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError
-from mlflow_deploy_plugins.onnx.converters._graph import table_dtype
+from mlflow_deploy_plugins.onnx.converters._graph import (
+    default_roles,
+    outputs_from_graph,
+    table_dtype,
+)
+from mlflow_deploy_plugins.onnx.converters.base import (
+    ConversionOptions,
+    ConvertedModel,
+    SourceModel,
+    package_version,
+)
 from mlflow_deploy_plugins.serving.iospec import (
     LABEL,
     PROBABILITIES,
     VALUE,
     InputBinding,
+    IOSpec,
     spec_inputs_from_columns,
 )
 
@@ -170,3 +184,140 @@ def name_for_role(roles: dict[str, str], role: str) -> str:
         if r == role:
             return name
     raise ConversionError(f"The converted graph has no {role} output (outputs: {sorted(roles)})")
+
+
+class OnnxmltoolsTreeConverter:
+    """The conversion flow of a tree booster converted by onnxmltools.
+
+    Subclasses name their ``flavors`` and fill in the hooks below: how to recognise and inspect
+    the framework's models, which onnxmltools function converts them, and what the source
+    predicts for a raw Booster.
+    """
+
+    flavors: tuple[str, ...] = ()
+    #: False when the source reads columns by position (see ``matrix_inputs``).
+    strict_names = True
+    #: kinds whose graph has label and probabilities outputs.
+    classifier_kinds: tuple[str, ...] = (BINARY, MULTICLASS)
+    #: notes added to a converted classifier.
+    classifier_notes: tuple[str, ...] = ()
+
+    # ----------------------------------------------------------------------------- the flow
+    def convert(
+        self, source: SourceModel, sample: pd.DataFrame, options: ConversionOptions
+    ) -> ConvertedModel:
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        model = source.native
+        kind, objective = self._kind(model)
+        booster = self._booster(model)
+        inputs, notes = matrix_inputs(
+            self._feature_names(booster),
+            self._num_features(booster),
+            sample,
+            self._describe(model),
+            strict_names=self.strict_names,
+        )
+        opset, opset_notes = clamp_opset(options.target_opset)
+        try:
+            onx = self._onnxmltools_convert(
+                model,
+                objective,
+                [(inputs[0].name, FloatTensorType([None, len(inputs[0].columns)]))],
+                opset,
+            )
+        except Exception as e:  # onnxmltools raises RuntimeError/NotImplementedError/ValueError/...
+            raise ConversionError(
+                f"onnxmltools could not convert {self._describe(model)} (objective {objective!r}): "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        dynamic_batch(onx)
+        roles = default_roles(onx)
+        raw_booster = self._is_booster(model)
+        self._postprocess(onx, roles, objective, notes)
+        if raw_booster and kind == BINARY:
+            positive_class_probability(onx, name_for_role(roles, PROBABILITIES))
+            notes.append(
+                "binary Booster: the probabilities output is P(class=1), shape [N], "
+                "as Booster.predict returns it"
+            )
+
+        classifier = kind in self.classifier_kinds
+        task = "classification" if classifier else "other" if kind == RANKING else "regression"
+        io = IOSpec(inputs=inputs, outputs=(), task=task)
+        reference = self.reference_outputs(source, sample.head(2), io)
+        io = IOSpec(
+            inputs=inputs,
+            outputs=outputs_from_graph(onx, roles, reference),
+            task=task,
+            classes=self._classes(model, kind, booster) if classifier else None,
+            default_role=self._default_role(source.pyfunc_predict_fn, kind, raw_booster),
+        )
+        return ConvertedModel(
+            onnx_model=onx,
+            io=io,
+            converter="onnxmltools",
+            converter_version=package_version("onnxmltools"),
+            notes=[*notes, *opset_notes, *(self.classifier_notes if classifier else ())],
+        )
+
+    def reference_outputs(
+        self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
+    ) -> dict[str, np.ndarray]:
+        model = source.native
+        kind, _ = self._kind(model)
+        x = self._native_input(model, sample, io)
+        if self._is_booster(model):
+            return self._booster_reference(model, kind, x)
+        if kind in self.classifier_kinds:
+            return {
+                LABEL: np.asarray(model.predict(x)),
+                PROBABILITIES: np.asarray(model.predict_proba(x)),
+            }
+        return {VALUE: np.asarray(model.predict(x))}
+
+    # ---------------------------------------------------------------------------- the hooks
+    def _is_booster(self, model: Any) -> bool:
+        raise NotImplementedError
+
+    def _booster(self, model: Any) -> Any:
+        """The framework's Booster behind ``model`` (``model`` itself when it is one)."""
+        raise NotImplementedError
+
+    def _kind(self, model: Any) -> tuple[str, str]:
+        """(kind, objective); UnsupportedModelError for what onnxmltools gets wrong."""
+        raise NotImplementedError
+
+    def _describe(self, model: Any) -> str:
+        raise NotImplementedError
+
+    def _feature_names(self, booster: Any) -> list[str] | None:
+        """The names the model was fitted on, None when it has none."""
+        raise NotImplementedError
+
+    def _num_features(self, booster: Any) -> int:
+        raise NotImplementedError
+
+    def _onnxmltools_convert(
+        self, model: Any, objective: str, initial_types: list, target_opset: int
+    ) -> onnx.ModelProto:
+        raise NotImplementedError
+
+    def _postprocess(
+        self, onx: onnx.ModelProto, roles: dict[str, str], objective: str, notes: list[str]
+    ) -> None:
+        """Fix up the converted graph in place (before the binary Booster rewrite)."""
+
+    def _classes(self, model: Any, kind: str, booster: Any) -> tuple:
+        raise NotImplementedError
+
+    def _default_role(self, pyfunc_predict_fn: str | None, kind: str, raw_booster: bool) -> str:
+        return default_role(pyfunc_predict_fn, kind, raw_booster)
+
+    def _native_input(self, model: Any, sample: pd.DataFrame, io: IOSpec) -> Any:
+        """What the source model's ``predict`` is given for ``sample``."""
+        raise NotImplementedError
+
+    def _booster_reference(self, model: Any, kind: str, x: Any) -> dict[str, np.ndarray]:
+        """Reference outputs of a raw Booster for the native input ``x``."""
+        return booster_reference(kind, np.asarray(model.predict(x)))

@@ -23,36 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlflow_deploy_plugins.errors import ConversionError, UnsupportedModelError
-from mlflow_deploy_plugins.onnx.converters._graph import (
-    default_roles,
-    outputs_from_graph,
-)
+from mlflow_deploy_plugins.errors import UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
     MULTICLASS,
     RANKING,
     REGRESSION,
-    booster_reference,
-    clamp_opset,
-    default_role,
-    dynamic_batch,
-    matrix_inputs,
-    name_for_role,
-    positive_class_probability,
+    OnnxmltoolsTreeConverter,
 )
-from mlflow_deploy_plugins.onnx.converters.base import (
-    ConversionOptions,
-    ConvertedModel,
-    SourceModel,
-    package_version,
-)
-from mlflow_deploy_plugins.serving.iospec import (
-    LABEL,
-    PROBABILITIES,
-    VALUE,
-    IOSpec,
-)
+from mlflow_deploy_plugins.serving.iospec import IOSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -71,84 +50,6 @@ _OBJECTIVE_KIND = {
     "lambdarank": RANKING,
     "rank_xendcg": RANKING,
 }
-
-
-class LightGBMConverter:
-    flavors = ("lightgbm",)
-
-    def convert(
-        self, source: SourceModel, sample: pd.DataFrame, options: ConversionOptions
-    ) -> ConvertedModel:
-        from onnxmltools import convert_lightgbm
-        from onnxmltools.convert.common.data_types import FloatTensorType
-
-        model = source.native
-        kind, objective = _kind(model)
-        booster = _booster(model)
-        inputs, notes = matrix_inputs(
-            _real_feature_names(booster.feature_name()),
-            booster.num_feature(),
-            sample,
-            _describe(model),
-            strict_names=False,
-        )
-        opset, opset_notes = clamp_opset(options.target_opset)
-        try:
-            onx = convert_lightgbm(
-                _convertible(model, objective),
-                initial_types=[(inputs[0].name, FloatTensorType([None, len(inputs[0].columns)]))],
-                target_opset=opset,
-                zipmap=False,
-            )
-        except Exception as e:  # onnxmltools raises RuntimeError/NotImplementedError/...
-            raise ConversionError(
-                f"onnxmltools could not convert {_describe(model)} (objective {objective!r}): "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        dynamic_batch(onx)
-        roles = default_roles(onx)
-        raw_booster = _is_booster(model)
-        if raw_booster and kind == BINARY:
-            positive_class_probability(onx, name_for_role(roles, PROBABILITIES))
-            notes.append(
-                "binary Booster: the probabilities output is P(class=1), shape [N], "
-                "as Booster.predict returns it"
-            )
-
-        classifier = kind in (BINARY, MULTICLASS)
-        task = "classification" if classifier else "other" if kind == RANKING else "regression"
-        io = IOSpec(inputs=inputs, outputs=(), task=task)
-        reference = self.reference_outputs(source, sample.head(2), io)
-        io = IOSpec(
-            inputs=inputs,
-            outputs=outputs_from_graph(onx, roles, reference),
-            task=task,
-            classes=_classes(model, kind) if classifier else None,
-            default_role=default_role(source.pyfunc_predict_fn, kind, raw_booster),
-        )
-        return ConvertedModel(
-            onnx_model=onx,
-            io=io,
-            converter="onnxmltools",
-            converter_version=package_version("onnxmltools"),
-            notes=[*notes, *opset_notes, *(["converted with zipmap=False"] if classifier else [])],
-        )
-
-    def reference_outputs(
-        self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
-    ) -> dict[str, np.ndarray]:
-        model = source.native
-        kind, _ = _kind(model)
-        x = _native_input(_booster(model).feature_name(), sample, io)
-        if _is_booster(model):
-            pred = np.asarray(model.predict(x))
-            return booster_reference(kind, pred)
-        if kind in (BINARY, MULTICLASS):
-            return {
-                LABEL: np.asarray(model.predict(x)),
-                PROBABILITIES: np.asarray(model.predict_proba(x)),
-            }
-        return {VALUE: np.asarray(model.predict(x))}
 
 
 # --------------------------------------------------------------------------- model inspection
@@ -235,3 +136,37 @@ def _native_input(feature_names, sample: pd.DataFrame, io: IOSpec):
 
 def _describe(model: Any) -> str:
     return f"lightgbm.{type(model).__name__}"
+
+
+# --------------------------------------------------------------------------- the converter
+class LightGBMConverter(OnnxmltoolsTreeConverter):
+    flavors = ("lightgbm",)
+    strict_names = False  # LightGBM reads columns by position
+    classifier_notes = ("converted with zipmap=False",)
+
+    _is_booster = staticmethod(_is_booster)
+    _booster = staticmethod(_booster)
+    _kind = staticmethod(_kind)
+    _describe = staticmethod(_describe)
+
+    def _feature_names(self, booster) -> list[str] | None:
+        return _real_feature_names(booster.feature_name())
+
+    def _num_features(self, booster) -> int:
+        return booster.num_feature()
+
+    def _onnxmltools_convert(self, model: Any, objective: str, initial_types, target_opset: int):
+        from onnxmltools import convert_lightgbm
+
+        return convert_lightgbm(
+            _convertible(model, objective),
+            initial_types=initial_types,
+            target_opset=target_opset,
+            zipmap=False,
+        )
+
+    def _classes(self, model: Any, kind: str, booster) -> tuple:
+        return _classes(model, kind)
+
+    def _native_input(self, model: Any, sample: pd.DataFrame, io: IOSpec):
+        return _native_input(_booster(model).feature_name(), sample, io)

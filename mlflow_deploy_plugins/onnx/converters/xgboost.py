@@ -26,28 +26,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlflow_deploy_plugins.errors import ConversionError, UnsupportedModelError
-from mlflow_deploy_plugins.onnx.converters._graph import default_roles, outputs_from_graph
+from mlflow_deploy_plugins.errors import UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
     MULTICLASS,
     REGRESSION,
+    OnnxmltoolsTreeConverter,
     booster_reference,
-    clamp_opset,
-    default_role,
-    dynamic_batch,
-    matrix_inputs,
     name_for_role,
-    positive_class_probability,
     rewrite_output,
 )
-from mlflow_deploy_plugins.onnx.converters.base import (
-    ConversionOptions,
-    ConvertedModel,
-    SourceModel,
-    package_version,
-)
-from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, VALUE, IOSpec
+from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, IOSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -68,98 +57,6 @@ _OBJECTIVE_KIND = {
     "reg:gamma": REGRESSION,
     "reg:tweedie": REGRESSION,
 }
-
-
-class XGBoostConverter:
-    flavors = ("xgboost",)
-
-    def convert(
-        self, source: SourceModel, sample: pd.DataFrame, options: ConversionOptions
-    ) -> ConvertedModel:
-        from onnxmltools import convert_xgboost
-        from onnxmltools.convert.common.data_types import FloatTensorType
-
-        model = source.native
-        kind, objective = _kind(model)
-        booster = _booster(model)
-        inputs, notes = matrix_inputs(
-            _feature_names(booster),
-            booster.num_features(),
-            sample,
-            _describe(model),
-            strict_names=True,
-        )
-        opset, opset_notes = clamp_opset(options.target_opset)
-        try:
-            onx = convert_xgboost(
-                _convertible(model),
-                initial_types=[(inputs[0].name, FloatTensorType([None, len(inputs[0].columns)]))],
-                target_opset=opset,
-            )
-        except Exception as e:  # onnxmltools raises RuntimeError/ValueError/...
-            raise ConversionError(
-                f"onnxmltools could not convert {_describe(model)} (objective {objective!r}): "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        dynamic_batch(onx)
-        roles = default_roles(onx)
-        raw_booster = _is_booster(model)
-        if objective == "multi:softmax":
-            # onnxmltools leaves the class scores untransformed for this objective.
-            rewrite_output(onx, name_for_role(roles, PROBABILITIES), "Softmax", axis=1)
-            notes.append("multi:softmax: a Softmax turns the class scores into probabilities")
-        if raw_booster and kind == BINARY:
-            positive_class_probability(onx, name_for_role(roles, PROBABILITIES))
-            notes.append(
-                "binary Booster: the probabilities output is P(class=1), shape [N], "
-                "as Booster.predict returns it"
-            )
-
-        classifier = kind in (BINARY, MULTICLASS, _SOFTMAX)
-        task = "classification" if classifier else "regression"
-        io = IOSpec(inputs=inputs, outputs=(), task=task)
-        reference = self.reference_outputs(source, sample.head(2), io)
-        io = IOSpec(
-            inputs=inputs,
-            outputs=outputs_from_graph(onx, roles, reference),
-            task=task,
-            classes=_classes(model, booster) if classifier else None,
-            # Only a raw Booster keeps the softmax kind: its predict returns class indices.
-            default_role=LABEL
-            if kind == _SOFTMAX
-            else default_role(source.pyfunc_predict_fn, kind, raw_booster),
-        )
-        return ConvertedModel(
-            onnx_model=onx,
-            io=io,
-            converter="onnxmltools",
-            converter_version=package_version("onnxmltools"),
-            notes=[*notes, *opset_notes],
-        )
-
-    def reference_outputs(
-        self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
-    ) -> dict[str, np.ndarray]:
-        import xgboost
-
-        model = source.native
-        kind, _ = _kind(model)
-        frame = sample[io.columns] if io.columns else sample
-        # Named models validate column names (as the pyfunc does); nameless ones take an array.
-        x = frame if _feature_names(_booster(model)) is not None else frame.to_numpy()
-        if _is_booster(model):
-            data = xgboost.DMatrix(x)
-            pred = np.asarray(model.predict(data))
-            if kind == _SOFTMAX:
-                margin = np.asarray(model.predict(data, output_margin=True), dtype=np.float64)
-                return {LABEL: pred.astype(np.int64), PROBABILITIES: _softmax(margin)}
-            return booster_reference(kind, pred)
-        if kind in (BINARY, MULTICLASS, _SOFTMAX):
-            return {
-                LABEL: np.asarray(model.predict(x)),
-                PROBABILITIES: np.asarray(model.predict_proba(x)),
-            }
-        return {VALUE: np.asarray(model.predict(x))}
 
 
 # --------------------------------------------------------------------------- model inspection
@@ -260,3 +157,58 @@ def _softmax(margin: np.ndarray) -> np.ndarray:
 
 def _describe(model: Any) -> str:
     return f"xgboost.{type(model).__name__}"
+
+
+# --------------------------------------------------------------------------- the converter
+class XGBoostConverter(OnnxmltoolsTreeConverter):
+    flavors = ("xgboost",)
+    strict_names = True
+    classifier_kinds = (BINARY, MULTICLASS, _SOFTMAX)
+
+    _is_booster = staticmethod(_is_booster)
+    _booster = staticmethod(_booster)
+    _kind = staticmethod(_kind)
+    _describe = staticmethod(_describe)
+
+    def _feature_names(self, booster) -> list[str] | None:
+        return _feature_names(booster)
+
+    def _num_features(self, booster) -> int:
+        return booster.num_features()
+
+    def _onnxmltools_convert(self, model: Any, objective: str, initial_types, target_opset: int):
+        from onnxmltools import convert_xgboost
+
+        return convert_xgboost(
+            _convertible(model), initial_types=initial_types, target_opset=target_opset
+        )
+
+    def _postprocess(self, onx, roles: dict[str, str], objective: str, notes: list[str]) -> None:
+        if objective == "multi:softmax":
+            # onnxmltools leaves the class scores untransformed for this objective.
+            rewrite_output(onx, name_for_role(roles, PROBABILITIES), "Softmax", axis=1)
+            notes.append("multi:softmax: a Softmax turns the class scores into probabilities")
+
+    def _classes(self, model: Any, kind: str, booster) -> tuple:
+        return _classes(model, booster)
+
+    def _default_role(self, pyfunc_predict_fn: str | None, kind: str, raw_booster: bool) -> str:
+        # Only a raw Booster keeps the softmax kind: its predict returns class indices.
+        if kind == _SOFTMAX:
+            return LABEL
+        return super()._default_role(pyfunc_predict_fn, kind, raw_booster)
+
+    def _native_input(self, model: Any, sample: pd.DataFrame, io: IOSpec):
+        frame = sample[io.columns] if io.columns else sample
+        # Named models validate column names (as the pyfunc does); nameless ones take an array.
+        return frame if _feature_names(_booster(model)) is not None else frame.to_numpy()
+
+    def _booster_reference(self, model: Any, kind: str, x) -> dict[str, np.ndarray]:
+        import xgboost
+
+        data = xgboost.DMatrix(x)
+        pred = np.asarray(model.predict(data))
+        if kind == _SOFTMAX:
+            margin = np.asarray(model.predict(data, output_margin=True), dtype=np.float64)
+            return {LABEL: pred.astype(np.int64), PROBABILITIES: _softmax(margin)}
+        return booster_reference(kind, pred)
