@@ -6,7 +6,6 @@ The MLmodel keeps MLflow's standard ``onnx`` block (``mlflow.onnx.load_model`` w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,13 +17,11 @@ import pandas as pd
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.onnx import runtime
 from mlflow_deploy_plugins.serving.iospec import (
-    LABEL,
-    PROBABILITIES,
     SCHEMA_VERSION,
-    VALUE,
     IOSpec,
     SchemaError,
 )
+from mlflow_deploy_plugins.serving.model import file_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -35,20 +32,6 @@ OPTIMIZATION_FILE = "optimization_report.json"
 REFERENCE_FILE = "reference_sample.parquet"
 
 #: ``predict_method`` values the pyfunc accepts -> output role.
-PREDICT_METHODS = {
-    "predict": None,  # what the source pyfunc returned
-    "predict_label": LABEL,
-    "predict_proba": PROBABILITIES,
-    "predict_values": VALUE,
-}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5) -> None:
@@ -99,7 +82,7 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
         FLAVOR_NAME,
         schema_version=SCHEMA_VERSION,
         data=MODEL_FILE,
-        sha256=_sha256(model_file),
+        sha256=file_sha256(model_file),
         io=result.io.to_dict(),
         source={
             "model_uri": source.model_uri,
@@ -200,7 +183,7 @@ class OnnxModel:
         self.conf = conf
         self.io = IOSpec.from_dict(conf["io"])
         model_file = os.path.join(path, conf["data"])
-        digest = _sha256(model_file)
+        digest = file_sha256(model_file)
         if conf.get("sha256") and digest != conf["sha256"]:
             raise InvalidInputError(
                 f"{model_file} has sha256 {digest}, the MLmodel records {conf['sha256']}: "
@@ -219,20 +202,6 @@ class OnnxModel:
 
     def predict(self, data: Any, predict_method: str | None = None) -> np.ndarray:
         return _predict(self.session, self.io, data, predict_method)
-
-
-def _role_for(io: IOSpec, predict_method: str | None) -> str:
-    if predict_method is None or predict_method == "predict":
-        return (
-            io.default_role
-            if io.default_role in {o.role for o in io.outputs}
-            else (LABEL if io.task == "classification" else io.outputs[0].role)
-        )
-    if predict_method not in PREDICT_METHODS:
-        raise InvalidInputError(
-            f"predict_method must be one of {sorted(PREDICT_METHODS)}, got {predict_method!r}"
-        )
-    return PREDICT_METHODS[predict_method]
 
 
 def _feed(io: IOSpec, data: Any) -> dict:
@@ -276,11 +245,10 @@ def _matrix_fast_path(io: IOSpec, data: pd.DataFrame) -> dict | None:
 
 
 def _predict(session, io: IOSpec, data: Any, predict_method: str | None) -> np.ndarray:
-    role = _role_for(io, predict_method)
     try:
-        out_spec = io.output_for(role)
+        out_spec = io.output_for(io.role_for(predict_method))
     except SchemaError as e:
-        raise InvalidInputError(f"predict_method={predict_method!r}: {e}") from e
+        raise InvalidInputError(str(e)) from e
     feed = _feed(io, data)
     raw = session.run([out_spec.name], feed)[0]
     return io.as_source(out_spec, raw)

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from mlflow_deploy_plugins.errors import ConversionError
 from mlflow_deploy_plugins.onnx import runtime
+from mlflow_deploy_plugins.serving.model import session_options
 
 _logger = logging.getLogger(__name__)
 
@@ -56,10 +57,8 @@ def optimize_graph(model: onnx.ModelProto, level: str = SAVED_LEVEL) -> onnx.Mod
     """Return ``model`` after onnxruntime's graph optimisations at ``level``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "optimized.onnx")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = runtime.LEVELS[level]
+        opts = session_options(level)
         opts.optimized_model_filepath = out
-        opts.log_severity_level = 3
         try:
             ort.InferenceSession(
                 model.SerializeToString(), opts, providers=["CPUExecutionProvider"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import time
 
 import orjson
@@ -82,11 +81,6 @@ class ServingApp:
         self._max_elements = max(1, settings.max_body_bytes // 2)
         self._output_names = model.output_names
         #: V2 outputs are shaped as the metadata declares them (e.g. a regressor's [N, 1] -> [N]).
-        self._v2_tails = {
-            o.name: tuple(o.shape[1:])
-            for o in self.io.outputs
-            if all(type(d) is int for d in o.shape[1:])
-        }
         base = f"/v2/models/{self.name}"
         self._infer_paths = frozenset({f"{base}/infer", f"{base}/versions/{self.version}/infer"})
         self._model_paths = frozenset({base, f"{base}/versions/{self.version}"})
@@ -182,38 +176,27 @@ class ServingApp:
         decoded = codecs.decode_v2(
             request.body, request.headers, self.io, max_elements=self._max_elements
         )
-        future = asyncio.get_running_loop().create_future()
         request_id = decoded.id or request.request_id
 
-        def done(outputs, error):
-            if future.done():
-                return
-            if error is not None:
-                future.set_result(_error_response(_model_error(error), request.path))
-                return
+        def respond(outputs) -> Response:
             named = {
-                name: _declared_shape(out, self._v2_tails.get(name))
-                for name, out in zip(self._output_names, outputs, strict=True)
+                spec.name: self.io.shaped(spec, out)
+                for spec, out in zip(self.io.outputs, outputs, strict=True)
             }
-            try:
-                body, headers = codecs.encode_v2(
-                    self.name,
-                    self.version,
-                    request_id,
-                    named,
-                    self.io,
-                    decoded.requested_outputs,
-                    decoded.binary_outputs,
-                )
-            except ServingError as e:
-                future.set_result(_error_response(e, request.path))
-                return
-            content_type = codecs.V2_BINARY_CONTENT_TYPE if headers else JSON
-            future.set_result(Response(200, body, content_type, headers))
+            body, headers = codecs.encode_v2(
+                self.name,
+                self.version,
+                request_id,
+                named,
+                self.io,
+                decoded.requested_outputs,
+                decoded.binary_outputs,
+            )
             self._log_payload(request.request_id, decoded, named)
+            content_type = codecs.V2_BINARY_CONTENT_TYPE if headers else JSON
+            return Response(200, body, content_type, headers)
 
-        self.batcher.submit(decoded.feed, decoded.n_rows, done)
-        return future
+        return self._submit(request, decoded, respond)
 
     def _invocations(self, request: Request) -> asyncio.Future:
         decoded = codecs.decode_mlflow(
@@ -225,6 +208,19 @@ class ServingApp:
         role = codecs.role_for(self.io, (decoded.params or {}).get("predict_method"))
         out_spec = self.io.output_for(role)
         index = self._output_names.index(out_spec.name)
+
+        def respond(outputs) -> Response:
+            body = codecs.encode_mlflow(self.io.as_source(out_spec, outputs[index]))
+            self._log_payload(
+                request.request_id, decoded, dict(zip(self._output_names, outputs, strict=True))
+            )
+            return Response(200, body, JSON)
+
+        return self._submit(request, decoded, respond)
+
+    def _submit(self, request: Request, decoded, respond) -> asyncio.Future:
+        """Queue ``decoded`` on the batcher; the future gets ``respond(outputs)`` or the error's
+        response (a model failure or a ServingError while encoding)."""
         future = asyncio.get_running_loop().create_future()
 
         def done(outputs, error):
@@ -233,11 +229,12 @@ class ServingApp:
             if error is not None:
                 future.set_result(_error_response(_model_error(error), request.path))
                 return
-            body = codecs.encode_mlflow(self.io.as_source(out_spec, outputs[index]))
-            future.set_result(Response(200, body, JSON))
-            self._log_payload(
-                request.request_id, decoded, dict(zip(self._output_names, outputs, strict=True))
-            )
+            try:
+                future.set_result(respond(outputs))
+            except ServingError as e:
+                future.set_result(_error_response(e, request.path))
+            except Exception as e:  # our bug: http.py answers a generic 500 and logs it
+                future.set_exception(e)
 
         self.batcher.submit(decoded.feed, decoded.n_rows, done)
         return future
@@ -321,16 +318,6 @@ def _route_label(path: str, app: ServingApp) -> str:
     if path in app._ready_paths:
         return "/v2/models/{name}/ready"
     return "other"
-
-
-def _declared_shape(arr, tail: tuple | None):
-    """``arr`` as ``[rows, *tail]`` when it holds the same values in another shape ([N, 1])."""
-    if tail is None or arr.ndim == 0 or arr.shape[1:] == tail:
-        return arr
-    rows = arr.shape[0]
-    if arr.size != rows * math.prod(tail):
-        return arr
-    return arr.reshape((rows, *tail))
 
 
 def _allow(method: str, *allowed: str) -> None:

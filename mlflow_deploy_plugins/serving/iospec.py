@@ -17,6 +17,14 @@ SCHEMA_VERSION = 1
 #: Roles an output can play; the pyfunc's ``predict_method`` picks one.
 LABEL, PROBABILITIES, VALUE = "label", "probabilities", "value"
 ROLES = (LABEL, PROBABILITIES, VALUE)
+#: ``predict_method`` values (pyfunc ``params`` and ``/invocations``) -> output role; ``None``
+#: means what the source model's pyfunc returned (``IOSpec.default_role``).
+PREDICT_METHODS = {
+    "predict": None,
+    "predict_label": LABEL,
+    "predict_proba": PROBABILITIES,
+    "predict_values": VALUE,
+}
 
 #: Element types we bind; ``string`` is an object array of ``str`` on the numpy side.
 _NUMPY = {
@@ -89,12 +97,50 @@ class IOSpec:
             f"This model has no '{role}' output; available: {', '.join(available)}", field=role
         )
 
-    def as_source(self, out: OutputSpec, arr: np.ndarray) -> np.ndarray:
-        """An ONNX output reshaped (and typed) like the source model returned it."""
+    def role_for(self, predict_method: str | None = None) -> str:
+        """The output role a ``predict_method`` asks for (one place for the pyfunc and server).
+
+        Raises:
+            SchemaError: unknown ``predict_method``, or the model has no output for it
+                (``field="predict_method"``).
+        """
+        roles = {o.role for o in self.outputs}
+        if predict_method is None or predict_method == "predict":
+            if self.default_role in roles:
+                return self.default_role
+            return LABEL if self.task == "classification" else self.outputs[0].role
+        if predict_method not in PREDICT_METHODS:
+            raise SchemaError(
+                f"predict_method must be one of {sorted(PREDICT_METHODS)}, got {predict_method!r}",
+                field="predict_method",
+            )
+        role = PREDICT_METHODS[predict_method]
+        if role not in roles:
+            raise SchemaError(
+                f"predict_method={predict_method!r}: this model has no '{role}' output; "
+                f"available: {', '.join(sorted(roles))}",
+                field="predict_method",
+            )
+        return role
+
+    @staticmethod
+    def shaped(out: OutputSpec, arr: np.ndarray) -> np.ndarray:
+        """``arr`` as ``[rows, *declared tail]`` when it holds the same values in another shape
+        (e.g. a regressor's ``[N, 1]`` graph output declared ``[N]``); otherwise unchanged."""
         arr = np.asarray(arr)
         tail = tuple(out.shape[1:])
-        if arr.ndim and arr.shape[1:] != tail and all(isinstance(d, int) for d in tail):
-            arr = arr.reshape((arr.shape[0], *tail))
+        if not arr.ndim or arr.shape[1:] == tail or not all(type(d) is int for d in tail):
+            return arr
+        if arr.size != arr.shape[0] * int(np.prod(tail, dtype=np.int64)):
+            return arr
+        return arr.reshape((arr.shape[0], *tail))
+
+    def as_source(self, out: OutputSpec, arr: np.ndarray) -> np.ndarray:
+        """An ONNX output reshaped (and typed) like the source model returned it."""
+        arr = self.shaped(out, arr)
+        column = self.extra.get("proba_column")
+        if out.role == PROBABILITIES and column is not None and arr.ndim == 2:
+            arr = arr[:, int(column)]  # a converter may record the one column the source returned
         if out.role == LABEL and self.classes and all(isinstance(c, bool) for c in self.classes):
             arr = arr.astype(bool)
         return arr

@@ -67,6 +67,39 @@ class Manifest:
             raise BundleError(f"{path} lacks the key {e.args[0]!r}") from e
 
 
+def session_options(level: str = "all", intra_op_threads: int | None = None):
+    """onnxruntime SessionOptions: CPU, sequential, quiet; ``level`` is disable|basic|extended|all.
+
+    The one place sessions are configured: the serving runtime, the flavor, the parity gate
+    and the optimiser all build theirs here.
+    """
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[level]
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return opts
+
+
+def make_session(model, level: str = "all", intra_op_threads: int | None = None):
+    """One CPU onnxruntime session over ``model`` (bytes or a path)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        model, session_options(level, intra_op_threads), providers=["CPUExecutionProvider"]
+    )
+
+
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -98,20 +131,12 @@ class ServedModel:
     """One onnxruntime session over a verified bundle; ``run`` is the only hot-path call."""
 
     def __init__(self, bundle_dir: str, intra_op_threads: int = 1):
-        import onnxruntime as ort
-
         self.bundle_dir = bundle_dir
         self.manifest = verify_bundle(bundle_dir)
         self.io = self.manifest.io
         model_path = os.path.join(bundle_dir, self.manifest.model_file)
         digest = self.manifest.sha256
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        self.session = make_session(model_path, "all", intra_op_threads)
         self.output_names = [o.name for o in self.io.outputs]
         self._run = self.session.run
         self.input_names = [i.name for i in self.session.get_inputs()]

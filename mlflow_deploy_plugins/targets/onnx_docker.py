@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 
 from mlflow_deploy_plugins.errors import AlreadyExistsError, InvalidInputError
+from mlflow_deploy_plugins.serving.settings import LOG_LEVELS
 from mlflow_deploy_plugins.targets import _deployments as D
 from mlflow_deploy_plugins.targets import _images
 from mlflow_deploy_plugins.targets._config import TargetConfig, option
@@ -45,7 +46,6 @@ PAYLOAD_LOG_PATH = "/var/lib/mlflow-deploy/payload-log"
 #: mode during an update two servers share the port, so an HTTP probe cannot tell which one
 #: answered: this line, read from one container's own log, can.
 READY_LINE = re.compile(r'"msg":"Serving .* on http://')
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MEMORY = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 _USER = re.compile(r"^\d+:\d+$")
 #: -C keys that act on one call and are not remembered on the container.

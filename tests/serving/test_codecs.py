@@ -672,6 +672,8 @@ def test_role_for_mirrors_the_pyfunc_flavor():
     assert codecs.role_for(MIXED, None) == LABEL
     assert codecs.role_for(MIXED, "predict") == LABEL
     assert codecs.role_for(MIXED, "predict_proba") == PROBABILITIES
+    # one table of predict_method values for the pyfunc and /invocations (IOSpec.role_for)
+    assert codecs.role_for(MIXED, "predict_label") == LABEL == MIXED.role_for("predict_label")
     assert codecs.role_for(MATRIX, None) == VALUE
     with pytest.raises(BadRequest, match="predict_method must be one of") as e:
         codecs.role_for(MIXED, "transform")

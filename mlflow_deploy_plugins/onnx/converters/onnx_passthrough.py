@@ -85,14 +85,10 @@ class OnnxPassthroughConverter:
     def reference_outputs(
         self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
     ) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
+        from mlflow_deploy_plugins.onnx import runtime
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            session = ort.InferenceSession(
-                _serialized(source), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            session = runtime.make_session(_serialized(source), level="disable")
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented
             raise ConversionError(
                 f"onnxruntime cannot load the ONNX model {source.model_uri}: {e}"

@@ -35,17 +35,15 @@ from mlflow_deploy_plugins.serving.errors import (
     UnsupportedMediaType,
 )
 from mlflow_deploy_plugins.serving.iospec import (
-    LABEL,
-    PROBABILITIES,
-    VALUE,
+    PREDICT_METHODS,
     InputBinding,
     IOSpec,
+    SchemaError,
 )
 
-#: MLflow scoring: the JSON keys that hold the data, and ``predict_method`` -> output role.
+#: MLflow scoring: the JSON keys that hold the data.
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
-PREDICT_METHODS = {"predict": None, "predict_proba": PROBABILITIES, "predict_values": VALUE}
 
 _REQUIRED_FORMAT = (
     "The input must be a JSON dictionary with exactly one of the input fields "
@@ -474,46 +472,27 @@ def _fit_rank(block: np.ndarray, binding: InputBinding) -> np.ndarray:
 
 # ====================================================================== MLflow encode, roles
 def role_for(io: IOSpec, predict_method: Any = None) -> str:
-    """The output role ``/invocations`` returns for ``params.predict_method``.
-
-    Mirrors the pyfunc flavor: ``predict`` (default) -> the model's default role; ``predict_proba``
-    -> probabilities; ``predict_values`` -> value.
+    """The output role ``/invocations`` returns for ``params.predict_method``
+    (``IOSpec.role_for``, shared with the pyfunc flavor).
 
     Raises:
         BadRequest: unknown ``predict_method``, or the model has no output for it.
     """
-    roles = {o.role for o in io.outputs}
-    if predict_method is None or predict_method == "predict":
-        if io.default_role in roles:
-            return io.default_role
-        return LABEL if io.task == "classification" else io.outputs[0].role
-    if type(predict_method) is not str or predict_method not in PREDICT_METHODS:
+    if predict_method is not None and type(predict_method) is not str:
         raise BadRequest(
             f"predict_method must be one of {sorted(PREDICT_METHODS)}, got {_show(predict_method)}",
             field="predict_method",
         )
-    role = PREDICT_METHODS[predict_method]
-    if role not in roles:
-        raise BadRequest(
-            f"predict_method={predict_method!r}: this model has no '{role}' output; "
-            f"available: {', '.join(sorted(roles))}",
-            field="predict_method",
-        )
-    return role
+    try:
+        return io.role_for(predict_method)
+    except SchemaError as e:
+        raise BadRequest(str(e), field="predict_method") from None
 
 
 def mlflow_prediction(io: IOSpec, role: str, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
     """The array the pyfunc flavor returns for ``role``, from the session's outputs."""
     spec = io.output_for(role)
-    result = np.asarray(outputs[spec.name])
-    tail = tuple(spec.shape[1:])
-    if result.ndim and result.shape[1:] != tail and all(isinstance(d, int) for d in tail):
-        result = result.reshape((result.shape[0], *tail))
-    if role == PROBABILITIES and io.extra.get("proba_column") is not None and result.ndim == 2:
-        result = result[:, int(io.extra["proba_column"])]
-    if role == LABEL and io.classes and all(isinstance(c, bool) for c in io.classes):
-        result = result.astype(bool)
-    return result
+    return io.as_source(spec, outputs[spec.name])
 
 
 def encode_mlflow(outputs_for_role: np.ndarray) -> bytes:
