@@ -10,7 +10,11 @@ import sys
 
 import click
 
-from mlflow_deploy_plugins.registry.webhooks import DEFAULT_EVENTS, DEFAULT_WEBHOOK_NAME, SECRET_ENV
+from mlflow_deploy_plugins.registry.automation_config import (
+    DEFAULT_EVENTS,
+    DEFAULT_WEBHOOK_NAME,
+    SECRET_ENV,
+)
 
 _logger = logging.getLogger(__name__)
 

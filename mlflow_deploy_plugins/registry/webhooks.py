@@ -25,16 +25,19 @@ from mlflow.protos.databricks_pb2 import UNAUTHENTICATED
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.errors import DeployPluginError, InvalidInputError
-from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, load_config
+from mlflow_deploy_plugins.registry.automation_config import (
+    DEFAULT_EVENTS,
+    DEFAULT_WEBHOOK_NAME,
+    SECRET_ENV,
+    AutomationConfig,
+    load_config,
+)
 from mlflow_deploy_plugins.registry.pipeline import Pipeline, Slot, Trigger, preload_converters
 from mlflow_deploy_plugins.registry.watch import DEFAULT_INTERVAL_S, Reconciler
 
 _logger = logging.getLogger(__name__)
 
-#: What ``register`` subscribes to: the only registry events that are promotions.
-DEFAULT_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
-DEFAULT_WEBHOOK_NAME = "mlflow-deploy-automation"
-SECRET_ENV = "MLFLOW_DEPLOY_WEBHOOK_SECRET"
+# DEFAULT_EVENTS, DEFAULT_WEBHOOK_NAME, SECRET_ENV live with the config (cheap for the CLI).
 CONFIG_ENV = "MLFLOW_DEPLOY_AUTOMATION_CONFIG"
 #: Deliveries signed longer ago (or further ahead) than this are refused as replays.
 REPLAY_WINDOW_S = 300
