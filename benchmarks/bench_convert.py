@@ -17,11 +17,7 @@ import tempfile
 import time
 
 import mlflow
-import numpy as np
-import pandas as pd
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from _models import log_registered, scaler_gradient_boosting
 
 _logger = logging.getLogger("bench_convert")
 
@@ -44,26 +40,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    import skops.io
-
     from mlflow_deploy_plugins.onnx.convert import convert, load_source
 
     workdir = tempfile.mkdtemp(prefix="bench-convert-")
     mlflow.set_tracking_uri(f"sqlite:///{os.path.join(workdir, 'mlflow.db')}")
-    rng = np.random.default_rng(0)
-    x = pd.DataFrame(rng.normal(size=(args.rows, 20)), columns=[f"x{i}" for i in range(20)])
-    y = (x.x0 * 2 - x.x1 + x.x2 * x.x3 + rng.normal(scale=0.3, size=args.rows) > 0).astype(int)
-    model = Pipeline(
-        [("scale", StandardScaler()), ("gb", GradientBoostingClassifier(n_estimators=100))]
-    ).fit(x, y)
-    with mlflow.start_run():
-        mlflow.sklearn.log_model(
-            model,
-            name="model",
-            input_example=x.head(3),
-            registered_model_name="bench",
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
-        )
+    x, model = scaler_gradient_boosting(args.rows)
+    log_registered(model, x.head(3), "bench")
 
     source = load_source("models:/bench/1")
     phases: dict[str, list[float]] = {}

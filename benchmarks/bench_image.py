@@ -70,7 +70,7 @@ def _data(rows: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def _register(name: str, seed: int) -> None:
-    import skops.io
+    from _models import log_registered
 
     x, y = _data(seed=seed)
     columns = ColumnTransformer(
@@ -82,15 +82,7 @@ def _register(name: str, seed: int) -> None:
     model = Pipeline(
         [("columns", columns), ("gb", GradientBoostingClassifier(random_state=seed))]
     ).fit(x, y)
-    with mlflow.start_run():
-        mlflow.sklearn.log_model(
-            model,
-            name="model",
-            input_example=x.head(200),
-            registered_model_name=name,
-            pip_requirements=["scikit-learn", "skops"],
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
-        )
+    log_registered(model, x.head(200), name, pip_requirements=["scikit-learn", "skops"])
 
 
 def _start_to_ready(client, image: str, url: str, environment: dict, starts: int) -> float:

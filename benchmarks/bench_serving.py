@@ -53,7 +53,6 @@ MLSERVER_REQUIREMENTS = [
     "pandas<3",
     "scikit-learn",
 ]
-N_FEATURES = 20
 TRAIN_ROWS = 5000
 MODEL_NAME = "bench"
 SERVER_CORE = "0"
@@ -375,31 +374,12 @@ def measure(server: ManagedServer, body_file: str, scenario: Scenario, duration_
 def prepare_model(workdir: Path):
     """Train, log/register (skops), promote, build the bundle; returns (features df, bundle)."""
     import mlflow
-    import numpy as np
-    import pandas as pd
-    import skops.io
-    from sklearn.ensemble import GradientBoostingClassifier
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+    from _models import log_registered, scaler_gradient_boosting
 
     from mlflow_deploy_plugins import build_bundle, promote
 
-    rng = np.random.default_rng(0)
-    x = pd.DataFrame(
-        rng.normal(size=(TRAIN_ROWS, N_FEATURES)), columns=[f"x{i}" for i in range(N_FEATURES)]
-    )
-    y = (x.x0 * 2 - x.x1 + x.x2 * x.x3 + rng.normal(scale=0.3, size=TRAIN_ROWS) > 0).astype(int)
-    model = Pipeline(
-        [("scale", StandardScaler()), ("gb", GradientBoostingClassifier(n_estimators=100))]
-    ).fit(x, y)
-    with mlflow.start_run():
-        mlflow.sklearn.log_model(
-            model,
-            name="model",
-            input_example=x.head(3),
-            registered_model_name=MODEL_NAME,
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
-        )
+    x, model = scaler_gradient_boosting(TRAIN_ROWS)
+    log_registered(model, x.head(3), MODEL_NAME)
     promoted = promote(MODEL_NAME, 1, "champion", sample=x.head(1000))
     bundle = build_bundle(promoted.model_uri, str(workdir / "bundle"))
     source_dir = mlflow.artifacts.download_artifacts(

@@ -583,8 +583,10 @@ class OnnxDockerDeploymentClient(BaseDeploymentClient):
     def _wait_ready(self, container, cfg: OnnxDockerConfig, port: int, what: str) -> float:
         """Seconds until ``container`` logged that it serves and ``host:port`` answers ready."""
         url = D.endpoint_url(cfg.host, port) + "/v2/health/ready"
+        logged_ready = False
 
         def check() -> bool:
+            nonlocal logged_ready
             container.reload()
             state = container.attrs.get("State", {})
             if (
@@ -598,8 +600,10 @@ class OnnxDockerDeploymentClient(BaseDeploymentClient):
                 )
             if state.get("Status") != "running":
                 return False
-            if not READY_LINE.search(container.logs().decode(errors="replace")):
-                return False
+            if not logged_ready:  # read the log until the line shows up, not on every poll
+                logged_ready = bool(READY_LINE.search(container.logs().decode(errors="replace")))
+                if not logged_ready:
+                    return False
             return D.http_ready(url)
 
         try:
