@@ -13,17 +13,12 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
+from mlflow_deploy_plugins.core.manifest import MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, Manifest
+from mlflow_deploy_plugins.core.session import file_sha256
 from mlflow_deploy_plugins.errors import InvalidInputError, ModelNotFoundError
-from mlflow_deploy_plugins.serving.model import (
-    MANIFEST_FILE,
-    MANIFEST_SCHEMA_VERSION,
-    Manifest,
-    file_sha256,
-)
 
 _logger = logging.getLogger(__name__)
-
-MODEL_FILE = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -64,7 +59,7 @@ def build_bundle(
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from mlflow_deploy_plugins.onnx.convert import FLAVOR_KEY, _registered_name_version, convert
+    from mlflow_deploy_plugins.onnx.convert import _registered_name_version, convert
 
     if os.path.exists(output_dir) and os.listdir(output_dir):
         raise InvalidInputError(f"Bundle directory {output_dir!r} exists and is not empty")
@@ -77,8 +72,8 @@ def build_bundle(
     os.makedirs(output_dir, exist_ok=True)
     target = os.path.join(output_dir, MODEL_FILE)
 
-    if FLAVOR_KEY in mlmodel.flavors:
-        conf = mlmodel.flavors[FLAVOR_KEY]
+    if FLAVOR_NAME in mlmodel.flavors:
+        conf = mlmodel.flavors[FLAVOR_NAME]
         shutil.copyfile(os.path.join(local, conf["data"]), target)
         io = conf["io"]
         source = conf.get("source", {})

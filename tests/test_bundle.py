@@ -17,9 +17,10 @@ from mlflow.tracking import MlflowClient
 from sklearn.ensemble import GradientBoostingClassifier
 
 from mlflow_deploy_plugins import build_bundle, promote
+from mlflow_deploy_plugins.core.iospec import IOSpec
+from mlflow_deploy_plugins.core.manifest import Manifest
 from mlflow_deploy_plugins.errors import InvalidInputError, ModelNotFoundError
-from mlflow_deploy_plugins.serving.iospec import IOSpec
-from mlflow_deploy_plugins.serving.model import Manifest, ServedModel
+from mlflow_deploy_plugins.serving.model import ServedModel
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 COLUMNS = ["age", "income", "tenure", "city"]

@@ -22,10 +22,10 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.monitoring.sampling import RowReservoir, Sample, finish_sample
 from mlflow_deploy_plugins.monitoring.schema import split_output
-from mlflow_deploy_plugins.serving.iospec import IOSpec
 from mlflow_deploy_plugins.serving.payload_log import LogFile, list_files
 
 _logger = logging.getLogger(__name__)

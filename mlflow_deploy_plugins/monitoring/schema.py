@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec, OutputSpec
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.monitoring.settings import CATEGORICAL, NUMERICAL
-from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, IOSpec, OutputSpec
 
 
 def output_columns(io: IOSpec, out: OutputSpec) -> list[str]:

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.monitoring.payloads import open_log, read_payload_log
 from mlflow_deploy_plugins.monitoring.sampling import RowReservoir, Sample, finish_sample
-from mlflow_deploy_plugins.serving.iospec import IOSpec
 from mlflow_deploy_plugins.serving.payload_log import FILE_NAME
 
 _logger = logging.getLogger(__name__)

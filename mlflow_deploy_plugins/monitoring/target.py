@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
+from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import ModelNotFoundError
 from mlflow_deploy_plugins.registry import tags as T
-from mlflow_deploy_plugins.serving.iospec import IOSpec
 
 _logger = logging.getLogger(__name__)
-
-FLAVOR_NAME = "mlflow_deploy_plugins"  # onnx.flavor.FLAVOR_NAME, without importing onnxruntime
 
 
 @dataclass
@@ -155,7 +154,5 @@ def _load_flavor(model: MonitoredModel) -> None:
 def download_onnx_model(model: MonitoredModel) -> str:
     """Local path of the twin's ``model.onnx`` (to predict when data carries no predictions)."""
     from mlflow.artifacts import download_artifacts
-
-    from mlflow_deploy_plugins.onnx.flavor import MODEL_FILE
 
     return download_artifacts(f"{model.onnx_model_uri.rstrip('/')}/{MODEL_FILE}")

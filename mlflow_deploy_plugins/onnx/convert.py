@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlflow_deploy_plugins.core.constants import FLAVOR_NAME
+from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec
 from mlflow_deploy_plugins.errors import (
     ConversionError,
     InvalidInputError,
@@ -24,15 +26,13 @@ from mlflow_deploy_plugins.errors import (
 from mlflow_deploy_plugins.onnx import optimize, parity
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
 from mlflow_deploy_plugins.onnx.sample import resolve_sample
-from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, IOSpec
 
 _logger = logging.getLogger(__name__)
 
-FLAVOR_KEY = "mlflow_deploy_plugins"
 
 #: source flavor -> "module:Class"; the first flavor of a model found here wins, in this order.
 CONVERTERS = {
-    FLAVOR_KEY: "mlflow_deploy_plugins.onnx.converters.onnx_passthrough:OnnxPassthroughConverter",
+    FLAVOR_NAME: "mlflow_deploy_plugins.onnx.converters.onnx_passthrough:OnnxPassthroughConverter",
     "onnx": "mlflow_deploy_plugins.onnx.converters.onnx_passthrough:OnnxPassthroughConverter",
     "sklearn": "mlflow_deploy_plugins.onnx.converters.sklearn:SklearnConverter",
     "lightgbm": "mlflow_deploy_plugins.onnx.converters.lightgbm:LightGBMConverter",
@@ -40,7 +40,7 @@ CONVERTERS = {
     "pytorch": "mlflow_deploy_plugins.onnx.converters.torch:TorchConverter",
 }
 _LOADERS = {
-    FLAVOR_KEY: "mlflow.onnx",
+    FLAVOR_NAME: "mlflow.onnx",
     "onnx": "mlflow.onnx",
     "sklearn": "mlflow.sklearn",
     "lightgbm": "mlflow.lightgbm",
@@ -114,7 +114,7 @@ def load_source(model_uri: str) -> SourceModel:
     if flavor is None:
         raise UnsupportedModelError(
             f"Model '{model_uri}' has flavors {sorted(mlmodel.flavors)}; none can be converted. "
-            f"Supported flavors: {', '.join(k for k in CONVERTERS if k != FLAVOR_KEY)}"
+            f"Supported flavors: {', '.join(k for k in CONVERTERS if k != FLAVOR_NAME)}"
         )
     loader = importlib.import_module(_LOADERS[flavor])
     try:
@@ -148,7 +148,7 @@ def _raise_load_error(model_uri: str, flavor: str, error: Exception):
         ) from error
     if isinstance(error, MlflowException):
         raise error
-    if type(error).__name__ == "ValidationError" and flavor in ("onnx", FLAVOR_KEY):
+    if type(error).__name__ == "ValidationError" and flavor in ("onnx", FLAVOR_NAME):
         raise ConversionError(f"Model '{model_uri}' is not a valid ONNX model: {error}") from error
     raise ConversionError(
         f"Could not load the '{flavor}' model of '{model_uri}': {type(error).__name__}: {error}"

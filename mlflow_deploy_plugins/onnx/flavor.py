@@ -14,19 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlflow_deploy_plugins.errors import InvalidInputError
-from mlflow_deploy_plugins.onnx import runtime
-from mlflow_deploy_plugins.serving.iospec import (
+from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
+from mlflow_deploy_plugins.core.iospec import (
     SCHEMA_VERSION,
     IOSpec,
     SchemaError,
 )
-from mlflow_deploy_plugins.serving.model import file_sha256
+from mlflow_deploy_plugins.core.session import file_sha256, make_session
+from mlflow_deploy_plugins.errors import InvalidInputError
 
 _logger = logging.getLogger(__name__)
 
-FLAVOR_NAME = "mlflow_deploy_plugins"
-MODEL_FILE = "model.onnx"
 PARITY_FILE = "parity_report.json"
 OPTIMIZATION_FILE = "optimization_report.json"
 REFERENCE_FILE = "reference_sample.parquet"
@@ -58,7 +56,7 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
 
     example = result.sample_frame[result.io.columns].head(input_example_rows)
     default_out = _predict(
-        runtime.make_session(result.onnx_model.SerializeToString()), result.io, example, None
+        make_session(result.onnx_model.SerializeToString()), result.io, example, None
     )
     if _takes_arrays(result):
         # The source was logged with an array (tensor signature): keep taking arrays, which
@@ -189,7 +187,7 @@ class OnnxModel:
                 f"{model_file} has sha256 {digest}, the MLmodel records {conf['sha256']}: "
                 "the model file was modified after it was verified"
             )
-        self.session = runtime.make_session(model_file)
+        self.session = make_session(model_file)
 
     @property
     def source(self) -> dict:

@@ -16,9 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from mlflow_deploy_plugins.core.session import make_session, session_options
 from mlflow_deploy_plugins.errors import ConversionError
-from mlflow_deploy_plugins.onnx import runtime
-from mlflow_deploy_plugins.serving.model import session_options
 
 _logger = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def quantize_int8(model: onnx.ModelProto) -> onnx.ModelProto:
 def measure(model: onnx.ModelProto, feed_for, repeats: int = 50) -> VariantStats:
     """Size and median latency for 1 and 100 rows; ``feed_for(n)`` builds a feed of n rows."""
     data = model.SerializeToString()
-    session = runtime.make_session(data, level="all", intra_op_threads=1)
+    session = make_session(data, level="all", intra_op_threads=1)
     stats = VariantStats(size_bytes=len(data))
     for rows, attr in ((1, "latency_ms_1_row"), (100, "latency_ms_100_rows")):
         feed = feed_for(rows)

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import LABEL, IOSpec, SchemaError
+from mlflow_deploy_plugins.core.session import make_session, run_by_role
 from mlflow_deploy_plugins.errors import InvalidInputError, ParityError
-from mlflow_deploy_plugins.onnx import runtime
-from mlflow_deploy_plugins.serving.iospec import LABEL, IOSpec, SchemaError
 
 _logger = logging.getLogger(__name__)
 
@@ -90,12 +90,12 @@ class ParityReport:
 
 
 def onnx_outputs(model_bytes: bytes, io: IOSpec, frame: pd.DataFrame, level="disable") -> dict:
-    session = runtime.make_session(model_bytes, level=level)
+    session = make_session(model_bytes, level=level)
     try:
         feed = io.encode_columns({c: frame[c].to_numpy() for c in io.columns}, n_rows=len(frame))
     except SchemaError as e:
         raise InvalidInputError(f"Parity sample does not fit the ONNX inputs: {e}") from e
-    return runtime.run(session, io, feed)
+    return run_by_role(session, io, feed)
 
 
 def compare(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PREFIX = "mlflow_deploy."
+from mlflow_deploy_plugins.core.constants import TAG_PREFIX as PREFIX
 
 # On the source version
 STATUS = PREFIX + "status"  # converted | failed

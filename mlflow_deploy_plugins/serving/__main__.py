@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     bundle_dir = _bundle_dir(ns.args)
-    from mlflow_deploy_plugins.serving.model import BundleError, Manifest
+    from mlflow_deploy_plugins.core.manifest import BundleError, Manifest
 
     try:
         manifest = Manifest.read(bundle_dir)

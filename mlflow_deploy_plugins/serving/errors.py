@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import orjson
 
-from mlflow_deploy_plugins.serving.iospec import SchemaError
+from mlflow_deploy_plugins.core.iospec import SchemaError
 
 #: Longest message put in a body: messages may quote client values, which may be huge.
 MAX_MESSAGE_CHARS = 1000

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 
+from mlflow_deploy_plugins.core.manifest import verify_bundle
 from mlflow_deploy_plugins.serving.app import ServingApp, warm_up
 from mlflow_deploy_plugins.serving.http import (
     HttpLimits,
@@ -20,7 +21,7 @@ from mlflow_deploy_plugins.serving.http import (
     start_server,
 )
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
-from mlflow_deploy_plugins.serving.model import ServedModel, verify_bundle
+from mlflow_deploy_plugins.serving.model import ServedModel
 from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 

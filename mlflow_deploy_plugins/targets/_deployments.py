@@ -24,12 +24,13 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
+from mlflow_deploy_plugins.core.constants import TAG_PREFIX
 from mlflow_deploy_plugins.errors import DeployPluginError, InvalidInputError, ModelNotFoundError
 
 _logger = logging.getLogger(__name__)
 
 #: Every label (container, image, tag) we write starts with this prefix.
-LABEL_PREFIX = "mlflow_deploy."
+LABEL_PREFIX = TAG_PREFIX
 LABEL_TARGET = LABEL_PREFIX + "target"
 LABEL_DEPLOYMENT = LABEL_PREFIX + "deployment"
 LABEL_MODEL_URI = LABEL_PREFIX + "model_uri"

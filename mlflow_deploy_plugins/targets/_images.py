@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from mlflow_deploy_plugins.core.constants import DIST_NAME, PACKAGE
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.targets import _deployments as D
 
@@ -33,8 +34,6 @@ _logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-DIST_NAME = "mlflow-deploy-plugins"
-PACKAGE = "mlflow_deploy_plugins"
 RUNTIME_EXTRA = "serve"
 #: Bump when the Dockerfile template changes meaning (part of every image's content hash).
 TEMPLATE_VERSION = "1"

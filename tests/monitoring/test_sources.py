@@ -14,11 +14,11 @@ import orjson
 import pandas as pd
 import pytest
 
+from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.monitoring.payloads import RECORD_TIME
 from mlflow_deploy_plugins.monitoring.sampling import RowReservoir
 from mlflow_deploy_plugins.monitoring.sources import read_sample
-from mlflow_deploy_plugins.serving.iospec import IOSpec
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
 from mlflow_deploy_plugins.serving.payload_log import PayloadLogger, list_files
 

@@ -19,6 +19,15 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
+from mlflow_deploy_plugins.core.iospec import (
+    LABEL,
+    PROBABILITIES,
+    VALUE,
+    InputBinding,
+    IOSpec,
+    OutputSpec,
+    SchemaError,
+)
 from mlflow_deploy_plugins.serving import codecs
 from mlflow_deploy_plugins.serving.errors import (
     BadRequest,
@@ -32,15 +41,6 @@ from mlflow_deploy_plugins.serving.errors import (
     Unprocessable,
     UnsupportedMediaType,
     from_schema_error,
-)
-from mlflow_deploy_plugins.serving.iospec import (
-    LABEL,
-    PROBABILITIES,
-    VALUE,
-    InputBinding,
-    IOSpec,
-    OutputSpec,
-    SchemaError,
 )
 
 DATA = Path(__file__).parent / "testdata"

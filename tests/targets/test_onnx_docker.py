@@ -253,7 +253,7 @@ def source_deployment(client, registry):
 def corrupt_bundles(monkeypatch):
     """Make every bundle built from now on record a wrong sha256: the runtime refuses it."""
     from mlflow_deploy_plugins import bundle as bundle_module
-    from mlflow_deploy_plugins.serving.model import MANIFEST_FILE, Manifest
+    from mlflow_deploy_plugins.core.manifest import MANIFEST_FILE, Manifest
 
     real = bundle_module.build_bundle
 

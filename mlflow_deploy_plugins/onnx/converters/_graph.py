@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, VALUE, OutputSpec
+from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, VALUE, OutputSpec
 
 _ELEM = {
     onnx.TensorProto.FLOAT: "float32",

@@ -10,6 +10,14 @@ import numpy as np
 import onnx
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import (
+    LABEL,
+    PROBABILITIES,
+    VALUE,
+    InputBinding,
+    IOSpec,
+    spec_inputs_from_columns,
+)
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError
 from mlflow_deploy_plugins.onnx.converters._graph import (
     default_roles,
@@ -21,14 +29,6 @@ from mlflow_deploy_plugins.onnx.converters.base import (
     ConvertedModel,
     SourceModel,
     package_version,
-)
-from mlflow_deploy_plugins.serving.iospec import (
-    LABEL,
-    PROBABILITIES,
-    VALUE,
-    InputBinding,
-    IOSpec,
-    spec_inputs_from_columns,
 )
 
 #: onnxmltools refuses a higher ``target_opset`` for tree models.

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mlflow_deploy_plugins.serving.iospec import IOSpec
+from mlflow_deploy_plugins.core.iospec import IOSpec
 
 #: opsets used unless the caller asks otherwise: ONNX 17 is served by every onnxruntime >= 1.12.
 DEFAULT_OPSET = 17

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
@@ -31,7 +32,6 @@ from mlflow_deploy_plugins.onnx.converters._trees import (
     REGRESSION,
     OnnxmltoolsTreeConverter,
 )
-from mlflow_deploy_plugins.serving.iospec import IOSpec
 
 _logger = logging.getLogger(__name__)
 

@@ -21,6 +21,13 @@ import numpy as np
 import onnx
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import (
+    LABEL,
+    PROBABILITIES,
+    ROLES,
+    InputBinding,
+    IOSpec,
+)
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters._graph import (
     column_names,
@@ -34,13 +41,6 @@ from mlflow_deploy_plugins.onnx.converters.base import (
     ConvertedModel,
     SourceModel,
     package_version,
-)
-from mlflow_deploy_plugins.serving.iospec import (
-    LABEL,
-    PROBABILITIES,
-    ROLES,
-    InputBinding,
-    IOSpec,
 )
 
 _logger = logging.getLogger(__name__)
@@ -85,10 +85,10 @@ class OnnxPassthroughConverter:
     def reference_outputs(
         self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
     ) -> dict[str, np.ndarray]:
-        from mlflow_deploy_plugins.onnx import runtime
+        from mlflow_deploy_plugins.core.session import make_session
 
         try:
-            session = runtime.make_session(_serialized(source), level="disable")
+            session = make_session(_serialized(source), level="disable")
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented
             raise ConversionError(
                 f"onnxruntime cannot load the ONNX model {source.model_uri}: {e}"

@@ -9,6 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import (
+    LABEL,
+    PROBABILITIES,
+    VALUE,
+    IOSpec,
+    spec_inputs_from_columns,
+)
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters import boosters
 from mlflow_deploy_plugins.onnx.converters._graph import (
@@ -21,13 +28,6 @@ from mlflow_deploy_plugins.onnx.converters.base import (
     ConvertedModel,
     SourceModel,
     package_version,
-)
-from mlflow_deploy_plugins.serving.iospec import (
-    LABEL,
-    PROBABILITIES,
-    VALUE,
-    IOSpec,
-    spec_inputs_from_columns,
 )
 
 _logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict)
     """skl2onnx, then a check that onnxruntime can load the graph."""
     from skl2onnx import convert_sklearn
 
-    from mlflow_deploy_plugins.onnx import runtime
+    from mlflow_deploy_plugins.core.session import make_session
 
     float64 = any(b.dtype == _FLOAT for b in inputs)
     try:
@@ -121,7 +121,7 @@ def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict)
             options=conv_options,
         )
         if float64:
-            runtime.make_session(onx.SerializeToString(), level="disable")
+            make_session(onx.SerializeToString(), level="disable")
     except Exception as e:  # skl2onnx raises RuntimeError/TypeError/... for its many cases
         raise ConversionError(
             f"skl2onnx could not convert {_describe(model)}: {_short_error(e)}"

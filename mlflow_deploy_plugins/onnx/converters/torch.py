@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import VALUE, IOSpec, spec_inputs_from_columns
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters._graph import (
     graph_shape,
@@ -36,7 +37,6 @@ from mlflow_deploy_plugins.onnx.converters.base import (
     SourceModel,
     package_version,
 )
-from mlflow_deploy_plugins.serving.iospec import VALUE, IOSpec, spec_inputs_from_columns
 
 _logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec
 from mlflow_deploy_plugins.errors import UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
@@ -36,7 +37,6 @@ from mlflow_deploy_plugins.onnx.converters._trees import (
     name_for_role,
     rewrite_output,
 )
-from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, IOSpec
 
 _logger = logging.getLogger(__name__)
 

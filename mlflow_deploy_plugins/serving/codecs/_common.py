@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlflow_deploy_plugins.core.iospec import (
+    InputBinding,
+    IOSpec,
+    SchemaError,
+)
 from mlflow_deploy_plugins.serving.errors import (
     BadRequest,
     Unprocessable,
     from_schema_error,
-)
-from mlflow_deploy_plugins.serving.iospec import (
-    InputBinding,
-    IOSpec,
-    SchemaError,
 )
 
 # ====================================================================== limits and dtype tables

@@ -11,6 +11,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlflow_deploy_plugins.core.iospec import (
+    PREDICT_METHODS,
+    InputBinding,
+    IOSpec,
+    SchemaError,
+)
 from mlflow_deploy_plugins.serving.codecs._common import (
     DEFAULT_MAX_ELEMENTS,
     DecodedRequest,
@@ -33,12 +39,6 @@ from mlflow_deploy_plugins.serving.errors import (
     PayloadTooLarge,
     Unprocessable,
     UnsupportedMediaType,
-)
-from mlflow_deploy_plugins.serving.iospec import (
-    PREDICT_METHODS,
-    InputBinding,
-    IOSpec,
-    SchemaError,
 )
 
 #: MLflow scoring: the JSON keys that hold the data.

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.serving.codecs._common import (
     _FLOATS,
     _INTS,
@@ -41,7 +42,6 @@ from mlflow_deploy_plugins.serving.errors import (
     PayloadTooLarge,
     Unprocessable,
 )
-from mlflow_deploy_plugins.serving.iospec import IOSpec
 
 #: Most dimensions a V2 input may declare.
 MAX_RANK = 16

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from mlflow.models import Model
 
+from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, VALUE
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
-from mlflow_deploy_plugins.serving.iospec import LABEL, PROBABILITIES, VALUE
 
 ATOL, RTOL = 1e-4, 1e-3
 COLUMNS = ["a", "b", "c", "d"]

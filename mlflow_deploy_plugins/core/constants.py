@@ -1,0 +1,14 @@
+"""Names several layers must agree on: the flavor, the package, the tag and label prefix."""
+
+from __future__ import annotations
+
+#: The MLflow flavor key of our ONNX models (``MLmodel`` -> ``flavors.mlflow_deploy_plugins``).
+FLAVOR_NAME = "mlflow_deploy_plugins"
+#: The import name (also what images install).
+PACKAGE = "mlflow_deploy_plugins"
+#: The distribution name on PyPI.
+DIST_NAME = "mlflow-deploy-plugins"
+#: Every registry tag, container label and image label we write starts with this prefix.
+TAG_PREFIX = "mlflow_deploy."
+#: The ONNX model file inside a flavor directory and a serving bundle.
+MODEL_FILE = "model.onnx"
