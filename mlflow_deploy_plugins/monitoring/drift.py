@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import DeployPluginError
 from mlflow_deploy_plugins.monitoring import target, tracking
 from mlflow_deploy_plugins.monitoring.prepare import Prepared, prepare
@@ -30,7 +31,6 @@ from mlflow_deploy_plugins.monitoring.settings import (
     DriftSettings,
     resolve_window,
 )
-from mlflow_deploy_plugins.registry import tags as T
 
 _logger = logging.getLogger(__name__)
 
@@ -135,13 +135,15 @@ def drift_report(
 
 
 def _link_tags(model: target.MonitoredModel) -> dict[str, str]:
-    tags = {T.MODEL_URI: model.model_uri, T.KIND: "drift-report"}
+    tags = {tag_keys.MODEL_URI: model.model_uri, tag_keys.KIND: "drift-report"}
     if model.name:
-        tags.update({T.MODEL_NAME: model.name, T.MODEL_VERSION: model.version})
+        tags.update({tag_keys.MODEL_NAME: model.name, tag_keys.MODEL_VERSION: model.version})
     if model.onnx:
-        tags.update({T.ONNX_MODEL: model.onnx[0], T.ONNX_VERSION: model.onnx[1]})
+        tags.update({tag_keys.ONNX_MODEL: model.onnx[0], tag_keys.ONNX_VERSION: model.onnx[1]})
     if model.source:
-        tags.update({T.SOURCE_MODEL: model.source[0], T.SOURCE_VERSION: model.source[1]})
+        tags.update(
+            {tag_keys.SOURCE_MODEL: model.source[0], tag_keys.SOURCE_VERSION: model.source[1]}
+        )
     return tags
 
 
@@ -165,7 +167,7 @@ def _report(
         set(prepared.expected.predictions),
     )
     timings["evidently_s"] = time.perf_counter() - started
-    status = T.DRIFT_DETECTED if outcome.drift_detected else T.DRIFT_NONE
+    status = tag_keys.DRIFT_DETECTED if outcome.drift_detected else tag_keys.DRIFT_NONE
 
     with tempfile.TemporaryDirectory(prefix="mlflow-deploy-drift-") as tmp:
         started = time.perf_counter()
@@ -202,9 +204,9 @@ def _report(
 
         started = time.perf_counter()
         drift_tags = {
-            T.DRIFT_STATUS: status,
-            T.DRIFT_SHARE: f"{result.share:.4f}",
-            T.DRIFT_COLUMNS: ",".join(result.drifted_columns),
+            tag_keys.DRIFT_STATUS: status,
+            tag_keys.DRIFT_SHARE: f"{result.share:.4f}",
+            tag_keys.DRIFT_COLUMNS: ",".join(result.drifted_columns),
         }
         tracking.log_everything(
             client,
@@ -217,7 +219,8 @@ def _report(
     tracking.tag_versions(
         client,
         model.tagged_versions,
-        drift_tags | {T.DRIFT_RUN_ID: run_id, T.DRIFT_CHECKED_AT: checked_at.isoformat()},
+        drift_tags
+        | {tag_keys.DRIFT_RUN_ID: run_id, tag_keys.DRIFT_CHECKED_AT: checked_at.isoformat()},
     )
     tracking.clear_error(client, model.tagged_versions)
     client.set_terminated(run_id, "FINISHED")

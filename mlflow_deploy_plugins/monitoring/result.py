@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.monitoring.report import ColumnDrift
 from mlflow_deploy_plugins.monitoring.settings import DriftSettings
-from mlflow_deploy_plugins.registry import tags as T
 
 
 @dataclass
@@ -38,7 +38,7 @@ class DriftResult:
 
     @property
     def drift_detected(self) -> bool:
-        return self.status == T.DRIFT_DETECTED
+        return self.status == tag_keys.DRIFT_DETECTED
 
     @property
     def drifted_columns(self) -> list[str]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
 from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import ModelNotFoundError
-from mlflow_deploy_plugins.registry import tags as T
 
 _logger = logging.getLogger(__name__)
 
@@ -71,17 +71,17 @@ def resolve(model_uri: str, client) -> MonitoredModel:
         model = MonitoredModel(model_uri, name, version, tagged_versions=[(name, version)])
         mv = client.get_model_version(name, version)
         tags = dict(mv.tags or {})
-        if tags.get(T.KIND) == "onnx":
+        if tags.get(tag_keys.KIND) == "onnx":
             model.onnx = (name, version)
-            if tags.get(T.SOURCE_MODEL) and tags.get(T.SOURCE_VERSION):
-                model.source = (tags[T.SOURCE_MODEL], str(tags[T.SOURCE_VERSION]))
+            if tags.get(tag_keys.SOURCE_MODEL) and tags.get(tag_keys.SOURCE_VERSION):
+                model.source = (tags[tag_keys.SOURCE_MODEL], str(tags[tag_keys.SOURCE_VERSION]))
                 model.tagged_versions.append(model.source)
-        elif tags.get(T.ONNX_MODEL) and tags.get(T.ONNX_VERSION):
-            model.onnx = (tags[T.ONNX_MODEL], str(tags[T.ONNX_VERSION]))
+        elif tags.get(tag_keys.ONNX_MODEL) and tags.get(tag_keys.ONNX_VERSION):
+            model.onnx = (tags[tag_keys.ONNX_MODEL], str(tags[tag_keys.ONNX_VERSION]))
         if model.onnx is None:
             model.reference_missing = (
-                f"it is not an ONNX version of ours and has no ONNX twin (no tag {T.ONNX_MODEL}; "
-                f"status {tags.get(T.STATUS, 'never promoted')})"
+                f"it is not an ONNX version of ours and has no ONNX twin (no tag {tag_keys.ONNX_MODEL}; "
+                f"status {tags.get(tag_keys.STATUS, 'never promoted')})"
             )
             return model
         model.onnx_model_uri = f"models:/{model.onnx[0]}/{model.onnx[1]}"

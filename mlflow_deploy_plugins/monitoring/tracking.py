@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from mlflow_deploy_plugins.registry import tags as T
+from mlflow_deploy_plugins.core import tags as tag_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def log_everything(
     now = int(time.time() * 1000)
     metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     param_list = [Param(k[:_MAX_KEY], _clip(v, _MAX_PARAM_VALUE)) for k, v in params.items()]
-    tag_list = [RunTag(k, T.clip(v)) for k, v in tags.items()]
+    tag_list = [RunTag(k, tag_keys.clip(v)) for k, v in tags.items()]
     while metric_list or param_list or tag_list:
         params_now, tags_now = param_list[:_MAX_PARAMS], tag_list[:_MAX_PARAMS]
         metrics_now = metric_list[: _MAX_ENTITIES - len(params_now) - len(tags_now)]
@@ -81,9 +81,11 @@ def log_everything(
 def fail_run(client, run_id: str, reason: str) -> None:
     """End ``run_id`` FAILED with ``reason`` (best effort: the original error is what matters)."""
     try:
-        client.set_tag(run_id, T.DRIFT_STATUS, T.DRIFT_FAILED)
-        client.set_tag(run_id, T.DRIFT_ERROR, T.clip(reason))
-        client.set_tag(run_id, "mlflow.note.content", T.clip(f"Drift report failed: {reason}"))
+        client.set_tag(run_id, tag_keys.DRIFT_STATUS, tag_keys.DRIFT_FAILED)
+        client.set_tag(run_id, tag_keys.DRIFT_ERROR, tag_keys.clip(reason))
+        client.set_tag(
+            run_id, "mlflow.note.content", tag_keys.clip(f"Drift report failed: {reason}")
+        )
     except MlflowException as e:
         _logger.warning("Could not tag failed run %s: %s", run_id, e)
     try:
@@ -95,18 +97,22 @@ def fail_run(client, run_id: str, reason: str) -> None:
 def tag_versions(client, versions: Iterable[tuple[str, str]], tags: Mapping[str, str]) -> None:
     for name, version in versions:
         for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, T.clip(value))
+            client.set_model_version_tag(name, version, key, tag_keys.clip(value))
 
 
 def tag_versions_failed(client, versions, run_id: str | None, reason: str, checked_at: str) -> None:
     """The latest check failed: say so, and drop the previous check's figures (best effort)."""
-    tags = {T.DRIFT_STATUS: T.DRIFT_FAILED, T.DRIFT_ERROR: reason, T.DRIFT_CHECKED_AT: checked_at}
+    tags = {
+        tag_keys.DRIFT_STATUS: tag_keys.DRIFT_FAILED,
+        tag_keys.DRIFT_ERROR: reason,
+        tag_keys.DRIFT_CHECKED_AT: checked_at,
+    }
     if run_id:
-        tags[T.DRIFT_RUN_ID] = run_id
+        tags[tag_keys.DRIFT_RUN_ID] = run_id
     for name, version in versions:
         try:
             tag_versions(client, [(name, version)], tags)
-            for stale in (T.DRIFT_SHARE, T.DRIFT_COLUMNS):
+            for stale in (tag_keys.DRIFT_SHARE, tag_keys.DRIFT_COLUMNS):
                 with contextlib.suppress(MlflowException):
                     client.delete_model_version_tag(name, version, stale)
         except MlflowException as e:
@@ -116,7 +122,7 @@ def tag_versions_failed(client, versions, run_id: str | None, reason: str, check
 def clear_error(client, versions) -> None:
     for name, version in versions:
         with contextlib.suppress(MlflowException):
-            client.delete_model_version_tag(name, version, T.DRIFT_ERROR)
+            client.delete_model_version_tag(name, version, tag_keys.DRIFT_ERROR)
 
 
 def _clip(value: object, limit: int) -> str:

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from mlflow_deploy_plugins.registry import tags as T
+from mlflow_deploy_plugins.core import tags as tag_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -55,19 +55,19 @@ class AuditRecord:
 
     def tags(self) -> dict[str, str]:
         tags = {
-            T.AUDIT_EVENT: self.event,
-            T.AUDIT_RESULT: self.result,
-            T.SOURCE_MODEL: self.source_model,
-            T.AUDIT_ALIAS if self.kind == "alias" else T.AUDIT_STAGE: self.label,
-            T.SOURCE_VERSION: self.source_version,
-            T.ONNX_MODEL: self.onnx_model,
-            T.ONNX_VERSION: self.onnx_version,
-            T.AUDIT_PREVIOUS_ONNX_VERSION: self.previous_onnx_version,
-            T.AUDIT_DELIVERY_IDS: ",".join(self.delivery_ids) or None,
-            T.ERROR: T.clip(self.error) if self.error else None,
-            T.AUDIT_TARGET: self.target,
-            T.AUDIT_DEPLOYMENT: self.deployment,
-            T.AUDIT_DEPLOYED_URI: self.deployed_model_uri,
+            tag_keys.AUDIT_EVENT: self.event,
+            tag_keys.AUDIT_RESULT: self.result,
+            tag_keys.SOURCE_MODEL: self.source_model,
+            tag_keys.AUDIT_ALIAS if self.kind == "alias" else tag_keys.AUDIT_STAGE: self.label,
+            tag_keys.SOURCE_VERSION: self.source_version,
+            tag_keys.ONNX_MODEL: self.onnx_model,
+            tag_keys.ONNX_VERSION: self.onnx_version,
+            tag_keys.AUDIT_PREVIOUS_ONNX_VERSION: self.previous_onnx_version,
+            tag_keys.AUDIT_DELIVERY_IDS: ",".join(self.delivery_ids) or None,
+            tag_keys.ERROR: tag_keys.clip(self.error) if self.error else None,
+            tag_keys.AUDIT_TARGET: self.target,
+            tag_keys.AUDIT_DEPLOYMENT: self.deployment,
+            tag_keys.AUDIT_DEPLOYED_URI: self.deployed_model_uri,
         }
         return {k: str(v) for k, v in tags.items() if v is not None}
 
@@ -127,7 +127,7 @@ def _get_or_create_experiment(client: MlflowClient, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, tags={T.KIND: "automation-audit"})
+        return client.create_experiment(name, tags={tag_keys.KIND: "automation-audit"})
     except MlflowException as e:  # another receiver/watcher created it meanwhile
         if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
@@ -153,11 +153,11 @@ def promotion_history(
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
-    filters = [f"tags.`{T.SOURCE_MODEL}` = '{_quote(source_model)}'"]
+    filters = [f"tags.`{tag_keys.SOURCE_MODEL}` = '{_quote(source_model)}'"]
     if alias is not None:
-        filters.append(f"tags.`{T.AUDIT_ALIAS}` = '{_quote(alias)}'")
+        filters.append(f"tags.`{tag_keys.AUDIT_ALIAS}` = '{_quote(alias)}'")
     if stage is not None:
-        filters.append(f"tags.`{T.AUDIT_STAGE}` = '{_quote(stage)}'")
+        filters.append(f"tags.`{tag_keys.AUDIT_STAGE}` = '{_quote(stage)}'")
     out, token = [], None
     while True:
         page = client.search_runs(
@@ -175,7 +175,11 @@ def promotion_history(
                 "status": run.info.status,
             }
             row.update(
-                {k[len(T.PREFIX) :]: v for k, v in run.data.tags.items() if k.startswith(T.PREFIX)}
+                {
+                    k[len(tag_keys.PREFIX) :]: v
+                    for k, v in run.data.tags.items()
+                    if k.startswith(tag_keys.PREFIX)
+                }
             )
             out.append(row)
         token = page.token

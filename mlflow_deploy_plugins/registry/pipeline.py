@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.registry import promote as promote_module
-from mlflow_deploy_plugins.registry import tags as T
 from mlflow_deploy_plugins.registry.audit import AuditLog, AuditRecord
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, ModelRule
 
@@ -240,7 +240,7 @@ class Pipeline:
             if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
                 raise
             return self._log(Outcome(slot, "ignored", reason="no such registered model"))
-        if source.tags.get(T.KIND) == "onnx":
+        if source.tags.get(tag_keys.KIND) == "onnx":
             return self._log(Outcome(slot, "ignored", reason="an ONNX twin (ours)"))
         current = self._source_version(source, slot)
         twin = self._twin(rule.onnx_name_for(slot.model), slot)
@@ -260,12 +260,15 @@ class Pipeline:
             specs = rule.deployments_for(slot.kind, slot.label)
             names = [s.deployment_name(slot.model, slot.label, twin.name) for s in specs]
             if twin.source_version == current and all(
-                twin.deployed_version(T.deployment_tag(s.target, n)) == twin.version
+                twin.deployed_version(tag_keys.deployment_tag(s.target, n)) == twin.version
                 for s, n in zip(specs, names, strict=True)
             ):
                 return Outcome(slot, "up_to_date", current, twin.version)
             source_mv = self.client.get_model_version(slot.model, current)
-            if source_mv.tags.get(T.STATUS) == T.STATUS_FAILED and not trigger.explicit:
+            if (
+                source_mv.tags.get(tag_keys.STATUS) == tag_keys.STATUS_FAILED
+                and not trigger.explicit
+            ):
                 if (slot, current) not in self._logged_failed:
                     self._logged_failed.add((slot, current))
                     _logger.warning(
@@ -273,9 +276,9 @@ class Pipeline:
                         "delete the tag %s to retry",
                         slot,
                         current,
-                        source_mv.tags.get(T.ERROR, "no reason recorded"),
+                        source_mv.tags.get(tag_keys.ERROR, "no reason recorded"),
                         trigger.event,
-                        T.STATUS,
+                        tag_keys.STATUS,
                     )
                 return Outcome(slot, "skipped", current, twin.version, "failed before")
             return self._promote(trigger, rule, current, source_mv, twin)
@@ -320,7 +323,7 @@ class Pipeline:
         deployed = []
         for spec in rule.deployments_for(slot.kind, slot.label):
             name = spec.deployment_name(slot.model, slot.label, twin.name)
-            tag = T.deployment_tag(spec.target, name)
+            tag = tag_keys.deployment_tag(spec.target, name)
             uri = f"models:/{twin.name}/{result.onnx_version}"
             record.target, record.deployment, record.deployed_model_uri = spec.target, name, uri
             if twin.deployed_version(tag) == result.onnx_version:
@@ -335,19 +338,26 @@ class Pipeline:
                 self._set_tags(
                     twin.name,
                     result.onnx_version,
-                    {T.DEPLOY_STATUS: T.STATUS_FAILED, T.DEPLOY_ERROR: T.clip(message)},
+                    {
+                        tag_keys.DEPLOY_STATUS: tag_keys.STATUS_FAILED,
+                        tag_keys.DEPLOY_ERROR: tag_keys.clip(message),
+                    },
                 )
                 record.result = "failed"
                 return self._finish(record, t0, error=message)
             record.timings["deploy"] = record.timings.get("deploy", 0.0) + time.monotonic() - t1
             self.client.set_registered_model_tag(twin.name, tag, result.onnx_version)
-            self._set_tags(twin.name, result.onnx_version, {T.DEPLOY_STATUS: T.STATUS_DEPLOYED})
+            self._set_tags(
+                twin.name, result.onnx_version, {tag_keys.DEPLOY_STATUS: tag_keys.STATUS_DEPLOYED}
+            )
             deployed.append(f"{spec.target}:{name}")
         if slot.kind == "stage":
             self._archive_others(twin.name, slot.label, result.onnx_version)
-        if source_mv.tags.get(T.STATUS) != T.STATUS_CONVERTED:  # a retry after a failure
-            self._set_tags(slot.model, current, {T.STATUS: T.STATUS_CONVERTED})
-            self._delete_tag(slot.model, current, T.ERROR)
+        if (
+            source_mv.tags.get(tag_keys.STATUS) != tag_keys.STATUS_CONVERTED
+        ):  # a retry after a failure
+            self._set_tags(slot.model, current, {tag_keys.STATUS: tag_keys.STATUS_CONVERTED})
+            self._delete_tag(slot.model, current, tag_keys.ERROR)
         return self._finish(record, t0, deployments=tuple(deployed))
 
     def _remove(self, trigger: Trigger, twin: _Twin) -> Outcome:
@@ -399,13 +409,13 @@ class Pipeline:
                 return _Twin(name, rm, None, None)
             version, tags = versions[0]
             return _Twin(
-                name, rm, version, tags.get(T.SOURCE_VERSION), tuple(v for v, _ in versions)
+                name, rm, version, tags.get(tag_keys.SOURCE_VERSION), tuple(v for v, _ in versions)
             )
         version = (rm.aliases or {}).get(slot.label)
         if version is None:
             return _Twin(name, rm, None, None)
         mv = self.client.get_model_version(name, str(version))
-        return _Twin(name, rm, str(version), mv.tags.get(T.SOURCE_VERSION))
+        return _Twin(name, rm, str(version), mv.tags.get(tag_keys.SOURCE_VERSION))
 
     def _stage_versions(self, name: str, stage: str) -> list[tuple[str, dict]]:
         """(version, tags) in ``stage``, newest first (what get_latest_versions would pick)."""
@@ -438,7 +448,11 @@ class Pipeline:
 
     def _tag_source_failed(self, name: str, version: str, error) -> None:
         message = getattr(error, "message", None) or str(error)
-        self._set_tags(name, version, {T.STATUS: T.STATUS_FAILED, T.ERROR: T.clip(message)})
+        self._set_tags(
+            name,
+            version,
+            {tag_keys.STATUS: tag_keys.STATUS_FAILED, tag_keys.ERROR: tag_keys.clip(message)},
+        )
 
     def _set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         try:

@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import (
     DeployPluginError,
     InvalidInputError,
@@ -29,7 +30,6 @@ from mlflow_deploy_plugins.errors import (
 from mlflow_deploy_plugins.onnx import parity
 from mlflow_deploy_plugins.onnx.convert import DEFAULT_REFERENCE_ROWS, ConversionResult, convert
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions
-from mlflow_deploy_plugins.registry import tags as T
 
 _logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def promote(
             alias,
             stage,
             True,
-            existing.tags.get(T.RUN_ID),
+            existing.tags.get(tag_keys.RUN_ID),
             _parity_from_tags(existing.tags),
         )
 
@@ -187,24 +187,26 @@ def promote(
             run_id=run_id,
             # a tracking server refuses a models:/<model_id> source without its model_id
             model_id=model_id,
-            tags={T.STATUS: "pending"},
+            tags={tag_keys.STATUS: "pending"},
             description=f"ONNX twin of {name} v{version}",
         )
         onnx_version = str(mv.version)
         _wait_ready(client, onnx_name, onnx_version)
         twin_tags = {
-            T.KIND: "onnx",
-            T.SOURCE_MODEL: name,
-            T.SOURCE_VERSION: version,
-            T.IDEMPOTENCY_KEY: key,
-            T.OPTIONS_HASH: options.fingerprint(),
-            T.CONVERTER: f"{result.converter}=={result.converter_version}",
-            T.RUN_ID: run_id,
-            **T.parity_tags(result.parity),
+            tag_keys.KIND: "onnx",
+            tag_keys.SOURCE_MODEL: name,
+            tag_keys.SOURCE_VERSION: version,
+            tag_keys.IDEMPOTENCY_KEY: key,
+            tag_keys.OPTIONS_HASH: options.fingerprint(),
+            tag_keys.CONVERTER: f"{result.converter}=={result.converter_version}",
+            tag_keys.RUN_ID: run_id,
+            **tag_keys.parity_tags(result.parity),
         }
         for k, v in twin_tags.items():
             client.set_model_version_tag(onnx_name, onnx_version, k, v)
-        client.set_model_version_tag(onnx_name, onnx_version, T.STATUS, T.STATUS_CONVERTED)
+        client.set_model_version_tag(
+            onnx_name, onnx_version, tag_keys.STATUS, tag_keys.STATUS_CONVERTED
+        )
         _tag_source_converted(client, name, version, onnx_name, onnx_version, result)
         _move(client, onnx_name, onnx_version, alias, stage)
     except Exception as e:
@@ -272,10 +274,10 @@ def _check_onnx_registered_model(client, onnx_name: str) -> bool:
         if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
         return False
-    if rm.tags.get(T.KIND) != "onnx":
+    if rm.tags.get(tag_keys.KIND) != "onnx":
         raise InvalidInputError(
             f"Registered model '{onnx_name}' exists and was not created by mlflow-deploy-plugins "
-            f"(no tag {T.KIND}=onnx); pass onnx_name= to use another name"
+            f"(no tag {tag_keys.KIND}=onnx); pass onnx_name= to use another name"
         )
     return True
 
@@ -284,7 +286,7 @@ def _create_onnx_registered_model(client, onnx_name: str, source_name: str) -> N
     try:
         client.create_registered_model(
             onnx_name,
-            tags={T.KIND: "onnx", T.SOURCE_MODEL: source_name},
+            tags={tag_keys.KIND: "onnx", tag_keys.SOURCE_MODEL: source_name},
             description=f"Verified ONNX versions of '{source_name}' (mlflow-deploy-plugins)",
         )
     except MlflowException as e:  # created meanwhile by a concurrent promotion
@@ -295,7 +297,10 @@ def _create_onnx_registered_model(client, onnx_name: str, source_name: str) -> N
 
 def _find_converted(client, onnx_name: str, key: str):
     for mv in client.search_model_versions(f"name='{onnx_name}'"):
-        if mv.tags.get(T.IDEMPOTENCY_KEY) == key and mv.tags.get(T.STATUS) == T.STATUS_CONVERTED:
+        if (
+            mv.tags.get(tag_keys.IDEMPOTENCY_KEY) == key
+            and mv.tags.get(tag_keys.STATUS) == tag_keys.STATUS_CONVERTED
+        ):
             return mv
     return None
 
@@ -304,15 +309,15 @@ def _parity_from_tags(tags: dict) -> dict:
     """The parity figures of a re-used version, typed like a fresh promotion's."""
     out = {}
     for key, value in tags.items():
-        if not key.startswith(T.PARITY_PREFIX):
+        if not key.startswith(tag_keys.PARITY_PREFIX):
             continue
         if value in ("true", "false"):
-            out[key[len(T.PARITY_PREFIX) :]] = value == "true"
+            out[key[len(tag_keys.PARITY_PREFIX) :]] = value == "true"
             continue
         try:
-            out[key[len(T.PARITY_PREFIX) :]] = float(value)
+            out[key[len(tag_keys.PARITY_PREFIX) :]] = float(value)
         except ValueError:
-            out[key[len(T.PARITY_PREFIX) :]] = value
+            out[key[len(tag_keys.PARITY_PREFIX) :]] = value
     return out
 
 
@@ -338,9 +343,9 @@ def _log_conversion_run(result: ConversionResult, source_mv, key: str, experimen
         experiment_id=experiment_id,
         run_name=f"onnx-convert-{source_mv.name}-v{source_mv.version}",
         tags={
-            T.SOURCE_MODEL: source_mv.name,
-            T.SOURCE_VERSION: str(source_mv.version),
-            T.IDEMPOTENCY_KEY: key,
+            tag_keys.SOURCE_MODEL: source_mv.name,
+            tag_keys.SOURCE_VERSION: str(source_mv.version),
+            tag_keys.IDEMPOTENCY_KEY: key,
         },
         nested=mlflow.active_run() is not None,
     ) as run:
@@ -385,24 +390,24 @@ def _wait_ready(client, name, version, timeout_s: float = 300) -> None:
 
 def _tag_source_converted(client, name, version, onnx_name, onnx_version, result) -> None:
     for k, v in {
-        T.STATUS: T.STATUS_CONVERTED,
-        T.ONNX_MODEL: onnx_name,
-        T.ONNX_VERSION: str(onnx_version),
-        **T.parity_tags(result.parity),
+        tag_keys.STATUS: tag_keys.STATUS_CONVERTED,
+        tag_keys.ONNX_MODEL: onnx_name,
+        tag_keys.ONNX_VERSION: str(onnx_version),
+        **tag_keys.parity_tags(result.parity),
     }.items():
         client.set_model_version_tag(name, version, k, v)
     with contextlib.suppress(MlflowException):
-        client.delete_model_version_tag(name, version, T.ERROR)
+        client.delete_model_version_tag(name, version, tag_keys.ERROR)
 
 
 def _tag_source_failed(client, name, version, error: Exception) -> None:
     message = getattr(error, "message", None) or str(error)
     try:
-        client.set_model_version_tag(name, version, T.STATUS, T.STATUS_FAILED)
-        client.set_model_version_tag(name, version, T.ERROR, T.clip(message))
+        client.set_model_version_tag(name, version, tag_keys.STATUS, tag_keys.STATUS_FAILED)
+        client.set_model_version_tag(name, version, tag_keys.ERROR, tag_keys.clip(message))
         report = getattr(error, "report", None)
         if report is not None:
-            for k, v in T.parity_tags(report).items():
+            for k, v in tag_keys.parity_tags(report).items():
                 client.set_model_version_tag(name, version, k, v)
     except MlflowException as tag_error:  # the original error matters more
         _logger.warning("Could not tag %s v%s as failed: %s", name, version, tag_error)
@@ -417,5 +422,7 @@ def _undo_version(client, onnx_name, onnx_version, error) -> None:
             "Deleted %s v%s after a failed promotion: %s", onnx_name, onnx_version, error
         )
     except MlflowException:
-        client.set_model_version_tag(onnx_name, onnx_version, T.STATUS, T.STATUS_FAILED)
-        client.set_model_version_tag(onnx_name, onnx_version, T.ERROR, T.clip(error))
+        client.set_model_version_tag(
+            onnx_name, onnx_version, tag_keys.STATUS, tag_keys.STATUS_FAILED
+        )
+        client.set_model_version_tag(onnx_name, onnx_version, tag_keys.ERROR, tag_keys.clip(error))

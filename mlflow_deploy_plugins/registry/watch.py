@@ -16,7 +16,7 @@ from concurrent.futures import Future
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_deploy_plugins.registry import tags as T
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, ModelRule
 from mlflow_deploy_plugins.registry.pipeline import (
     Outcome,
@@ -78,7 +78,7 @@ class Reconciler:
         triggers = []
         for rm in models:
             rule = config.rule_for(rm.name)
-            if rule is None or rm.tags.get(T.KIND) == "onnx":
+            if rule is None or rm.tags.get(tag_keys.KIND) == "onnx":
                 continue
             twin = by_name.get(rule.onnx_name_for(rm.name))
             for kind, label, current, twin_version, twin_source in self._slots(rm, rule, twin):
@@ -117,7 +117,7 @@ class Reconciler:
                 stage,
                 current,
                 None if twin_mv is None else str(twin_mv.version),
-                None if twin_mv is None else twin_mv.tags.get(T.SOURCE_VERSION),
+                None if twin_mv is None else twin_mv.tags.get(tag_keys.SOURCE_VERSION),
             )
 
     def _source_of(self, twin_name: str, version: str | None) -> str | None:
@@ -127,7 +127,7 @@ class Reconciler:
         key = (twin_name, version)
         if key not in self._twin_source:
             mv = self.client.get_model_version(twin_name, version)
-            self._twin_source[key] = mv.tags.get(T.SOURCE_VERSION)
+            self._twin_source[key] = mv.tags.get(tag_keys.SOURCE_VERSION)
         return self._twin_source[key]
 
     def _in_sync(self, rule, slot, current, twin, twin_version, twin_source) -> bool:
@@ -137,7 +137,10 @@ class Reconciler:
             return False
         for spec in rule.deployments_for(slot.kind, slot.label):
             name = spec.deployment_name(slot.model, slot.label, rule.onnx_name_for(slot.model))
-            if twin is None or twin.tags.get(T.deployment_tag(spec.target, name)) != twin_version:
+            if (
+                twin is None
+                or twin.tags.get(tag_keys.deployment_tag(spec.target, name)) != twin_version
+            ):
                 return False
         return True
 

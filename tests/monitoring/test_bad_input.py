@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import InvalidInputError, ModelNotFoundError
 from mlflow_deploy_plugins.monitoring import drift_report
-from mlflow_deploy_plugins.registry import tags as T
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +28,16 @@ def _assert_failed_run(kit, experiment: str, runs_before: int, *words: str) -> N
     assert len(runs) == runs_before + 1
     run = max(runs, key=lambda r: r.info.start_time)
     assert run.info.status == "FAILED"
-    reason = run.data.tags[T.DRIFT_ERROR]
+    reason = run.data.tags[tag_keys.DRIFT_ERROR]
     for word in words:
         assert word in reason, reason
-    assert run.data.tags[T.DRIFT_STATUS] == "failed"
+    assert run.data.tags[tag_keys.DRIFT_STATUS] == "failed"
     assert client.list_artifacts(run.info.run_id) == []
     assert run.data.metrics == {}
     version_tags = client.get_model_version(kit.ONNX, "1").tags
-    assert version_tags[T.DRIFT_STATUS] == "failed"
-    assert version_tags[T.DRIFT_RUN_ID] == run.info.run_id
-    assert T.DRIFT_SHARE not in version_tags  # the previous check's figures are gone
+    assert version_tags[tag_keys.DRIFT_STATUS] == "failed"
+    assert version_tags[tag_keys.DRIFT_RUN_ID] == run.info.run_id
+    assert tag_keys.DRIFT_SHARE not in version_tags  # the previous check's figures are gone
 
 
 def _report(kit, current, **kwargs):
@@ -124,7 +124,9 @@ def test_model_without_reference_sample(store, kit):
     assert "plain v1 has no reference sample" in message
     assert "mlflow-deploy promote plain 1" in message and "--reference" in message
     run = _runs("plain-monitoring")[0]
-    assert run.info.status == "FAILED" and "no reference sample" in run.data.tags[T.DRIFT_ERROR]
+    assert (
+        run.info.status == "FAILED" and "no reference sample" in run.data.tags[tag_keys.DRIFT_ERROR]
+    )
 
     result = drift_report("models:/plain/1", frame, reference=kit.make_frame(500, seed=10))
     assert result.status == "no_drift" and [c.column for c in result.columns] == kit.INPUTS
@@ -170,7 +172,7 @@ def test_mlflow_failure_while_logging_ends_the_run_failed(store, kit):
     run = max(_runs("bad-input"), key=lambda r: r.info.start_time)
     assert len(_runs("bad-input")) == before + 1
     assert run.info.status == "FAILED"
-    assert "artifact store unreachable" in run.data.tags[T.DRIFT_ERROR]
+    assert "artifact store unreachable" in run.data.tags[tag_keys.DRIFT_ERROR]
     version_tags = MlflowClient().get_model_version(kit.ONNX, "1").tags
-    assert version_tags[T.DRIFT_STATUS] == "failed"
-    assert version_tags[T.DRIFT_RUN_ID] == run.info.run_id
+    assert version_tags[tag_keys.DRIFT_STATUS] == "failed"
+    assert version_tags[tag_keys.DRIFT_RUN_ID] == run.info.run_id

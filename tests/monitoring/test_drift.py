@@ -9,8 +9,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.monitoring import drift_report
-from mlflow_deploy_plugins.registry import tags as T
 
 pytestmark = pytest.mark.slow
 
@@ -95,29 +95,31 @@ def test_run_artifacts_metrics_params_and_tags(store, payload_logs, kit):
     assert int(params["current.files_read"]) > 1  # the log rotated
 
     tags = run.data.tags
-    assert tags[T.MODEL_NAME] == kit.ONNX and tags[T.MODEL_VERSION] == "1"
-    assert (tags[T.SOURCE_MODEL], tags[T.SOURCE_VERSION]) == (kit.MODEL, "1")
-    assert tags[T.DRIFT_STATUS] == "drift"
+    assert tags[tag_keys.MODEL_NAME] == kit.ONNX and tags[tag_keys.MODEL_VERSION] == "1"
+    assert (tags[tag_keys.SOURCE_MODEL], tags[tag_keys.SOURCE_VERSION]) == (kit.MODEL, "1")
+    assert tags[tag_keys.DRIFT_STATUS] == "drift"
 
     # the ONNX version the URI resolves to, and its source version
     assert result.tagged_versions == [(kit.ONNX, "1"), (kit.MODEL, "1")]
     for name in (kit.ONNX, kit.MODEL):
         version_tags = client.get_model_version(name, "1").tags
-        assert version_tags[T.DRIFT_STATUS] == "drift"
-        assert version_tags[T.DRIFT_SHARE] == "0.5000"
-        assert version_tags[T.DRIFT_RUN_ID] == result.run_id
-        assert sorted(version_tags[T.DRIFT_COLUMNS].split(",")) == sorted(kit.SHIFTED)
-        assert T.DRIFT_CHECKED_AT in version_tags and T.DRIFT_ERROR not in version_tags
+        assert version_tags[tag_keys.DRIFT_STATUS] == "drift"
+        assert version_tags[tag_keys.DRIFT_SHARE] == "0.5000"
+        assert version_tags[tag_keys.DRIFT_RUN_ID] == result.run_id
+        assert sorted(version_tags[tag_keys.DRIFT_COLUMNS].split(",")) == sorted(kit.SHIFTED)
+        assert (
+            tag_keys.DRIFT_CHECKED_AT in version_tags and tag_keys.DRIFT_ERROR not in version_tags
+        )
 
 
 def test_source_uri_uses_the_twin_reference_and_tags_the_source_only(store, payload_logs, kit):
     client = MlflowClient()
-    before = client.get_model_version(kit.ONNX, "1").tags.get(T.DRIFT_RUN_ID)
+    before = client.get_model_version(kit.ONNX, "1").tags.get(tag_keys.DRIFT_RUN_ID)
     result = drift_report(f"models:/{kit.MODEL}/1", str(payload_logs.same.dir))
     assert result.status == "no_drift"
     assert result.tagged_versions == [(kit.MODEL, "1")]
-    assert client.get_model_version(kit.MODEL, "1").tags[T.DRIFT_RUN_ID] == result.run_id
-    assert client.get_model_version(kit.ONNX, "1").tags.get(T.DRIFT_RUN_ID) == before
+    assert client.get_model_version(kit.MODEL, "1").tags[tag_keys.DRIFT_RUN_ID] == result.run_id
+    assert client.get_model_version(kit.ONNX, "1").tags.get(tag_keys.DRIFT_RUN_ID) == before
     run = client.get_run(result.run_id)
     assert client.get_experiment(run.info.experiment_id).name == f"{kit.MODEL}-monitoring"
     assert run.data.params["reference.source"].startswith(f"models:/{kit.ONNX}/1")
@@ -161,5 +163,8 @@ def test_a_model_path_works_without_registry_tags(store, kit, tmp_path):
     assert result.status == "no_drift" and result.tagged_versions == []
     assert result.experiment_name == "mlflow-deploy-monitoring" and result.model_name is None
     tags = MlflowClient().get_run(result.run_id).data.tags
-    assert tags[T.MODEL_URI] == path
-    assert (tags[T.SOURCE_MODEL], tags[T.SOURCE_VERSION]) == (kit.MODEL, "1")  # from the flavor
+    assert tags[tag_keys.MODEL_URI] == path
+    assert (tags[tag_keys.SOURCE_MODEL], tags[tag_keys.SOURCE_VERSION]) == (
+        kit.MODEL,
+        "1",
+    )  # from the flavor

@@ -172,8 +172,8 @@ class FakePromote:
     def __call__(
         self, name, version, alias="champion", *, stage=None, onnx_name=None, client=None, **_
     ):
+        from mlflow_deploy_plugins.core import tags as tag_keys
         from mlflow_deploy_plugins.errors import ConversionError
-        from mlflow_deploy_plugins.registry import tags as T
         from mlflow_deploy_plugins.registry.promote import PromotionResult
 
         client = client or MlflowClient()
@@ -186,17 +186,19 @@ class FakePromote:
         if self.barrier is not None:
             self.barrier.wait()
         if version in self.fail_versions:
-            client.set_model_version_tag(name, version, T.STATUS, T.STATUS_FAILED)
-            client.set_model_version_tag(name, version, T.ERROR, "fake conversion failure")
+            client.set_model_version_tag(name, version, tag_keys.STATUS, tag_keys.STATUS_FAILED)
+            client.set_model_version_tag(name, version, tag_keys.ERROR, "fake conversion failure")
             raise ConversionError(f"fake conversion failure of {name} v{version}")
         try:
             client.get_registered_model(onnx_name)
         except MlflowException:
-            client.create_registered_model(onnx_name, tags={T.KIND: "onnx", T.SOURCE_MODEL: name})
+            client.create_registered_model(
+                onnx_name, tags={tag_keys.KIND: "onnx", tag_keys.SOURCE_MODEL: name}
+            )
         existing = [
             mv
             for mv in client.search_model_versions(f"name='{onnx_name}'")
-            if mv.tags.get(T.SOURCE_VERSION) == version
+            if mv.tags.get(tag_keys.SOURCE_VERSION) == version
         ]
         if existing:
             twin_version, reused = str(existing[0].version), True
@@ -204,10 +206,14 @@ class FakePromote:
             mv = client.create_model_version(
                 onnx_name,
                 source=f"s3://fake-bucket/{name}/{version}",
-                tags={T.KIND: "onnx", T.SOURCE_VERSION: version, T.STATUS: T.STATUS_CONVERTED},
+                tags={
+                    tag_keys.KIND: "onnx",
+                    tag_keys.SOURCE_VERSION: version,
+                    tag_keys.STATUS: tag_keys.STATUS_CONVERTED,
+                },
             )
             twin_version, reused = str(mv.version), False
-            client.set_model_version_tag(name, version, T.STATUS, T.STATUS_CONVERTED)
+            client.set_model_version_tag(name, version, tag_keys.STATUS, tag_keys.STATUS_CONVERTED)
         if stage is not None:
             client.transition_model_version_stage(onnx_name, twin_version, stage)
         if alias is not None:

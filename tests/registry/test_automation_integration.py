@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline as sklearn_pipeline
 
-from mlflow_deploy_plugins.registry import tags as T
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.registry.cli import webhooks_group
 
 pytestmark = pytest.mark.slow
@@ -174,7 +174,7 @@ def finished_audit_runs(name: str, count: int) -> list:
     """The audit runs of source model ``name`` once ``count`` of them are finished (bounded)."""
 
     def finished():
-        runs = [r for r in audit_runs() if r.data.tags.get(T.SOURCE_MODEL) == name]
+        runs = [r for r in audit_runs() if r.data.tags.get(tag_keys.SOURCE_MODEL) == name]
         done = len(runs) >= count and all(r.info.status != "RUNNING" for r in runs)
         return runs if done else None
 
@@ -210,17 +210,20 @@ def test_setting_moving_and_deleting_the_alias_is_followed_through_webhooks(rece
     runs = finished_audit_runs(name, 4)
     timings = {k: round(v, 2) for k, v in runs[0].data.metrics.items() if k.startswith("timing")}
     print(f"alias -> ONNX alias: first {first:.1f} s {timings}, move back {back:.1f} s")
-    assert [r.data.tags[T.AUDIT_RESULT] for r in runs] == [
+    assert [r.data.tags[tag_keys.AUDIT_RESULT] for r in runs] == [
         "converted",
         "converted",
         "reused",
         "removed",
     ]
-    events = [r.data.tags[T.AUDIT_EVENT] for r in runs]
+    events = [r.data.tags[tag_keys.AUDIT_EVENT] for r in runs]
     assert events == ["model_version_alias.created"] * 3 + ["model_version_alias.deleted"]
-    assert all(r.data.tags[T.AUDIT_DELIVERY_IDS] for r in runs)
+    assert all(r.data.tags[tag_keys.AUDIT_DELIVERY_IDS] for r in runs)
     source = client.get_model_version(name, "2").tags
-    assert source[T.STATUS] == T.STATUS_CONVERTED and source[T.ONNX_VERSION] == "2"
+    assert (
+        source[tag_keys.STATUS] == tag_keys.STATUS_CONVERTED
+        and source[tag_keys.ONNX_VERSION] == "2"
+    )
     assert health(receiver)["status"] == "ok"
     # the server also sent the twin's own alias events: acknowledged, never converted
     log = process_log(receiver)
@@ -273,16 +276,21 @@ def test_a_failing_conversion_tags_the_source_and_the_receiver_stays_healthy(rec
     client.set_registered_model_alias(name, "champion", "1")
 
     tags = wait_for(
-        lambda: (t := client.get_model_version(name, "1").tags).get(T.ERROR) and t,
+        lambda: (t := client.get_model_version(name, "1").tags).get(tag_keys.ERROR) and t,
         PROMOTION_TIMEOUT_S,
         what="the failure tag",
     )
-    assert tags[T.STATUS] == T.STATUS_FAILED and "ClipTransformer" in tags[T.ERROR]
+    assert (
+        tags[tag_keys.STATUS] == tag_keys.STATUS_FAILED
+        and "ClipTransformer" in tags[tag_keys.ERROR]
+    )
     assert alias_version(f"{name}-onnx", "champion") is None
     assert receiver.poll() is None and health(receiver)["status"] == "ok"
 
     failed = finished_audit_runs(name, 1)
-    assert [(r.info.status, r.data.tags[T.AUDIT_RESULT]) for r in failed] == [("FAILED", "failed")]
+    assert [(r.info.status, r.data.tags[tag_keys.AUDIT_RESULT]) for r in failed] == [
+        ("FAILED", "failed")
+    ]
     # still serving: the next promotion of another model goes through
     register("it-after", numeric_xy)
     client.set_registered_model_alias("it-after", "champion", "1")
@@ -321,7 +329,7 @@ def test_promotion_deploys_the_onnx_version_with_the_docker_target(
     try:
         client.set_registered_model_alias(DOCKER_MODEL, "champion", "1")
 
-        tag = T.deployment_tag("onnx-docker", DOCKER_DEPLOYMENT)
+        tag = tag_keys.deployment_tag("onnx-docker", DOCKER_DEPLOYMENT)
 
         def deployed() -> bool:
             if alias_version(twin, "champion") is None:
@@ -335,8 +343,8 @@ def test_promotion_deploys_the_onnx_version_with_the_docker_target(
         ready = requests.get(f"http://127.0.0.1:{docker_port}/v2/health/ready", timeout=5)
         assert ready.status_code == 200
         (run,) = finished_audit_runs(DOCKER_MODEL, 1)
-        assert run.data.tags[T.AUDIT_TARGET] == "onnx-docker"
-        assert run.data.tags[T.AUDIT_DEPLOYMENT] == DOCKER_DEPLOYMENT
+        assert run.data.tags[tag_keys.AUDIT_TARGET] == "onnx-docker"
+        assert run.data.tags[tag_keys.AUDIT_DEPLOYMENT] == DOCKER_DEPLOYMENT
         assert run.data.metrics["timing.deploy_s"] > 0
     finally:
         with contextlib.suppress(Exception):

@@ -24,9 +24,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline as sklearn_pipeline
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.registry import promote as promote_module
-from mlflow_deploy_plugins.registry import tags as T
 from mlflow_deploy_plugins.registry.audit import promotion_history
 from mlflow_deploy_plugins.registry.automation_config import load_config, parse_config
 from mlflow_deploy_plugins.registry.pipeline import Pipeline, Slot, Trigger
@@ -92,14 +92,14 @@ def test_alias_promotion_converts_gates_registers_and_audits(new_pipeline, numer
 
     assert (outcome.result, outcome.source_version, outcome.onnx_version) == ("converted", "1", "1")
     assert alias_version(TWIN, "champion") == "1"
-    assert version_tags(NAME, 1)[T.STATUS] == T.STATUS_CONVERTED
+    assert version_tags(NAME, 1)[tag_keys.STATUS] == tag_keys.STATUS_CONVERTED
     (run_,) = audit_runs()
     tags, metrics = run_.data.tags, run_.data.metrics
-    assert tags[T.AUDIT_EVENT] == "model_version_alias.created"
-    assert tags[T.AUDIT_DELIVERY_IDS] == "d-1"
-    assert (tags[T.AUDIT_RESULT], tags[T.AUDIT_ALIAS]) == ("converted", "champion")
-    assert (tags[T.SOURCE_MODEL], tags[T.SOURCE_VERSION]) == (NAME, "1")
-    assert (tags[T.ONNX_MODEL], tags[T.ONNX_VERSION]) == (TWIN, "1")
+    assert tags[tag_keys.AUDIT_EVENT] == "model_version_alias.created"
+    assert tags[tag_keys.AUDIT_DELIVERY_IDS] == "d-1"
+    assert (tags[tag_keys.AUDIT_RESULT], tags[tag_keys.AUDIT_ALIAS]) == ("converted", "champion")
+    assert (tags[tag_keys.SOURCE_MODEL], tags[tag_keys.SOURCE_VERSION]) == (NAME, "1")
+    assert (tags[tag_keys.ONNX_MODEL], tags[tag_keys.ONNX_VERSION]) == (TWIN, "1")
     assert metrics["parity.passed"] == 1.0 and metrics["parity.rows"] == 20
     assert (
         metrics["timing.promote_s"] > 0 and metrics["timing.total_s"] >= metrics["timing.promote_s"]
@@ -129,7 +129,11 @@ def test_alias_moved_back_follows_instantly_without_converting(new_pipeline, num
     assert alias_version(TWIN, "champion") == first.onnx_version
     assert onnx_versions(TWIN) == ["1", "2"]  # nothing converted again
     runs = audit_runs()
-    assert [r.data.tags[T.AUDIT_RESULT] for r in runs] == ["converted", "converted", "reused"]
+    assert [r.data.tags[tag_keys.AUDIT_RESULT] for r in runs] == [
+        "converted",
+        "converted",
+        "reused",
+    ]
     # same run, same machine: re-using the twin costs a fraction of converting
     assert runs[2].data.metrics["timing.total_s"] < runs[0].data.metrics["timing.total_s"] / 2
 
@@ -147,7 +151,7 @@ def test_deleted_source_alias_removes_the_twin_alias_when_configured(
 
     if remove:
         assert outcome.result == "removed" and alias_version(TWIN, "champion") is None
-        assert audit_runs()[-1].data.tags[T.AUDIT_RESULT] == "removed"
+        assert audit_runs()[-1].data.tags[tag_keys.AUDIT_RESULT] == "removed"
     else:
         assert outcome.result == "skipped" and alias_version(TWIN, "champion") == "1"
         assert len(audit_runs()) == 1
@@ -164,11 +168,14 @@ def test_failed_conversion_tags_the_source_moves_nothing_and_is_not_retried(
 
     assert failed.result == "failed" and "ClipTransformer" in failed.reason
     source = version_tags(NAME, 1)
-    assert source[T.STATUS] == T.STATUS_FAILED and "ClipTransformer" in source[T.ERROR]
+    assert (
+        source[tag_keys.STATUS] == tag_keys.STATUS_FAILED
+        and "ClipTransformer" in source[tag_keys.ERROR]
+    )
     assert alias_version(TWIN, "champion") is None and onnx_versions(TWIN) == []
     (audit,) = audit_runs()
-    assert audit.info.status == "FAILED" and audit.data.tags[T.AUDIT_RESULT] == "failed"
-    assert "ClipTransformer" in audit.data.tags[T.ERROR]
+    assert audit.info.status == "FAILED" and audit.data.tags[tag_keys.AUDIT_RESULT] == "failed"
+    assert "ClipTransformer" in audit.data.tags[tag_keys.ERROR]
 
     # a reconcile pass (after a restart, say) does not convert the failed version again
     outcomes = [f.result(60) for f in Reconciler(pipeline, "reconcile").run_once()]
@@ -204,7 +211,7 @@ def test_two_events_for_the_same_version_at_once_convert_once(
     assert second is third  # pending triggers for one slot are merged
     assert second.result(120).result == "covered"
     assert onnx_versions(TWIN) == ["1"]
-    assert [r.data.tags[T.AUDIT_RESULT] for r in audit_runs()] == ["converted"]
+    assert [r.data.tags[tag_keys.AUDIT_RESULT] for r in audit_runs()] == ["converted"]
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -302,11 +309,14 @@ def test_deploys_then_updates_and_records_what_serves(new_pipeline, fake_promote
         "public": "false",
     }
     twin = MlflowClient().get_registered_model(TWIN)
-    assert twin.tags[T.deployment_tag(MEMORY_TARGET, "churn-champion")] == "2"
-    assert version_tags(TWIN, 2)[T.DEPLOY_STATUS] == T.STATUS_DEPLOYED
+    assert twin.tags[tag_keys.deployment_tag(MEMORY_TARGET, "churn-champion")] == "2"
+    assert version_tags(TWIN, 2)[tag_keys.DEPLOY_STATUS] == tag_keys.STATUS_DEPLOYED
     tags = audit_runs()[-1].data.tags
-    assert (tags[T.AUDIT_TARGET], tags[T.AUDIT_DEPLOYMENT]) == (MEMORY_TARGET, "churn-champion")
-    assert tags[T.AUDIT_DEPLOYED_URI] == f"models:/{TWIN}/2"
+    assert (tags[tag_keys.AUDIT_TARGET], tags[tag_keys.AUDIT_DEPLOYMENT]) == (
+        MEMORY_TARGET,
+        "churn-champion",
+    )
+    assert tags[tag_keys.AUDIT_DEPLOYED_URI] == f"models:/{TWIN}/2"
     # in sync now: a reconcile pass finds nothing to do
     assert Reconciler(pipeline).scan() == []
 
@@ -325,8 +335,11 @@ def test_failed_deployment_puts_the_twin_alias_back(new_pipeline, fake_promote, 
     assert alias_version(TWIN, "champion") == "1"  # the ONNX alias did not move
     assert memory_target.deployments["churn-champion"]["model_uri"] == f"models:/{TWIN}/1"
     source = version_tags(NAME, 2)
-    assert source[T.STATUS] == T.STATUS_FAILED and "churn-champion" in source[T.ERROR]
-    assert version_tags(TWIN, 2)[T.DEPLOY_STATUS] == T.STATUS_FAILED
+    assert (
+        source[tag_keys.STATUS] == tag_keys.STATUS_FAILED
+        and "churn-champion" in source[tag_keys.ERROR]
+    )
+    assert version_tags(TWIN, 2)[tag_keys.DEPLOY_STATUS] == tag_keys.STATUS_FAILED
     calls = len(memory_target.calls)
     assert [f.result(30).result for f in Reconciler(pipeline).run_once()] == ["skipped"]
     assert len(memory_target.calls) == calls  # not retried on every pass
@@ -334,8 +347,8 @@ def test_failed_deployment_puts_the_twin_alias_back(new_pipeline, fake_promote, 
     memory_target.fail_uris.clear()  # fixed: setting the alias again retries
     retried = run(pipeline, version=2, explicit=True)
     assert (retried.result, alias_version(TWIN, "champion")) == ("reused", "2")
-    assert version_tags(NAME, 2)[T.STATUS] == T.STATUS_CONVERTED
-    assert T.ERROR not in version_tags(NAME, 2)
+    assert version_tags(NAME, 2)[tag_keys.STATUS] == tag_keys.STATUS_CONVERTED
+    assert tag_keys.ERROR not in version_tags(NAME, 2)
 
 
 # --------------------------------------------------------------------------- config

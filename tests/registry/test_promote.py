@@ -21,13 +21,13 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 import mlflow_deploy_plugins
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import (
     InvalidInputError,
     ModelNotFoundError,
     ParityError,
     UnsupportedModelError,
 )
-from mlflow_deploy_plugins.registry import tags as T
 
 NAME, TWIN = "churn", "churn-onnx"
 
@@ -68,23 +68,25 @@ def test_promote_end_to_end(tracking_uri, mixed_frame, mixed_target):
     assert alias_version(NAME, "champion") == "2"
 
     twin_model = client.get_registered_model(TWIN)
-    assert twin_model.tags[T.KIND] == "onnx" and twin_model.tags[T.SOURCE_MODEL] == NAME
+    assert (
+        twin_model.tags[tag_keys.KIND] == "onnx" and twin_model.tags[tag_keys.SOURCE_MODEL] == NAME
+    )
     twin = version_tags(TWIN, 1)
-    assert twin[T.STATUS] == T.STATUS_CONVERTED and twin[T.KIND] == "onnx"
-    assert (twin[T.SOURCE_MODEL], twin[T.SOURCE_VERSION]) == (NAME, "1")
-    assert twin[T.IDEMPOTENCY_KEY] == f"{NAME}/1/{twin[T.OPTIONS_HASH]}"
-    assert twin[T.CONVERTER].startswith("skl2onnx==")
-    assert twin[T.RUN_ID] == result.run_id
+    assert twin[tag_keys.STATUS] == tag_keys.STATUS_CONVERTED and twin[tag_keys.KIND] == "onnx"
+    assert (twin[tag_keys.SOURCE_MODEL], twin[tag_keys.SOURCE_VERSION]) == (NAME, "1")
+    assert twin[tag_keys.IDEMPOTENCY_KEY] == f"{NAME}/1/{twin[tag_keys.OPTIONS_HASH]}"
+    assert twin[tag_keys.CONVERTER].startswith("skl2onnx==")
+    assert twin[tag_keys.RUN_ID] == result.run_id
     source = version_tags(NAME, 1)
-    assert source[T.STATUS] == T.STATUS_CONVERTED and T.ERROR not in source
-    assert (source[T.ONNX_MODEL], source[T.ONNX_VERSION]) == (TWIN, "1")
+    assert source[tag_keys.STATUS] == tag_keys.STATUS_CONVERTED and tag_keys.ERROR not in source
+    assert (source[tag_keys.ONNX_MODEL], source[tag_keys.ONNX_VERSION]) == (TWIN, "1")
     for tags in (twin, source):
-        assert tags[T.PARITY_PREFIX + "passed"] == "true"
-        assert tags[T.PARITY_PREFIX + "rows"] == str(len(mixed_frame))
-        assert float(tags[T.PARITY_PREFIX + "label.label_agreement"]) == 1.0
-        assert float(tags[T.PARITY_PREFIX + "probabilities.max_abs_error"]) < 1e-4
-        assert T.PARITY_SMALL_SAMPLE not in tags
-    assert T.STATUS not in version_tags(NAME, 2)
+        assert tags[tag_keys.PARITY_PREFIX + "passed"] == "true"
+        assert tags[tag_keys.PARITY_PREFIX + "rows"] == str(len(mixed_frame))
+        assert float(tags[tag_keys.PARITY_PREFIX + "label.label_agreement"]) == 1.0
+        assert float(tags[tag_keys.PARITY_PREFIX + "probabilities.max_abs_error"]) < 1e-4
+        assert tag_keys.PARITY_SMALL_SAMPLE not in tags
+    assert tag_keys.STATUS not in version_tags(NAME, 2)
 
     # the conversion run carries the parity report and metrics
     run = client.get_run(result.run_id)
@@ -161,9 +163,9 @@ def assert_failed_cleanly(error, version: str, *names_in_message: str) -> None:
     for name in names_in_message:
         assert name in error.message
     tags = version_tags(NAME, version)
-    assert tags[T.STATUS] == T.STATUS_FAILED
+    assert tags[tag_keys.STATUS] == tag_keys.STATUS_FAILED
     for name in names_in_message:
-        assert name in tags[T.ERROR]
+        assert name in tags[tag_keys.ERROR]
     assert onnx_versions(TWIN) == ["1"]
     assert alias_version(TWIN, "champion") == "1"
 
@@ -244,7 +246,7 @@ def test_nan_with_imputer_works(tracking_uri, mixed_frame, mixed_target):
 
     result = promote(1, sample=sample)
 
-    assert result.parity["passed"] is True and version_tags(NAME, 1)[T.STATUS] == "converted"
+    assert result.parity["passed"] is True and version_tags(NAME, 1)[tag_keys.STATUS] == "converted"
     loaded = mlflow.pyfunc.load_model(result.model_uri)
     np.testing.assert_array_equal(loaded.predict(sample), model.predict(sample))
 
@@ -262,15 +264,15 @@ def test_parity_failure(promoted, mixed_frame, mixed_target):
     assert err.value.report is not None and not err.value.report.passed
     assert_failed_cleanly(err.value, "2", "'probabilities'", "atol=0")
     tags = version_tags(NAME, 2)
-    assert tags[T.PARITY_PREFIX + "passed"] == "false"
-    assert float(tags[T.PARITY_PREFIX + "probabilities.max_abs_error"]) > 0
+    assert tags[tag_keys.PARITY_PREFIX + "passed"] == "false"
+    assert float(tags[tag_keys.PARITY_PREFIX + "probabilities.max_abs_error"]) > 0
 
 
 def test_reserved_alias_is_refused_before_any_work(promoted, mixed_frame):
     register_sklearn(promoted, NAME, mixed_frame.head(5))
     with pytest.raises(InvalidInputError, match="'latest' is not allowed"):
         promote(2, alias="latest", sample=mixed_frame)
-    assert T.STATUS not in version_tags(NAME, "2")
+    assert tag_keys.STATUS not in version_tags(NAME, "2")
     assert onnx_versions(TWIN) == ["1"] and alias_version(TWIN, "champion") == "1"
 
 
@@ -298,7 +300,7 @@ def test_recovery_after_a_failure(promoted, mixed_frame):
         promote(2, sample=mixed_frame.drop(columns=["age"]))
     result = promote(2, sample=mixed_frame)
     tags = version_tags(NAME, 2)
-    assert tags[T.STATUS] == T.STATUS_CONVERTED and T.ERROR not in tags
+    assert tags[tag_keys.STATUS] == tag_keys.STATUS_CONVERTED and tag_keys.ERROR not in tags
     assert result.onnx_version == "2" and alias_version(TWIN, "champion") == "2"
 
 
@@ -328,13 +330,13 @@ def test_sample_resolution_order(tracking_uri, tmp_path, mixed_frame, mixed_targ
     from_run = promote(2)
     assert _sample_origin(from_run) == "run dataset train"
     assert from_run.parity["rows"] == len(mixed_frame)
-    assert T.PARITY_SMALL_SAMPLE not in version_tags(TWIN, from_run.onnx_version)
+    assert tag_keys.PARITY_SMALL_SAMPLE not in version_tags(TWIN, from_run.onnx_version)
 
     from_example = promote(3)
     assert _sample_origin(from_example) == "input example" and from_example.parity["rows"] == 5
     # fewer than 100 rows: it proceeds, and says so on both versions
-    assert version_tags(TWIN, from_example.onnx_version)[T.PARITY_SMALL_SAMPLE] == "true"
-    assert version_tags(NAME, 3)[T.PARITY_SMALL_SAMPLE] == "true"
+    assert version_tags(TWIN, from_example.onnx_version)[tag_keys.PARITY_SMALL_SAMPLE] == "true"
+    assert version_tags(NAME, 3)[tag_keys.PARITY_SMALL_SAMPLE] == "true"
 
 
 def test_unloadable_run_dataset_falls_back_to_input_example(
@@ -360,7 +362,7 @@ def test_no_rows_is_refused_with_how_to_pass_a_sample(tracking_uri, mixed_frame,
         promote(1)
     assert "no loadable logged dataset and no input example" in err.value.message
     assert "pass sample=" in err.value.message
-    assert version_tags(NAME, 1)[T.STATUS] == T.STATUS_FAILED
+    assert version_tags(NAME, 1)[tag_keys.STATUS] == tag_keys.STATUS_FAILED
 
     with pytest.raises(InvalidInputError) as err:
         promote(2, sample=mixed_frame.head(0))

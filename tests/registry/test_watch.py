@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline as sklearn_pipeline
 
-from mlflow_deploy_plugins.registry import tags as T
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.registry.automation_config import parse_config
 from mlflow_deploy_plugins.registry.cli import watch_command
 from mlflow_deploy_plugins.registry.watch import watch
@@ -65,7 +65,7 @@ def watch_once(*args: str):
 
 
 def results() -> list[str]:
-    return [r.data.tags[T.AUDIT_RESULT] for r in audit_runs()]
+    return [r.data.tags[tag_keys.AUDIT_RESULT] for r in audit_runs()]
 
 
 def test_watch_once_promotes_and_a_restart_does_no_work_twice(file_store, numeric_xy):
@@ -78,7 +78,7 @@ def test_watch_once_promotes_and_a_restart_does_no_work_twice(file_store, numeri
     assert "churn@champion: converted (ONNX v1)" in first.output
     assert alias_version(TWIN, "champion") == "1"
     (run,) = audit_runs()
-    assert run.data.tags[T.AUDIT_EVENT] == "poll"
+    assert run.data.tags[tag_keys.AUDIT_EVENT] == "poll"
 
     again = watch_once("--alias", "champion")  # a new process: nothing remembered but the registry
     assert again.exit_code == 0 and "Everything is up to date." in again.output
@@ -105,7 +105,7 @@ def test_watch_loop_follows_moves_back_and_deletion(file_store, numeric_xy):
     assert not thread.is_alive()
     assert onnx_versions(TWIN) == ["1", "2"]  # moving back re-used the first conversion
     assert results() == ["converted", "converted", "reused", "removed"]
-    assert {r.data.tags[T.AUDIT_EVENT] for r in audit_runs()} == {"poll"}
+    assert {r.data.tags[tag_keys.AUDIT_EVENT] for r in audit_runs()} == {"poll"}
 
 
 def test_watch_follows_legacy_stage_transitions(file_store, numeric_xy):
@@ -123,7 +123,7 @@ def test_watch_follows_legacy_stage_transitions(file_store, numeric_xy):
     assert watch_once("--stage", "Production").exit_code == 0
     assert client.get_model_version(TWIN, "2").current_stage == "Production"
     assert client.get_model_version(TWIN, "1").current_stage == "Archived"
-    assert audit_runs()[-1].data.tags[T.AUDIT_STAGE] == "Production"
+    assert audit_runs()[-1].data.tags[tag_keys.AUDIT_STAGE] == "Production"
 
 
 def test_a_failed_version_is_reported_then_left_alone(file_store, numeric_xy):
@@ -133,7 +133,7 @@ def test_a_failed_version_is_reported_then_left_alone(file_store, numeric_xy):
 
     assert first.exit_code == 1
     assert "churn@champion: failed" in first.output and "ClipTransformer" in first.output
-    assert version_tags(NAME, 1)[T.STATUS] == T.STATUS_FAILED
+    assert version_tags(NAME, 1)[tag_keys.STATUS] == tag_keys.STATUS_FAILED
     assert alias_version(TWIN, "champion") is None
     again = watch_once()  # after a restart: not converted again
     assert again.exit_code == 0 and "churn@champion: skipped" in again.output

@@ -31,9 +31,9 @@ from helpers import numeric_pipeline, register_sklearn
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.registry import promote as promote_module
-from mlflow_deploy_plugins.registry import tags as T
 from mlflow_deploy_plugins.registry.automation_config import parse_config
 from mlflow_deploy_plugins.registry.webhooks import (
     DeliveryLog,
@@ -340,7 +340,7 @@ def test_webhooks_serve_runs_the_receiver_and_reconciles_on_start(
     log = process_log(proc)
     assert code == 0, log
     assert "Rejected a webhook delivery: unsigned delivery" in log
-    events = [r.data.tags[T.AUDIT_EVENT] for r in audit_runs()]
+    events = [r.data.tags[tag_keys.AUDIT_EVENT] for r in audit_runs()]
     assert events == ["reconcile", "model_version_alias.created"]
 
 
