@@ -70,13 +70,13 @@ def test_target_help_and_docs_are_generated_from_the_config():
     "config, fragment",
     [
         ({"prot": "8080"}, "Unknown config key 'prot'"),
-        ({"port": "http"}, "'port' of target 'onnx-docker' must be an integer"),
+        ({"port": "http"}, "'port' of target 'onnx-docker': expected an integer, got 'http'"),
         ({"port": "0"}, "port must be between 1 and 65535"),
         ({"network_mode": "overlay"}, "must be one of host, bridge"),
         ({"user": "nobody"}, "user must be UID:GID"),
         ({"memory": "lots"}, "memory must be a size"),
         ({"restart_policy": "sometimes"}, "must be one of no, on-failure"),
-        ({"rebuild": "maybe"}, "must be true or false"),
+        ({"rebuild": "maybe"}, "'rebuild' of target 'onnx-docker': expected a boolean"),
     ],
 )
 def test_bad_config_is_rejected_before_docker_is_touched(monkeypatch, config, fragment):
