@@ -35,6 +35,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from mlflow_deploy_plugins.core import payload_format
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 _logger = logging.getLogger("bench_drift")
@@ -44,7 +46,6 @@ CATEGORICAL = [f"c{i}" for i in range(6)]
 ROWS_PER_RECORD = 10
 MAX_FILE_BYTES = 64 << 20  # the runtime's rotation defaults: 64 MiB or one hour
 MAX_FILE_AGE = timedelta(hours=1)
-RECORD_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def make_frame(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
@@ -75,9 +76,10 @@ def write_payload_log(
         if f is None:
             return
         f.close()
-        key = f"payload-{first_ts:%Y%m%dT%H%M%SZ}-4242-{seq:06d}"
+        key = payload_format.identity(first_ts.timestamp(), 4242, seq)
         os.replace(
-            directory / f"{key}.jsonl.part", directory / f"{key}-{last_ts:%Y%m%dT%H%M%SZ}.jsonl"
+            directory / payload_format.part_name(key),
+            directory / payload_format.finished_name(key, last_ts.timestamp()),
         )
         f = None
 
@@ -85,23 +87,23 @@ def write_payload_log(
         ts = start + step * r
         lo, hi = r * ROWS_PER_RECORD, min((r + 1) * ROWS_PER_RECORD, len(frame))
         line = orjson.dumps(
-            {
-                "schema_version": 1,
-                "ts": ts.strftime(RECORD_TIME),
-                "request_id": f"r{r}",
-                "model": model,
-                "version": "1",
-                "n_rows": hi - lo,
-                "inputs": {c: v[lo:hi] for c, v in columns.items()},
-                "outputs": {k: v[lo:hi] for k, v in outputs.items()},
-            },
+            payload_format.record(
+                ts.timestamp(),
+                f"r{r}",
+                model,
+                "1",
+                hi - lo,
+                {c: v[lo:hi] for c, v in columns.items()},
+                {k: v[lo:hi] for k, v in outputs.items()},
+            ),
             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
             default=lambda o: o.tolist(),
         )
         if f is None:
             seq += 1
             first_ts = ts
-            f = open(directory / f"payload-{ts:%Y%m%dT%H%M%SZ}-4242-{seq:06d}.jsonl.part", "wb")  # noqa: SIM115
+            key = payload_format.identity(ts.timestamp(), 4242, seq)
+            f = open(directory / payload_format.part_name(key), "wb")  # noqa: SIM115
             lines = 0
         f.write(line)
         lines += len(line)

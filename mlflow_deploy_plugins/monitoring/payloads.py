@@ -1,46 +1,44 @@
 """Payload-log directories of the serving runtime -> a bounded uniform sample, streamed.
 
-Follows the file contract of :mod:`mlflow_deploy_plugins.serving.payload_log`: files outside the
-time window are skipped by name, unopened; a ``.part`` is read up to its last complete line; one
-identity (``.part`` and finished file) is read once.
+Follows the file contract of :mod:`mlflow_deploy_plugins.core.payload_format` and reads files
+with its helpers: files outside the time window are skipped by name, unopened; a ``.part`` is read
+up to its last complete line; one identity (``.part`` and finished file) is read once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import logging
 import operator
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
 from mlflow_deploy_plugins.core.iospec import IOSpec
+from mlflow_deploy_plugins.core.payload_format import (
+    RECORD_TIME,
+    LogFile,
+    complete_lines,
+    file_lines,
+    list_files,
+    open_file,
+    record_header,
+)
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.monitoring.sampling import RowReservoir, Sample, finish_sample
 from mlflow_deploy_plugins.monitoring.schema import split_output
-from mlflow_deploy_plugins.serving.payload_log import LogFile, list_files
 
 _logger = logging.getLogger(__name__)
 
-#: Record timestamps: fixed-width UTC, so strings compare in time order.
-RECORD_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: Rows turned into one DataFrame chunk at most.
 CHUNK_ROWS = 65_536
-
-
-def open_log(path: Path) -> IO[bytes]:
-    """Open a (possibly gzipped) log file for reading bytes."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")  # noqa: SIM115
 
 
 def read_payload_log(
@@ -61,11 +59,11 @@ def read_payload_log(
             )
         files = [f for f in every if f.overlaps(since, until)]
         skipped = len(every) - len(files)
-        lines = (line for f in files for line in _log_file_lines(path, f))
+        lines = (line for f in files for line in file_lines(path, f))
     else:
         every = files = [path]
         skipped = 0
-        lines = _file_lines(path)
+        lines = _lines_of(path)
     batcher = _RecordBatcher(io, reservoir, since, until, categorical)
     with _gc_paused():
         batcher.consume(lines)
@@ -114,31 +112,9 @@ def _window_text(since: datetime | None, until: datetime | None) -> str:
     return f" until {until.isoformat()}" if until else ""
 
 
-def _log_file_lines(directory: Path, log_file: LogFile) -> Iterator[bytes]:
-    """Complete lines of one payload log file; a ``.part`` finished meanwhile is read finished."""
-    try:
-        f = open_log(log_file.path)
-    except FileNotFoundError:
-        if log_file.finished:
-            return  # removed by retention since listing
-        now = {x.key: x for x in list_files(directory)}.get(log_file.key)
-        if now is None or not now.finished:
-            return
-        f = open_log(now.path)
-    with f:
-        yield from _complete_lines(f)
-
-
-def _file_lines(path: Path) -> Iterator[bytes]:
-    with open_log(path) as f:
-        yield from _complete_lines(f)
-
-
-def _complete_lines(f: IO[bytes]) -> Iterator[bytes]:
-    for line in f:
-        if not line.endswith(b"\n"):
-            return  # still being written: the next run reads it whole
-        yield line
+def _lines_of(path: Path) -> Iterator[bytes]:
+    with open_file(path) as f:
+        yield from complete_lines(f)
 
 
 class _RecordBatcher:
@@ -173,7 +149,7 @@ class _RecordBatcher:
         since, until, reservoir = self.since, self.until, self.reservoir
         for line in lines:
             keys = None
-            header = _header(line)
+            header = record_header(line)
             if header is not None:
                 ts, n = header
                 if (since and ts < since) or (until and ts > until):
@@ -278,31 +254,6 @@ class _Pick:
             return [] if self._empty else values
         picked = self._get(values)
         return [picked] if self._single else list(picked)
-
-
-_TS = b'"ts":"'
-_N_ROWS = b'"n_rows":'
-_TS_WIDTH = len("2026-11-27T17:30:00.123456Z")
-
-
-def _header(line: bytes) -> tuple[bytes, int] | None:
-    """``(ts, n_rows)`` from a record's first bytes, or None when it is not laid out as written."""
-    i = line.find(_TS, 0, 64)
-    if i < 0:
-        return None
-    i += len(_TS)
-    end = i + _TS_WIDTH
-    if line[end : end + 1] != b'"':
-        return None
-    j = line.find(_N_ROWS, end, end + 512)
-    if j < 0:
-        return None
-    j += len(_N_ROWS)
-    k = line.find(b",", j, j + 24)
-    try:
-        return line[i:end], int(line[j:k])
-    except ValueError:
-        return None
 
 
 def _array(values: list) -> np.ndarray:

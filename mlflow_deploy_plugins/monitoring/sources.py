@@ -17,10 +17,10 @@ import orjson
 import pandas as pd
 
 from mlflow_deploy_plugins.core.iospec import IOSpec
+from mlflow_deploy_plugins.core.payload_format import FILE_NAME, open_file
 from mlflow_deploy_plugins.errors import InvalidInputError
-from mlflow_deploy_plugins.monitoring.payloads import open_log, read_payload_log
+from mlflow_deploy_plugins.monitoring.payloads import read_payload_log
 from mlflow_deploy_plugins.monitoring.sampling import RowReservoir, Sample, finish_sample
-from mlflow_deploy_plugins.serving.payload_log import FILE_NAME
 
 _logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _read_jsonl_rows(path: Path, reservoir: RowReservoir, side: str) -> Sample:
 
 
 def _is_payload_file(path: Path) -> bool:
-    with open_log(path) as f:
+    with open_file(path) as f:
         for line in f:
             if line.strip():
                 try:

@@ -5,71 +5,34 @@ record on a bounded queue (a full queue drops it and counts the drop). A daemon 
 records with orjson, writes, flushes and rotates. ``close()`` drains the queue and finishes the
 current file, so a graceful stop (SIGTERM) loses nothing.
 
-Record: one JSON object per line, one per request::
-
-    {"schema_version": 1, "ts": "2026-11-27T17:30:00.123456Z", "request_id": "...",
-     "model": "churn-onnx", "version": "3", "n_rows": 2,
-     "inputs": {"age": [41.0, 37.5], "city": ["paris", "lyon"]}, "outputs": {"label": [1, 0]}}
-
-``ts`` is UTC with microseconds and the same width on every record, so strings compare in time
-order. NaN and infinities are written as ``null``; bytes as UTF-8 text.
-
-File contract (the drift job relies on it; :func:`read_records` is the reference reader):
-
-* The file being written is ``payload-<start>-<pid>-<seq>.jsonl.part``: ``<start>`` is the UTC
-  second of its first record (``YYYYMMDDTHHMMSSZ``), ``<pid>`` the writing process, ``<seq>`` six
-  digits counted per process. ``payload-<start>-<pid>-<seq>`` is the file's identity. Lines are
-  appended whole and flushed whenever the queue runs empty; only the last line of a ``.part`` can
-  be incomplete (no trailing newline), and readers skip it.
-* Rotation (``max_bytes`` reached, ``max_age_s`` elapsed, or ``close()``) flushes and fsyncs the
-  file and atomically renames it to ``payload-<start>-<pid>-<seq>-<end>.jsonl``, ``<end>`` being
-  the UTC second of its last record. With gzip, the compressed copy is written under a hidden
-  temporary name, renamed to ``...-<end>.jsonl.gz``, and only then is the ``.part`` removed.
-* A reader groups the names it lists by identity and reads the finished file when there is one,
-  else the ``.part`` (if that vanished before opening, it was just finished: read the finished
-  one). Each record is then read once per pass. Names sort by start time, and ``<start>``/``<end>``
-  let a reader skip files outside a time window without opening them. A ``.part`` whose writer was
-  killed (SIGKILL) stays a readable ``.part`` for good.
+The record and file-name contract, and the reference reader, are ``core/payload_format.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
-import json
 import logging
 import os
 import queue
 import random
-import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
+from mlflow_deploy_plugins.core import payload_format
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
     from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 _logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-
-#: Names of payload log files, in progress (``part``) or finished (``end``, optional ``gz``).
-FILE_NAME = re.compile(
-    r"^(?P<key>payload-(?P<start>\d{8}T\d{6}Z)-(?P<pid>\d+)-(?P<seq>\d+))"
-    r"(?:\.jsonl\.part|-(?P<end>\d{8}T\d{6}Z)\.jsonl(?P<gz>\.gz)?)$"
-)
-_NAME_TIME = "%Y%m%dT%H%M%SZ"
-_RECORD_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _WRITE_BUFFER = 1 << 16
@@ -301,16 +264,15 @@ class PayloadLogger:
         ts, request_id, columns, outputs = item
         try:
             line = orjson.dumps(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "ts": _record_time(ts),
-                    "request_id": request_id,
-                    "model": self.model_name,
-                    "version": self.model_version,
-                    "n_rows": _n_rows(columns, outputs),
-                    "inputs": columns,
-                    "outputs": outputs,
-                },
+                payload_format.record(
+                    ts,
+                    request_id,
+                    self.model_name,
+                    self.model_version,
+                    _n_rows(columns, outputs),
+                    columns,
+                    outputs,
+                ),
                 default=_to_json,
                 option=_DUMPS_OPTIONS,
             )
@@ -336,15 +298,14 @@ class PayloadLogger:
         return 1
 
     def _open(self, ts: float) -> None:
-        start = time.strftime(_NAME_TIME, time.gmtime(ts))
         pid = os.getpid()
         while True:
             self._seq += 1
-            key = f"payload-{start}-{pid}-{self._seq:06d}"
+            key = payload_format.identity(ts, pid, self._seq)
             # A restarted process can reuse a pid (pid 1 in containers): never reuse an identity.
             if any(self.directory.glob(f"{key}-*")):
                 continue
-            part = self.directory / f"{key}.jsonl.part"
+            part = self.directory / payload_format.part_name(key)
             try:
                 self._file = open(part, "xb", buffering=_WRITE_BUFFER)  # noqa: SIM115
             except FileExistsError:
@@ -378,10 +339,11 @@ class PayloadLogger:
             if self._records == 0:
                 part.unlink()
                 return
-            end = time.strftime(_NAME_TIME, time.gmtime(self._last_ts))
-            final = self.directory / f"{self._key}-{end}.jsonl"
+            final = self.directory / payload_format.finished_name(
+                self._key, self._last_ts, self.gzip
+            )
             if self.gzip:
-                _gzip_atomically(part, final.with_name(final.name + ".gz"))
+                _gzip_atomically(part, final)
                 part.unlink()
             else:
                 os.replace(part, final)
@@ -411,10 +373,6 @@ def _gzip_atomically(source: Path, target: Path) -> None:
         raise
 
 
-def _record_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime(_RECORD_TIME)
-
-
 def _n_rows(columns: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
     for arrays in (columns, outputs):
         for array in arrays.values():
@@ -433,122 +391,3 @@ def _to_json(obj: Any) -> Any:
     if isinstance(obj, bytes | bytearray):
         return bytes(obj).decode("utf-8", "replace")
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-# -- reading ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LogFile:
-    """One payload log file as its name describes it."""
-
-    path: Path
-    key: str  # identity shared by the .part and the finished file
-    start: datetime  # UTC second of the first record
-    end: datetime | None  # UTC second of the last record; None while in progress
-    pid: int
-    seq: int
-    gzip: bool
-
-    @property
-    def finished(self) -> bool:
-        return self.end is not None
-
-    def overlaps(self, since: datetime | None, until: datetime | None) -> bool:
-        """Whether records in ``[since, until]`` can be in this file (from its name alone)."""
-        if until is not None and self.start > until:
-            return False
-        return since is None or self.end is None or self.end + timedelta(seconds=1) > since
-
-
-def _name_time(text: str) -> datetime:
-    return datetime.strptime(text, _NAME_TIME).replace(tzinfo=timezone.utc)
-
-
-def list_files(directory: str | os.PathLike[str]) -> list[LogFile]:
-    """Payload log files in ``directory``, one per identity (finished preferred), by start time."""
-    directory = Path(directory)
-    by_key: dict[str, LogFile] = {}
-    for name in os.listdir(directory):
-        m = FILE_NAME.match(name)
-        if m is None:
-            continue
-        found = LogFile(
-            path=directory / name,
-            key=m["key"],
-            start=_name_time(m["start"]),
-            end=_name_time(m["end"]) if m["end"] else None,
-            pid=int(m["pid"]),
-            seq=int(m["seq"]),
-            gzip=bool(m["gz"]),
-        )
-        known = by_key.get(found.key)
-        if known is None or (found.finished and not known.finished):
-            by_key[found.key] = found
-    return sorted(by_key.values(), key=lambda f: (f.start, f.pid, f.seq))
-
-
-def read_records(
-    directory: str | os.PathLike[str],
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Every record in ``directory``, finished and in-progress files alike, each exactly once.
-
-    Standard library only; streams line by line. A ``.part``'s incomplete last line is skipped.
-
-    Args:
-        directory: a payload log directory.
-        since: keep records with ``ts >= since`` (naive datetimes are UTC).
-        until: keep records with ``ts <= until``. Files entirely outside the window are skipped
-            by name, without being opened.
-    """
-    since = _utc(since)
-    until = _utc(until)
-    since_s = since.strftime(_RECORD_TIME) if since else None
-    until_s = until.strftime(_RECORD_TIME) if until else None
-    for log_file in list_files(directory):
-        if not log_file.overlaps(since, until):
-            continue
-        for record in _read_file(directory, log_file):
-            ts = record.get("ts", "")
-            if (since_s and ts < since_s) or (until_s and ts > until_s):
-                continue
-            yield record
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
-def _open_log_file(log_file: LogFile) -> IO[bytes]:
-    if log_file.gzip:
-        return gzip.open(log_file.path, "rb")
-    return open(log_file.path, "rb")  # noqa: SIM115
-
-
-def _read_file(directory: str | os.PathLike[str], log_file: LogFile) -> Iterator[dict[str, Any]]:
-    try:
-        f = _open_log_file(log_file)
-    except FileNotFoundError:
-        if log_file.finished:
-            return  # removed (retention) since listing
-        # The .part was finished between listing and opening: read the finished file instead.
-        now = {f.key: f for f in list_files(directory)}.get(log_file.key)
-        if now is None or not now.finished:
-            return
-        log_file = now
-        f = _open_log_file(log_file)
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                break  # being written: the next pass reads it whole
-            try:
-                yield json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{log_file.path}:{lineno}: not a JSON record: {e}") from e

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 from mlflow_deploy_plugins.core.iospec import IOSpec
+from mlflow_deploy_plugins.core.payload_format import RECORD_TIME, list_files
 from mlflow_deploy_plugins.errors import InvalidInputError
-from mlflow_deploy_plugins.monitoring.payloads import RECORD_TIME
 from mlflow_deploy_plugins.monitoring.sampling import RowReservoir
 from mlflow_deploy_plugins.monitoring.sources import read_sample
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
-from mlflow_deploy_plugins.serving.payload_log import PayloadLogger, list_files
+from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
 
 #: The IO contract of a small classifier: two columns, label + probabilities outputs.
 IO = IOSpec.from_dict(

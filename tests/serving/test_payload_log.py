@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlflow_deploy_plugins.serving.metrics import ServingMetrics
-from mlflow_deploy_plugins.serving.payload_log import (
+from mlflow_deploy_plugins.core.payload_format import (
     FILE_NAME,
     SCHEMA_VERSION,
-    PayloadLogger,
-    _read_file,
+    file_lines,
     list_files,
     read_records,
 )
+from mlflow_deploy_plugins.serving.metrics import ServingMetrics
+from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +198,8 @@ def test_part_finished_between_listing_and_opening_is_read_once(tmp_path):
     assert not stale.finished
     logger.close()  # the .part becomes a .jsonl.gz and disappears
     assert not stale.path.exists()
-    assert [r["request_id"] for r in _read_file(tmp_path / "logs", stale)] == ["r0", "r1", "r2"]
+    lines = file_lines(tmp_path / "logs", stale)
+    assert [json.loads(line)["request_id"] for line in lines] == ["r0", "r1", "r2"]
 
 
 def test_listing_prefers_the_finished_file_of_an_identity(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlflow_deploy_plugins.serving.payload_log import read_records
+from mlflow_deploy_plugins.core.payload_format import read_records
 
 CLF = "churn-onnx"
 INFER = f"/v2/models/{CLF}/infer"
