@@ -566,29 +566,34 @@ def server_specs(
             [s.at(f"/v2/models/{MODEL_NAME}/infer", "v2") for s in BASE_SCENARIOS],
         )
 
-    def ours():
-        port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow_deploy_plugins.serving",
-            "serve",
-            bundle.path,
-            "--port",
-            str(port),
-            "--no-access-log",
-        ]
-        return ManagedServer(
-            "ours",
-            "ours",
-            cmd,
-            dict(base_env),
-            str(workdir),
-            "/v2/health/ready",
-            port,
-            str(workdir / "ours.log"),
-            60,
-        )
+    def runtime(name: str, env: dict):
+        def start():
+            port = free_port()
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlflow_deploy_plugins.serving",
+                "serve",
+                bundle.path,
+                "--port",
+                str(port),
+                "--no-access-log",
+            ]
+            return ManagedServer(
+                name,
+                name,
+                cmd,
+                env,
+                str(workdir),
+                "/v2/health/ready",
+                port,
+                str(workdir / f"{name}.log"),
+                60,
+            )
+
+        return start
+
+    ours = runtime("ours", dict(base_env))
 
     infer = f"/v2/models/{bundle.manifest.name}/infer"
     by_key = {s.key: s for s in BASE_SCENARIOS}
@@ -598,6 +603,12 @@ def server_specs(
         for key in ("1 row c=1", "1 row c=32", "100 rows c=8"):
             ours_scenarios.append(by_key[key].at(infer, "v2-tensor", " V2 tensor"))
     specs["ours"] = ("ours (mlflow_deploy_plugins.serving)", ours, ours_scenarios)
+    if args.baseline_tree:
+        # The same runtime from another source tree (e.g. a checkout of the previous release),
+        # imported first through PYTHONPATH: before/after a change, measured in one run.
+        tree = str(Path(args.baseline_tree).resolve())
+        env = dict(base_env, PYTHONPATH=tree + os.pathsep + base_env.get("PYTHONPATH", ""))
+        specs["baseline"] = (f"ours from {tree}", runtime("baseline", env), ours_scenarios)
     return specs
 
 
@@ -916,6 +927,13 @@ def main() -> int:
         "its fastest on one core; default 0)",
     )
     parser.add_argument(
+        "--baseline-tree",
+        default=None,
+        help="also run our runtime from this source tree (a checkout holding "
+        "mlflow_deploy_plugins/, e.g. `git worktree add /tmp/base HEAD~5`) as the server "
+        "'baseline', and report ours / baseline: before vs after a change in one run",
+    )
+    parser.add_argument(
         "--no-tensor-rows",
         action="store_true",
         help="skip ours' extra rows with the ONNX tensor as the V2 input",
@@ -973,7 +991,9 @@ def main() -> int:
         print(f"   sklearn prediction for the 1-row body: {model.predict(x.head(1))[0]}")
         bodies = write_bodies(x, workdir, bundle.manifest.io.inputs[0].name)
         specs = server_specs(args, workdir, tracking_uri, bundle, source_dir, mlserver_venv)
-        for name in ("mlflow", "mlserver", "ours"):
+        if args.baseline_tree:
+            wanted.append("baseline")
+        for name in ("mlflow", "mlserver", "baseline", "ours"):
             if name in wanted:
                 bench_server(name, specs[name], bodies, args, reports, running)
     except KeyboardInterrupt:
