@@ -332,7 +332,9 @@ class ServingMetrics:
         batch_size: rows per onnxruntime call.
         inflight_requests: requests received and not yet answered.
         payload_log_records_written_total: payload log records on disk (writer thread).
-        payload_log_records_dropped_total: payload log records lost (queue full, write errors).
+        payload_log_records_dropped_total: payload log records lost, label ``reason``.
+        payload_log_files_removed_total, payload_log_bytes_removed_total: what the size cap
+            removed.
         model_info: 1, labels ``name`` and ``version`` of the served model.
     """
 
@@ -363,7 +365,19 @@ class ServingMetrics:
         )
         self.payload_log_records_dropped_total = r.counter(
             f"{p}payload_log_records_dropped_total",
-            "Payload log records lost: queue full or write errors.",
+            "Payload log records lost, by reason: queue_full, closed, too_large, "
+            "unserialisable, write_error.",
+            ("reason",),
+            threadsafe=True,
+        )
+        self.payload_log_files_removed_total = r.counter(
+            f"{p}payload_log_files_removed_total",
+            "Finished payload log files removed to keep the directory under its size cap.",
+            threadsafe=True,
+        )
+        self.payload_log_bytes_removed_total = r.counter(
+            f"{p}payload_log_bytes_removed_total",
+            "Bytes of payload log files removed to keep the directory under its size cap.",
             threadsafe=True,
         )
         self.model_info = r.gauge(

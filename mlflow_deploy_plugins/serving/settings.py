@@ -87,9 +87,21 @@ class ServingSettings:
         "Fraction of requests logged, between 0 and 1 (sampled per request).",
         check=between(0, 1),
     )
-    payload_log_max_bytes: int = setting(
+    payload_log_max_bytes: int | None = setting(
+        1024 * MIB,
+        "Size cap of the payload log directory: the oldest finished files are removed to stay "
+        "under it (counted in payload_log_files_removed_total); none: no cap.",
+        check=at_least(1),
+    )
+    payload_log_file_max_bytes: int = setting(
         64 * MIB,
-        "A payload log file is rotated once it reaches this size.",
+        "A payload log file is rotated once it reaches this size (at most half the cap).",
+        check=at_least(1),
+    )
+    payload_log_max_record_bytes: int = setting(
+        4 * MIB,
+        "A payload log record (one request, as JSON) larger than this is dropped and counted "
+        "(reason too_large), so one huge request cannot fill the disk.",
         check=at_least(1),
     )
     payload_log_max_age_s: float = setting(
@@ -210,6 +222,24 @@ class ServingSettings:
     def describe(cls) -> list[tuple[str, str, Any, str]]:
         """``(name, type, default, help)`` for every field, in declaration order (docs, --help)."""
         return [(o.name, o.type_name, o.default, o.help) for o in config.describe(cls)]
+
+    @classmethod
+    def markdown_table(cls) -> str:
+        """The settings table of docs/serving.md: flag, environment variable, type, default, help.
+
+        Secrets have no flag (a command line is visible in ``ps``): environment only.
+        """
+        rows = [
+            "| flag | environment | type | default | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for o in config.describe(cls):
+            flag = "(env only)" if o.secret else f"`--{o.name.replace('_', '-')}`"
+            type_name = o.type_name.replace(" | ", " or ")
+            rows.append(
+                f"| {flag} | `{cls.env_var(o.name)}` | {type_name} | `{o.default}` | {o.help} |"
+            )
+        return "\n".join(rows)
 
     @staticmethod
     def env_var(name: str) -> str:

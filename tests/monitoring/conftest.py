@@ -206,7 +206,7 @@ def payload_logs(world, runtime):
     ):
         log_dir = world.root / f"payloads-{name}"
         # small files: several rotations, so the reader crosses file boundaries
-        server = runtime(log_dir, "--payload-log-max-bytes", "65536")
+        server = runtime(log_dir, "--payload-log-file-max-bytes", "65536")
         server.send(frame, seed=len(name))
         assert server.stop() == 0
         out[name] = SimpleNamespace(dir=log_dir, frame=frame)

@@ -85,7 +85,7 @@ def test_reservoir_is_bounded_uniform_and_seeded():
 
 # ====================================================================== payload logs
 def test_payload_log_rows_outputs_and_rotation(tmp_path):
-    logger = _logger(tmp_path / "logs", max_bytes=2000, gzip=True)
+    logger = _logger(tmp_path / "logs", max_file_bytes=2000, gzip=True)
     for i in range(50):
         logger.submit(f"r{i}", *_request(i))
     assert logger.close()
@@ -179,7 +179,7 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
 
 
 def test_reservoir_bounds_a_large_log(tmp_path):
-    logger = _logger(tmp_path / "logs", max_bytes=50_000)
+    logger = _logger(tmp_path / "logs", max_file_bytes=50_000)
     for i in range(2000):
         logger.submit(f"r{i}", *_request(i, n=5))
     assert logger.close()
@@ -191,7 +191,7 @@ def test_reservoir_bounds_a_large_log(tmp_path):
 def test_reading_while_the_writer_rotates(tmp_path):
     """Polling during writes and rotations: never more rows than written, every row at the end."""
     logs = tmp_path / "logs"
-    logger = _logger(logs, max_bytes=3000)
+    logger = _logger(logs, max_file_bytes=3000)
     done = threading.Event()
 
     def serve():
@@ -262,7 +262,7 @@ def test_unreadable_sources(tmp_path):
 def test_log_of_a_live_runtime_is_read_while_it_serves(runtime, kit, tmp_path):
     """The real runtime: rows readable from its in-progress file, then all of them after SIGTERM."""
     logs = tmp_path / "live"
-    server = runtime(logs, "--payload-log-max-bytes", "20000")
+    server = runtime(logs, "--payload-log-file-max-bytes", "20000")
     first, second = kit.make_frame(300, seed=20), kit.make_frame(200, seed=21)
     server.send(first)
     deadline = time.monotonic() + 10

@@ -211,7 +211,9 @@ def test_serving_metrics_names_and_render():
         m.batch_size.observe(rows)
     m.inflight_requests.set(2)
     m.payload_log_records_written_total.inc(5)
-    m.payload_log_records_dropped_total.inc()
+    m.payload_log_records_dropped_total.labels("queue_full").inc()
+    m.payload_log_files_removed_total.inc(2)
+    m.payload_log_bytes_removed_total.inc(4096)
     fam = parse(m.render())
     assert set(fam) == {
         "mlflow_deploy_requests_total",
@@ -220,8 +222,13 @@ def test_serving_metrics_names_and_render():
         "mlflow_deploy_inflight_requests",
         "mlflow_deploy_payload_log_records_written_total",
         "mlflow_deploy_payload_log_records_dropped_total",
+        "mlflow_deploy_payload_log_files_removed_total",
+        "mlflow_deploy_payload_log_bytes_removed_total",
         "mlflow_deploy_model_info",
     }
+    assert fam["mlflow_deploy_payload_log_records_dropped_total"]["samples"] == [
+        ("mlflow_deploy_payload_log_records_dropped_total", {"reason": "queue_full"}, 1.0)
+    ]
     assert fam["mlflow_deploy_model_info"]["samples"] == [
         ("mlflow_deploy_model_info", {"name": "churn-onnx", "version": "3"}, 1.0)
     ]

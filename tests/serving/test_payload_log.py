@@ -127,7 +127,7 @@ def test_sampling_rate_is_respected(tmp_path):
 @pytest.mark.parametrize("use_gzip", [False, True])
 def test_rotation_by_size_returns_every_record_once(tmp_path, use_gzip):
     n, max_bytes = 600, 4000
-    logger = _logger(tmp_path, max_bytes=max_bytes, gzip=use_gzip)
+    logger = _logger(tmp_path, max_file_bytes=max_bytes, gzip=use_gzip)
     for i in range(n):
         assert logger.submit(f"r{i}", _columns(i), _outputs())
     assert logger.close()
@@ -149,7 +149,7 @@ def test_rotation_by_size_returns_every_record_once(tmp_path, use_gzip):
 def test_reader_never_double_counts_while_files_rotate(tmp_path):
     """A reader polling during writes and gzip rotations sees each record at most once."""
     n = 3000
-    logger = _logger(tmp_path, max_bytes=3000, gzip=True)
+    logger = _logger(tmp_path, max_file_bytes=3000, gzip=True)
     done = threading.Event()
 
     def serve():
@@ -258,15 +258,17 @@ def test_full_queue_drops_are_counted_and_submit_never_blocks(tmp_path):
     assert max(timings) < 0.25
     assert logger.close()  # starts the writer and drains the 10 queued records
     assert _ids(tmp_path / "logs") == [f"r{i}" for i in range(10)]
-    assert b"mlflow_deploy_payload_log_records_dropped_total 990\n" in metrics.render()
+    rendered = metrics.render()
+    assert b'mlflow_deploy_payload_log_records_dropped_total{reason="queue_full"} 990\n' in rendered
     assert b"mlflow_deploy_payload_log_records_written_total 10\n" in metrics.render()
     assert not logger.submit("late", _columns(), _outputs())  # closed: a counted drop
     assert logger.dropped == 991
+    assert logger.dropped_by_reason()["closed"] == 1
 
 
 def test_close_drains_everything(tmp_path):
     n = 5000
-    with _logger(tmp_path, queue_size=n, autostart=False, max_bytes=100_000) as logger:
+    with _logger(tmp_path, queue_size=n, autostart=False, max_file_bytes=100_000) as logger:
         for i in range(n):
             assert logger.submit(f"r{i}", _columns(i), _outputs())
     assert logger.close()  # idempotent
@@ -307,7 +309,8 @@ def test_from_settings(tmp_path):
         payload_log_dir=str(tmp_path / "p"), payload_log_sample_rate=0.5, payload_log_gzip=True
     )
     logger = PayloadLogger.from_settings(settings, "m", "1")
-    assert logger is not None and logger.sample_rate == 0.5 and logger.gzip
+    assert logger is not None and logger.sample_rate == 0.5 and logger.files.gzip
+    assert logger.files.max_total_bytes == settings.payload_log_max_bytes
     logger.close()
 
 
@@ -325,7 +328,7 @@ _SIGTERM_CHILD = textwrap.dedent(
     from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
 
     directory, n = sys.argv[1], int(sys.argv[2])
-    logger = PayloadLogger(directory, "m", "1", max_bytes=200_000, queue_size=n, gzip=True)
+    logger = PayloadLogger(directory, "m", "1", max_file_bytes=200_000, queue_size=n, gzip=True)
 
     def on_sigterm(signum, frame):
         pending = n - logger.written

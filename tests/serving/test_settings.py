@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,8 @@ def test_defaults():
     assert (s.host, s.port, s.workers, s.model_name) == ("127.0.0.1", 8080, 1, None)
     assert (s.max_batch_size, s.max_batch_time_ms, s.max_body_bytes) == (64, 0.0, 8 * 1024 * 1024)
     assert s.payload_log_dir is None and s.payload_log_sample_rate == 1.0
-    assert s.payload_log_max_bytes == 64 * 1024 * 1024 and s.payload_log_gzip is False
+    assert s.payload_log_max_bytes == 1024 * 1024 * 1024 and s.payload_log_gzip is False
+    assert s.payload_log_file_max_bytes == 64 * 1024 * 1024
     assert s.payload_log_queue_size == 10_000 and s.auth_token is None
     assert s.access_log is True and s.intra_op_threads == 1 and s.log_level == "INFO"
 
@@ -226,3 +228,10 @@ def test_describe_covers_every_field():
     for name, (_tp, default, help) in by_name.items():
         assert help.strip(), name
         assert default == getattr(ServingSettings(), name)
+
+
+def test_docs_show_the_generated_settings_table():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    assert ServingSettings.markdown_table() in docs, (
+        "docs/serving.md must contain ServingSettings.markdown_table() verbatim"
+    )
