@@ -12,13 +12,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
 from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import ModelNotFoundError
+from mlflow_deploy_plugins.registry.gateway import is_not_found
 
 _logger = logging.getLogger(__name__)
 
@@ -65,11 +66,10 @@ class MonitoredModel:
 
 def resolve(model_uri: str, client) -> MonitoredModel:
     """Resolve ``model_uri`` and load our flavor's IO contract and reference sample location."""
-    registered = _registry_version(client, model_uri) if model_uri.startswith("models:/") else None
-    if registered is not None:
-        name, version = registered
+    mv = _registry_version(client, model_uri) if model_uri.startswith("models:/") else None
+    if mv is not None:
+        name, version = mv.name, str(mv.version)
         model = MonitoredModel(model_uri, name, version, tagged_versions=[(name, version)])
-        mv = client.get_model_version(name, version)
         tags = dict(mv.tags or {})
         if tags.get(tag_keys.KIND) == "onnx":
             model.onnx = (name, version)
@@ -91,26 +91,30 @@ def resolve(model_uri: str, client) -> MonitoredModel:
     return model
 
 
-def _registry_version(client, model_uri: str) -> tuple[str, str] | None:
-    """``(name, version)`` of a registry URI; None for a logged model (``models:/m-<id>``)."""
+def _registry_version(client, model_uri: str) -> ModelVersion | None:
+    """The model version a registry URI resolves to; None for a logged model (``models:/m-<id>``).
+
+    Raises:
+        ModelNotFoundError: the URI names a model, alias or version that does not exist.
+    """
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     try:
         found = get_model_name_and_version(client, model_uri)
     except MlflowException as e:
-        if e.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST) or "not found" in str(e):
+        # an unknown alias is INVALID_PARAMETER_VALUE for MLflow's stores: only its text says
+        if is_not_found(e) or "not found" in str(e):
             raise ModelNotFoundError(f"{model_uri} does not resolve: {e.message}") from e
         raise
     if len(found) != 2:
         return None  # a logged model: read like any model URI, nothing to tag
     name, version = found
     try:
-        client.get_model_version(name, str(version))
+        return client.get_model_version(name, str(version))
     except MlflowException as e:
         raise ModelNotFoundError(
             f"{model_uri}: registered model {name!r} has no version {version}"
         ) from e
-    return name, str(version)
 
 
 def _load_flavor(model: MonitoredModel) -> None:

@@ -7,7 +7,6 @@ failure ends it FAILED with the reason in ``mlflow_deploy.drift.error`` and its 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -18,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from mlflow_deploy_plugins.core import tags as tag_keys
+from mlflow_deploy_plugins.registry.gateway import RegistryGateway
 
 _logger = logging.getLogger(__name__)
 
@@ -95,9 +95,10 @@ def fail_run(client, run_id: str, reason: str) -> None:
 
 
 def tag_versions(client, versions: Iterable[tuple[str, str]], tags: Mapping[str, str]) -> None:
+    """Write ``tags`` (clipped) on every ``(name, version)``."""
+    registry = RegistryGateway(client)
     for name, version in versions:
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, tag_keys.clip(value))
+        registry.set_version_tags(name, version, tags)
 
 
 def tag_versions_failed(client, versions, run_id: str | None, reason: str, checked_at: str) -> None:
@@ -109,20 +110,18 @@ def tag_versions_failed(client, versions, run_id: str | None, reason: str, check
     }
     if run_id:
         tags[tag_keys.DRIFT_RUN_ID] = run_id
+    registry = RegistryGateway(client)
     for name, version in versions:
-        try:
-            tag_versions(client, [(name, version)], tags)
+        if registry.set_version_tags(name, version, tags, best_effort=True):
             for stale in (tag_keys.DRIFT_SHARE, tag_keys.DRIFT_COLUMNS):
-                with contextlib.suppress(MlflowException):
-                    client.delete_model_version_tag(name, version, stale)
-        except MlflowException as e:
-            _logger.warning("Could not tag %s v%s with the failed check: %s", name, version, e)
+                registry.delete_version_tag(name, version, stale)
 
 
 def clear_error(client, versions) -> None:
+    """Remove the error of an earlier failed check from every ``(name, version)``."""
+    registry = RegistryGateway(client)
     for name, version in versions:
-        with contextlib.suppress(MlflowException):
-            client.delete_model_version_tag(name, version, tag_keys.DRIFT_ERROR)
+        registry.delete_version_tag(name, version, tag_keys.DRIFT_ERROR)
 
 
 def _clip(value: object, limit: int) -> str:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
+from mlflow_deploy_plugins.registry.gateway import is_already_exists, paged
 
 _logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _get_or_create_experiment(client: MlflowClient, name: str) -> str:
     try:
         return client.create_experiment(name, tags={tag_keys.KIND: "automation-audit"})
     except MlflowException as e:  # another receiver/watcher created it meanwhile
-        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+        if not is_already_exists(e):
             raise
         return client.get_experiment_by_name(name).experiment_id
 
@@ -158,33 +158,26 @@ def promotion_history(
         filters.append(f"tags.`{tag_keys.AUDIT_ALIAS}` = '{_quote(alias)}'")
     if stage is not None:
         filters.append(f"tags.`{tag_keys.AUDIT_STAGE}` = '{_quote(stage)}'")
-    out, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment.experiment_id],
-            " and ".join(filters),
-            order_by=["attributes.start_time ASC"],
-            max_results=1000,
-            page_token=token,
-        )
-        for run in page:
-            row = {
-                "run_id": run.info.run_id,
-                "start": run.info.start_time,
-                "end": run.info.end_time,
-                "status": run.info.status,
-            }
-            row.update(
-                {
-                    k[len(tag_keys.PREFIX) :]: v
-                    for k, v in run.data.tags.items()
-                    if k.startswith(tag_keys.PREFIX)
-                }
-            )
-            out.append(row)
-        token = page.token
-        if not token:
-            return out
+    runs = paged(
+        client.search_runs,
+        experiment_ids=[experiment.experiment_id],
+        filter_string=" and ".join(filters),
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+    return [_history_row(run) for run in runs]
+
+
+def _history_row(run) -> dict:
+    row = {
+        "run_id": run.info.run_id,
+        "start": run.info.start_time,
+        "end": run.info.end_time,
+        "status": run.info.status,
+    }
+    prefix = tag_keys.PREFIX
+    row.update({k[len(prefix) :]: v for k, v in run.data.tags.items() if k.startswith(prefix)})
+    return row
 
 
 def _quote(value: str) -> str:

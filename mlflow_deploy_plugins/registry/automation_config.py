@@ -12,8 +12,9 @@ import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import InvalidInputError
 
 #: What ``webhooks register`` subscribes to: the only registry events that are promotions.
@@ -59,6 +60,14 @@ class DeploySpec:
         return self.name.format(model=model, alias=label.lower(), onnx_model=onnx_model)
 
 
+class SlotDeployment(NamedTuple):
+    """One deployment a promotion makes: its spec, its name, the twin tag recording what it serves."""
+
+    spec: DeploySpec
+    name: str
+    tag: str
+
+
 @dataclass(frozen=True)
 class ModelRule:
     """One ``models:`` entry: a name or glob pattern and what to do on its promotions."""
@@ -86,6 +95,15 @@ class ModelRule:
 
     def deployments_for(self, kind: str, label: str) -> tuple[DeploySpec, ...]:
         return tuple(d for d in self.deploy if d.applies_to(kind, label))
+
+    def slot_deployments(self, model: str, kind: str, label: str) -> tuple[SlotDeployment, ...]:
+        """The deployments of one slot of source ``model``, named, with their twin tag."""
+        twin = self.onnx_name_for(model)
+        out = []
+        for spec in self.deployments_for(kind, label):
+            name = spec.deployment_name(model, label, twin)
+            out.append(SlotDeployment(spec, name, tag_keys.deployment_tag(spec.target, name)))
+        return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
 import click
 
@@ -75,20 +76,18 @@ def _load(config_path, models, aliases, stages):
     return load_config(config_path).with_overrides(models, aliases, stages)
 
 
-def _fail(error: Exception) -> None:
-    message = getattr(error, "message", None) or str(error)
-    click.secho(f"Error: {message}", fg="red", err=True)
-    sys.exit(1)
+def _fail(error: Exception) -> NoReturn:
+    # imported when needed: the main CLI imports this module to build its help
+    from mlflow_deploy_plugins.cli import fail
+
+    fail(error)
 
 
 def _ensure_logging() -> None:
     """INFO logs when run outside ``mlflow-deploy`` (which configures logging itself)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mlflow_deploy_plugins.cli import setup_logging
+
+    setup_logging()  # a no-op for the handlers when ``mlflow-deploy`` configured them already
 
 
 @click.group("webhooks")

@@ -7,18 +7,12 @@ the reason and re-raises: no alias ever points at an unverified model.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from dataclasses import dataclass
 
-import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    RESOURCE_ALREADY_EXISTS,
-    RESOURCE_DOES_NOT_EXIST,
-    ErrorCode,
-)
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
@@ -30,6 +24,8 @@ from mlflow_deploy_plugins.errors import (
 from mlflow_deploy_plugins.onnx import parity
 from mlflow_deploy_plugins.onnx.convert import DEFAULT_REFERENCE_ROWS, ConversionResult, convert
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions
+from mlflow_deploy_plugins.registry.conversion_run import log_conversion_run
+from mlflow_deploy_plugins.registry.gateway import RegistryGateway, is_already_exists
 
 _logger = logging.getLogger(__name__)
 
@@ -115,14 +111,14 @@ def promote(
         ModelNotFoundError, InvalidInputError, UnsupportedModelError, ConversionError,
         ParityError: nothing is aliased, the source version carries the reason in tags.
     """
-    client = client or MlflowClient()
+    registry = RegistryGateway(client)
     version = _check_version_arg(version)
     if alias is None and stage is None:
         raise InvalidInputError("promote() needs alias= or stage= (or both)")
     if stage is not None and stage not in VALID_STAGES:
         raise InvalidInputError(f"stage must be one of {VALID_STAGES}, got {stage!r}")
     _check_alias_name(alias)
-    source_mv = _get_source_version(client, name, version)
+    source_mv = _get_source_version(registry, name, version)
     onnx_name = onnx_name or default_onnx_name(name)
     if onnx_name == name:
         raise InvalidInputError("onnx_name must differ from the source model's name")
@@ -131,9 +127,9 @@ def promote(
         extra={"quantize": bool(quantize)},
     )
     key = idempotency_key(name, version, options.fingerprint())
-    twin_exists = _check_onnx_registered_model(client, onnx_name)
+    twin_exists = _check_onnx_registered_model(registry, onnx_name)
 
-    existing = _find_converted(client, onnx_name, key) if twin_exists else None
+    existing = _find_converted(registry, onnx_name, key) if twin_exists else None
     if existing is not None:
         _logger.info(
             "%s v%s already converted as %s v%s: moving alias/stage only",
@@ -142,7 +138,7 @@ def promote(
             onnx_name,
             existing.version,
         )
-        _move(client, onnx_name, existing.version, alias, stage)
+        _move(registry.client, onnx_name, existing.version, alias, stage)
         return PromotionResult(
             name,
             version,
@@ -168,10 +164,10 @@ def promote(
             reference_rows=reference_rows,
         )
     except MlflowException as e:  # DeployPluginError included
-        _tag_source_failed(client, name, version, e)
+        registry.tag_source_failed(name, version, e)
         raise
     except Exception as e:  # a library error no converter translated: still tag the source
-        _tag_source_failed(client, name, version, e)
+        registry.tag_source_failed(name, version, e)
         raise DeployPluginError(
             f"Conversion of {name} v{version} failed: {type(e).__name__}: {e}"
         ) from e
@@ -179,9 +175,9 @@ def promote(
     onnx_version, run_id = None, None
     try:
         if not twin_exists:
-            _create_onnx_registered_model(client, onnx_name, name)
-        run_id, model_uri, model_id = _log_conversion_run(result, source_mv, key, experiment_name)
-        mv = client.create_model_version(
+            _create_onnx_registered_model(registry, onnx_name, name)
+        run_id, model_uri, model_id = log_conversion_run(result, source_mv, key, experiment_name)
+        mv = registry.client.create_model_version(
             onnx_name,
             source=model_uri,
             run_id=run_id,
@@ -191,27 +187,30 @@ def promote(
             description=f"ONNX twin of {name} v{version}",
         )
         onnx_version = str(mv.version)
-        _wait_ready(client, onnx_name, onnx_version)
-        twin_tags = {
-            tag_keys.KIND: "onnx",
-            tag_keys.SOURCE_MODEL: name,
-            tag_keys.SOURCE_VERSION: version,
-            tag_keys.IDEMPOTENCY_KEY: key,
-            tag_keys.OPTIONS_HASH: options.fingerprint(),
-            tag_keys.CONVERTER: f"{result.converter}=={result.converter_version}",
-            tag_keys.RUN_ID: run_id,
-            **tag_keys.parity_tags(result.parity),
-        }
-        for k, v in twin_tags.items():
-            client.set_model_version_tag(onnx_name, onnx_version, k, v)
-        client.set_model_version_tag(
-            onnx_name, onnx_version, tag_keys.STATUS, tag_keys.STATUS_CONVERTED
+        registry.wait_until_ready(onnx_name, onnx_version)
+        registry.set_version_tags(
+            onnx_name,
+            onnx_version,
+            {
+                tag_keys.KIND: "onnx",
+                tag_keys.SOURCE_MODEL: name,
+                tag_keys.SOURCE_VERSION: version,
+                tag_keys.IDEMPOTENCY_KEY: key,
+                tag_keys.OPTIONS_HASH: options.fingerprint(),
+                tag_keys.CONVERTER: f"{result.converter}=={result.converter_version}",
+                tag_keys.RUN_ID: run_id,
+                **tag_keys.parity_tags(result.parity),
+            },
         )
-        _tag_source_converted(client, name, version, onnx_name, onnx_version, result)
-        _move(client, onnx_name, onnx_version, alias, stage)
+        # written last, on its own: "converted" means every tag above is there
+        registry.set_version_tags(
+            onnx_name, onnx_version, {tag_keys.STATUS: tag_keys.STATUS_CONVERTED}
+        )
+        _tag_source_converted(registry, name, version, onnx_name, onnx_version, result)
+        _move(registry.client, onnx_name, onnx_version, alias, stage)
     except Exception as e:
-        _undo_version(client, onnx_name, onnx_version, e)
-        _tag_source_failed(client, name, version, e)
+        _undo_version(registry, onnx_name, onnx_version, e)
+        registry.tag_source_failed(name, version, e)
         if isinstance(e, MlflowException):
             raise
         raise DeployPluginError(f"Promotion of {name} v{version} failed: {e}") from e
@@ -251,28 +250,19 @@ def _check_alias_name(alias: str | None) -> None:
         )
 
 
-def _get_source_version(client, name, version):
-    try:
-        client.get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise ModelNotFoundError(f"Registered model '{name}' does not exist") from e
-        raise
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException as e:
-        if e.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise ModelNotFoundError(f"Registered model '{name}' has no version {version}") from e
-        raise
+def _get_source_version(registry: RegistryGateway, name: str, version: str) -> ModelVersion:
+    if registry.registered_model(name) is None:
+        raise ModelNotFoundError(f"Registered model '{name}' does not exist")
+    source_mv = registry.model_version(name, version)
+    if source_mv is None:
+        raise ModelNotFoundError(f"Registered model '{name}' has no version {version}")
+    return source_mv
 
 
-def _check_onnx_registered_model(client, onnx_name: str) -> bool:
+def _check_onnx_registered_model(registry: RegistryGateway, onnx_name: str) -> bool:
     """True when the twin exists; refuses a registered model of that name that is not ours."""
-    try:
-        rm = client.get_registered_model(onnx_name)
-    except MlflowException as e:
-        if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise
+    rm = registry.registered_model(onnx_name)
+    if rm is None:
         return False
     if rm.tags.get(tag_keys.KIND) != "onnx":
         raise InvalidInputError(
@@ -282,21 +272,21 @@ def _check_onnx_registered_model(client, onnx_name: str) -> bool:
     return True
 
 
-def _create_onnx_registered_model(client, onnx_name: str, source_name: str) -> None:
+def _create_onnx_registered_model(registry: RegistryGateway, onnx_name: str, source: str) -> None:
     try:
-        client.create_registered_model(
+        registry.client.create_registered_model(
             onnx_name,
-            tags={tag_keys.KIND: "onnx", tag_keys.SOURCE_MODEL: source_name},
-            description=f"Verified ONNX versions of '{source_name}' (mlflow-deploy-plugins)",
+            tags={tag_keys.KIND: "onnx", tag_keys.SOURCE_MODEL: source},
+            description=f"Verified ONNX versions of '{source}' (mlflow-deploy-plugins)",
         )
     except MlflowException as e:  # created meanwhile by a concurrent promotion
-        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+        if not is_already_exists(e):
             raise
-        _check_onnx_registered_model(client, onnx_name)
+        _check_onnx_registered_model(registry, onnx_name)
 
 
-def _find_converted(client, onnx_name: str, key: str):
-    for mv in client.search_model_versions(f"name='{onnx_name}'"):
+def _find_converted(registry: RegistryGateway, onnx_name: str, key: str) -> ModelVersion | None:
+    for mv in registry.model_versions(onnx_name):
         if (
             mv.tags.get(tag_keys.IDEMPOTENCY_KEY) == key
             and mv.tags.get(tag_keys.STATUS) == tag_keys.STATUS_CONVERTED
@@ -328,101 +318,40 @@ def _move(client, onnx_name, onnx_version, alias, stage) -> None:
         client.set_registered_model_alias(onnx_name, alias, onnx_version)
 
 
-def _log_conversion_run(result: ConversionResult, source_mv, key: str, experiment_name):
-    from mlflow_deploy_plugins.onnx.flavor import log_model
-
-    experiment_id = None
-    if experiment_name:
-        mlflow.set_experiment(experiment_name)
-    elif source_mv.run_id:
-        try:
-            experiment_id = MlflowClient().get_run(source_mv.run_id).info.experiment_id
-        except MlflowException:
-            experiment_id = None
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=f"onnx-convert-{source_mv.name}-v{source_mv.version}",
-        tags={
-            tag_keys.SOURCE_MODEL: source_mv.name,
-            tag_keys.SOURCE_VERSION: str(source_mv.version),
-            tag_keys.IDEMPOTENCY_KEY: key,
+def _tag_source_converted(
+    registry: RegistryGateway,
+    name: str,
+    version: str,
+    onnx_name: str,
+    onnx_version: str,
+    result: ConversionResult,
+) -> None:
+    registry.set_version_tags(
+        name,
+        version,
+        {
+            tag_keys.STATUS: tag_keys.STATUS_CONVERTED,
+            tag_keys.ONNX_MODEL: onnx_name,
+            tag_keys.ONNX_VERSION: str(onnx_version),
+            **tag_keys.parity_tags(result.parity),
         },
-        nested=mlflow.active_run() is not None,
-    ) as run:
-        mlflow.log_params(
-            {
-                "source_model_uri": result.source.model_uri,
-                "source_flavor": result.source.flavor,
-                "converter": f"{result.converter}=={result.converter_version}",
-                "options_hash": result.options.fingerprint(),
-                "atol": result.parity.tolerances.atol,
-                "rtol": result.parity.tolerances.rtol,
-                "min_label_agreement": result.parity.tolerances.min_label_agreement,
-                "sample_origin": result.parity.sample_origin,
-                "sample_rows": result.parity.rows,
-                "quantized": result.optimization.quantized,
-            }
-        )
-        mlflow.log_metrics(
-            {
-                **result.parity.metrics(),
-                **result.optimization.metrics(),
-                **{f"timing.{k}": v for k, v in result.timings.items()},
-            }
-        )
-        mlflow.log_dict(result.parity.to_dict(), "parity_report.json")
-        info = log_model(result, name="onnx_model")
-        return run.info.run_id, info.model_uri, info.model_id
+    )
+    registry.delete_version_tag(name, version, tag_keys.ERROR)
 
 
-def _wait_ready(client, name, version, timeout_s: float = 300) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        mv = client.get_model_version(name, version)
-        if mv.status == "READY":
-            return
-        if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
-            raise DeployPluginError(f"{name} v{version} did not become READY (status {mv.status})")
-        time.sleep(0.5)
-
-
-def _tag_source_converted(client, name, version, onnx_name, onnx_version, result) -> None:
-    for k, v in {
-        tag_keys.STATUS: tag_keys.STATUS_CONVERTED,
-        tag_keys.ONNX_MODEL: onnx_name,
-        tag_keys.ONNX_VERSION: str(onnx_version),
-        **tag_keys.parity_tags(result.parity),
-    }.items():
-        client.set_model_version_tag(name, version, k, v)
-    with contextlib.suppress(MlflowException):
-        client.delete_model_version_tag(name, version, tag_keys.ERROR)
-
-
-def _tag_source_failed(client, name, version, error: Exception) -> None:
-    message = getattr(error, "message", None) or str(error)
-    try:
-        client.set_model_version_tag(name, version, tag_keys.STATUS, tag_keys.STATUS_FAILED)
-        client.set_model_version_tag(name, version, tag_keys.ERROR, tag_keys.clip(message))
-        report = getattr(error, "report", None)
-        if report is not None:
-            for k, v in tag_keys.parity_tags(report).items():
-                client.set_model_version_tag(name, version, k, v)
-    except MlflowException as tag_error:  # the original error matters more
-        _logger.warning("Could not tag %s v%s as failed: %s", name, version, tag_error)
-
-
-def _undo_version(client, onnx_name, onnx_version, error) -> None:
+def _undo_version(
+    registry: RegistryGateway, onnx_name: str, onnx_version: str | None, error: Exception
+) -> None:
     if onnx_version is None:
         return
     try:
-        client.delete_model_version(onnx_name, onnx_version)
+        registry.client.delete_model_version(onnx_name, onnx_version)
         _logger.warning(
             "Deleted %s v%s after a failed promotion: %s", onnx_name, onnx_version, error
         )
-    except MlflowException:
-        client.set_model_version_tag(
-            onnx_name, onnx_version, tag_keys.STATUS, tag_keys.STATUS_FAILED
+    except MlflowException:  # cannot delete it: make sure nobody takes it for a verified one
+        registry.set_version_tags(
+            onnx_name,
+            onnx_version,
+            {tag_keys.STATUS: tag_keys.STATUS_FAILED, tag_keys.ERROR: error},
         )
-        client.set_model_version_tag(onnx_name, onnx_version, tag_keys.ERROR, tag_keys.clip(error))

@@ -17,14 +17,11 @@ from concurrent.futures import Future
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
-from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, ModelRule
-from mlflow_deploy_plugins.registry.pipeline import (
-    Outcome,
-    Pipeline,
-    Slot,
-    Trigger,
-    preload_converters,
-)
+from mlflow_deploy_plugins.registry.automation_config import AutomationConfig
+from mlflow_deploy_plugins.registry.decision import Slot, SlotState, decide
+from mlflow_deploy_plugins.registry.gateway import RegistryGateway
+from mlflow_deploy_plugins.registry.pipeline import Pipeline, preload_converters, read_slot_state
+from mlflow_deploy_plugins.registry.triggers import Outcome, Trigger
 
 _logger = logging.getLogger(__name__)
 
@@ -52,6 +49,10 @@ class Reconciler:
     def client(self) -> MlflowClient:
         return self.pipeline.client
 
+    @property
+    def registry(self) -> RegistryGateway:
+        return self.pipeline.registry
+
     def run_once(self) -> list[Future]:
         """One pass: submit every gap; returns the Futures of their :class:`Outcome`."""
         futures = []
@@ -73,76 +74,54 @@ class Reconciler:
     def scan(self) -> list[Trigger]:
         """The triggers one pass would submit (reads the registry, writes nothing)."""
         config = self.pipeline.config
-        models = _all_registered_models(self.client)
+        models = self.registry.registered_models()
         by_name = {rm.name: rm for rm in models}
         triggers = []
         for rm in models:
             rule = config.rule_for(rm.name)
             if rule is None or rm.tags.get(tag_keys.KIND) == "onnx":
                 continue
-            twin = by_name.get(rule.onnx_name_for(rm.name))
-            for kind, label, current, twin_version, twin_source in self._slots(rm, rule, twin):
-                slot = Slot(rm.name, kind, label)
-                with self._lock:
-                    changed = slot in self._seen and self._seen[slot] != current
-                    self._seen[slot] = current
-                    if changed:
-                        self._quiet.discard((slot, current))
-                    quiet = (slot, current) in self._quiet
-                if quiet or self._in_sync(rule, slot, current, twin, twin_version, twin_source):
-                    continue
-                triggers.append(Trigger(slot, self.event, current, explicit=changed))
+            twin_name = rule.onnx_name_for(rm.name)
+            for kind, labels in (("alias", rule.aliases), ("stage", rule.stages)):
+                for label in labels:
+                    slot = Slot(rm.name, kind, label)
+                    tags = [d.tag for d in rule.slot_deployments(rm.name, kind, label)]
+                    state = read_slot_state(
+                        self.registry,
+                        slot,
+                        rm,
+                        by_name.get(twin_name),
+                        twin_name,
+                        tags,
+                        twin_source_of=self._source_of,
+                    )
+                    trigger = self._gap(slot, state)
+                    if trigger is not None:
+                        triggers.append(trigger)
         return triggers
 
     # ----------------------------------------------------------------------- helpers
-    def _slots(self, rm, rule: ModelRule, twin):
-        """(kind, label, source version, twin version, twin's source version) per watched slot."""
-        twin_name = rule.onnx_name_for(rm.name)
-        for alias in rule.aliases:
-            current = (rm.aliases or {}).get(alias)
-            twin_version = (twin.aliases or {}).get(alias) if twin is not None else None
-            twin_version = None if twin_version is None else str(twin_version)
-            yield (
-                "alias",
-                alias,
-                None if current is None else str(current),
-                twin_version,
-                self._source_of(twin_name, twin_version),
-            )
-        for stage in rule.stages:
-            current = _newest_in_stage(self.client, rm.name, stage)
-            twin_mv = _newest_in_stage(self.client, twin_name, stage, full=True) if twin else None
-            yield (
-                "stage",
-                stage,
-                current,
-                None if twin_mv is None else str(twin_mv.version),
-                None if twin_mv is None else twin_mv.tags.get(tag_keys.SOURCE_VERSION),
-            )
-
-    def _source_of(self, twin_name: str, version: str | None) -> str | None:
-        """The source version a twin version was converted from (immutable, so cached)."""
-        if version is None:
+    def _gap(self, slot: Slot, state: SlotState) -> Trigger | None:
+        """A trigger when ``slot``'s twin lags behind, None when in sync or waiting for a change."""
+        current = state.source_version
+        with self._lock:
+            changed = slot in self._seen and self._seen[slot] != current
+            self._seen[slot] = current
+            if changed:
+                self._quiet.discard((slot, current))
+            quiet = (slot, current) in self._quiet
+        action = decide(state, remove_on_delete=self.pipeline.config.remove_alias_on_delete)
+        if quiet or not action.needs_work:
             return None
+        return Trigger(slot, self.event, current, explicit=changed)
+
+    def _source_of(self, twin_name: str, version: str) -> str | None:
+        """The source version a twin version was converted from (immutable, so cached)."""
         key = (twin_name, version)
         if key not in self._twin_source:
             mv = self.client.get_model_version(twin_name, version)
             self._twin_source[key] = mv.tags.get(tag_keys.SOURCE_VERSION)
         return self._twin_source[key]
-
-    def _in_sync(self, rule, slot, current, twin, twin_version, twin_source) -> bool:
-        if current is None:
-            return twin_version is None or not self.pipeline.config.remove_alias_on_delete
-        if twin_source != current:
-            return False
-        for spec in rule.deployments_for(slot.kind, slot.label):
-            name = spec.deployment_name(slot.model, slot.label, rule.onnx_name_for(slot.model))
-            if (
-                twin is None
-                or twin.tags.get(tag_keys.deployment_tag(spec.target, name)) != twin_version
-            ):
-                return False
-        return True
 
     def _note(self, trigger: Trigger):
         def done(future: Future) -> None:
@@ -152,26 +131,6 @@ class Reconciler:
                     self._quiet.add((trigger.slot, outcome.source_version))
 
         return done
-
-
-def _all_registered_models(client: MlflowClient) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_registered_models(max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def _newest_in_stage(client: MlflowClient, name: str, stage: str, full: bool = False):
-    versions = [
-        mv for mv in client.search_model_versions(f"name='{name}'") if mv.current_stage == stage
-    ]
-    if not versions:
-        return None
-    newest = max(versions, key=lambda mv: int(mv.version))
-    return newest if full else str(newest.version)
 
 
 def watch(

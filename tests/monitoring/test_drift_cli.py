@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from mlflow_deploy_plugins.cli import EXIT_DRIFT, EXIT_ERROR, EXIT_NO_DRIFT, main
+from mlflow_deploy_plugins.cli import main
+from mlflow_deploy_plugins.monitoring.cli import EXIT_DRIFT, EXIT_ERROR, EXIT_NO_DRIFT
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
-from mlflow_deploy_plugins.registry.webhooks import sign
+from mlflow_deploy_plugins.registry.webhooks.receiver import sign
 
 MEMORY_TARGET = "memory-test-target"
 

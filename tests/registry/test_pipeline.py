@@ -29,7 +29,9 @@ from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.registry import promote as promote_module
 from mlflow_deploy_plugins.registry.audit import promotion_history
 from mlflow_deploy_plugins.registry.automation_config import load_config, parse_config
-from mlflow_deploy_plugins.registry.pipeline import Pipeline, Slot, Trigger
+from mlflow_deploy_plugins.registry.decision import Slot
+from mlflow_deploy_plugins.registry.pipeline import Pipeline
+from mlflow_deploy_plugins.registry.triggers import Trigger
 from mlflow_deploy_plugins.registry.watch import Reconciler
 
 NAME, TWIN = "churn", "churn-onnx"

@@ -35,14 +35,14 @@ from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.registry import promote as promote_module
 from mlflow_deploy_plugins.registry.automation_config import parse_config
-from mlflow_deploy_plugins.registry.webhooks import (
+from mlflow_deploy_plugins.registry.webhooks.receiver import (
     DeliveryLog,
     SignatureVerifier,
     WebhookReceiver,
-    make_asgi_app,
-    register_webhook,
     sign,
 )
+from mlflow_deploy_plugins.registry.webhooks.registration import register_webhook
+from mlflow_deploy_plugins.registry.webhooks.transports import make_asgi_app
 
 SECRET = "whsec-test-0123456789"
 NAME, TWIN = "churn", "churn-onnx"
@@ -69,8 +69,10 @@ def receiver():
 
 
 def deliver(receiver, headers, body, method="POST"):
+    """(status, decoded JSON body) of one request."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    return receiver.handle(method, lowered, body)
+    status, reply = receiver.handle(method, lowered, body)
+    return status, json.loads(reply)
 
 
 # --------------------------------------------------------------------------- signatures
@@ -222,6 +224,25 @@ def test_malformed_bodies_and_methods(receiver):
     status, health = deliver(receiver, {}, b"", method="GET")
     assert status == 200 and health["status"] == "ok"
     assert health["deliveries"] == {"malformed": 3}
+
+
+def test_error_replies_are_the_serving_runtimes_error_body(receiver):
+    """Errors come from serving/errors.py: ``{"error": message}``, nothing else; successes keep
+    their ``status`` bodies."""
+    unsigned = receiver.handle("POST", {}, b"{}")
+    assert unsigned.status == 401
+    assert json.loads(unsigned.body) == {"error": "unsigned delivery (X-MLflow-* headers missing)"}
+    put = receiver.handle("PUT", {}, b"")
+    assert (put.status, json.loads(put.body)) == (
+        405,
+        {"error": "POST deliveries here; GET for health"},
+    )
+    headers, body = signed_delivery(SECRET, {"no": "entity"})
+    malformed = deliver(receiver, headers, body)
+    assert malformed == (
+        400,
+        {"error": "body is not an MLflow webhook payload {entity, action, data}"},
+    )
 
 
 # --------------------------------------------------------------------------- ASGI app

@@ -1,0 +1,50 @@
+"""The reconcile decision as a table: source slot state x twin slot state -> one action."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, decide
+
+PROMOTE, REMOVE, KEEP = Action.PROMOTE, Action.REMOVE, Action.KEEP
+SKIP, UP = Action.SKIP_FAILED, Action.UP_TO_DATE
+
+
+@pytest.mark.parametrize(
+    ("state", "remove_on_delete", "retry_failed", "expected"),
+    [
+        # the source slot points at a version
+        (SlotState("3"), True, False, PROMOTE),  # no twin yet
+        (SlotState("3", ("1",), "2"), True, False, PROMOTE),  # twin follows an older version
+        (SlotState("2", ("1",), "2"), True, False, UP),  # twin follows it
+        (SlotState("2", ("5", "4"), "2"), True, False, UP),  # stage: the newest one counts
+        (SlotState("2", ("5", "4"), "1"), True, False, PROMOTE),
+        # deployments: every one must serve the twin version
+        (SlotState("2", ("1",), "2", ("1", "1")), True, False, UP),
+        (SlotState("2", ("1",), "2", ("1", None)), True, False, PROMOTE),
+        (SlotState("2", ("2",), "2", ("1",)), True, False, PROMOTE),
+        # a version that failed before: only an explicit promotion retries it
+        (SlotState("3", ("1",), "2", source_failed=True), True, False, SKIP),
+        (SlotState("3", ("1",), "2", source_failed=True), True, True, PROMOTE),
+        (SlotState("2", ("1",), "2", source_failed=True), True, False, UP),  # in sync wins
+        # the source slot is gone
+        (SlotState(None), True, False, UP),
+        (SlotState(None, ("1",), "1"), True, False, REMOVE),
+        (SlotState(None, ("1",), "1"), False, False, KEEP),
+        (SlotState(None, ("4", "3")), True, True, REMOVE),
+    ],
+)
+def test_decision_table(state, remove_on_delete, retry_failed, expected):
+    action = decide(state, remove_on_delete=remove_on_delete, retry_failed=retry_failed)
+    assert action is expected
+    assert action.needs_work is (expected in (PROMOTE, REMOVE))
+
+
+def test_twin_version_is_the_newest_in_the_slot():
+    assert SlotState("1", ("7", "3")).twin_version == "7"
+    assert SlotState("1").twin_version is None
+
+
+def test_slots_print_as_alias_or_stage():
+    assert str(Slot("churn", "alias", "champion")) == "churn@champion"
+    assert str(Slot("churn", "stage", "Production")) == "churn[Production]"
