@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import NoReturn
 
 import click
 
 from mlflow_deploy_plugins import __version__
+from mlflow_deploy_plugins.console import fail, setup_logging
 
 _logger = logging.getLogger(__name__)
 
@@ -55,31 +55,6 @@ def _tolerance_options(func):
     for option in reversed(_TOLERANCE_OPTIONS):
         func = option(func)
     return func
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Timestamped logs on stderr (DEBUG with ``verbose``); the libraries' chatter stays quiet.
-
-    Args:
-        verbose: debug logging.
-    """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def fail(error: Exception) -> NoReturn:
-    """Print ``Error: <message>`` in red on stderr and exit 1 (every command's error path).
-
-    Args:
-        error: an MlflowException (its message) or any exception (its text).
-    """
-    message = getattr(error, "message", None) or str(error)
-    click.secho(f"Error: {message}", fg="red", err=True)
-    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,22 +15,40 @@ import pytest
 PACKAGE = "mlflow_deploy_plugins"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
-#: layer -> the layers it may import (itself always). A layer is a subpackage or a top module.
+#: layer -> the layers it may import (itself always). A layer is a subpackage or a top module,
+#: except the modules named in SPECIAL, which other layers reach on their own.
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "errors": set(),
     "serving": {"core"},
     "onnx": {"core", "errors"},
     "bundle": {"core", "errors", "onnx"},
-    "monitoring": {"core", "errors", "onnx"},
+    # registry access (reads that return None when absent, not-found handling, tags), below
+    # everything that reads the registry
+    "registry.gateway": {"core", "errors"},
+    "monitoring": {"core", "errors", "onnx", "registry.gateway"},
+    # deployments through MLflow's deployments API, never a target module
+    "targets.deploy": {"core", "errors", "registry.gateway"},
     # targets run the runtime (its settings name the container's environment) and build bundles
-    "targets": {"core", "errors", "bundle", "serving"},
-    # the webhook receiver runs on the runtime's HTTP layer and answers with its error body;
-    # deployments go through MLflow's deployments API (targets.deploy), never a target module
-    "registry": {"core", "errors", "onnx", "bundle", "serving", "targets.deploy"},
-    # the console script wires every layer's commands; the package root imports lazily
+    "targets": {"core", "errors", "bundle", "serving", "targets.deploy"},
+    # the webhook receiver runs on the runtime's HTTP layer and answers with its error body
+    "registry": {
+        "core",
+        "errors",
+        "onnx",
+        "bundle",
+        "serving",
+        "registry.gateway",
+        "targets.deploy",
+    },
+    # the console script: cli.py, console.py and every package's cli.py wire the layers
     "cli": {"*"},
     "__init__": {"*"},
+}
+SPECIAL = {
+    f"{PACKAGE}.registry.gateway": "registry.gateway",
+    f"{PACKAGE}.targets.deploy": "targets.deploy",
+    f"{PACKAGE}.console": "cli",
 }
 #: What the contract package may import from outside the standard library, at module level.
 CORE_THIRD_PARTY = {"numpy"}
@@ -46,28 +64,47 @@ def _modules() -> list[Path]:
 
 
 def _name(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
-    parts = list(rel.parts)
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
 def _layer(module: str) -> str:
+    for prefix, layer in SPECIAL.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return layer
     parts = module.split(".")
     if len(parts) == 1:
         return "__init__"
+    if parts[-1] == "cli":
+        return "cli"
     return parts[1]
 
 
+def _exists(module: str) -> bool:
+    rel = Path(*module.split(".")[1:])
+    return (ROOT / rel).with_suffix(".py").exists() or (ROOT / rel / "__init__.py").exists()
+
+
+def _target_layer(imported: str) -> str | None:
+    """The layer an imported name belongs to (None outside the package)."""
+    if not imported.startswith(PACKAGE + ".") or imported == f"{PACKAGE}.__version__":
+        return None  # the version is the one name of the package root anyone may import
+    # "from pkg.mod import name": the name may be an attribute; find the module it is in
+    parts = imported.split(".")
+    while len(parts) > 1 and not _exists(".".join(parts)):
+        parts.pop()
+    return _layer(".".join(parts))
+
+
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """``(absolute module, lazy)`` for every import in the file."""
+    """``(absolute module or module.name, lazy)`` for every import in the file."""
     tree = ast.parse(path.read_text(), str(path))
     module = _name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
-        lazy = False
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -77,22 +114,11 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
-            # "from pkg import sub" may name a submodule: count it as "pkg.sub"
             names = [f"{prefix}.{a.name}" for a in node.names]
         else:
             continue
-        lazy = node.col_offset > 0
-        found.extend((n, lazy) for n in names)
+        found.extend((n, node.col_offset > 0) for n in names)
     return found
-
-
-def _target_layer(imported: str) -> str | None:
-    if not imported.startswith(PACKAGE + "."):
-        return None
-    parts = imported.split(".")
-    if parts[1] == "targets" and len(parts) > 2 and parts[2] == "deploy":
-        return "targets.deploy"
-    return parts[1] if parts[1] in ALLOWED else None
 
 
 def _is_stdlib(name: str) -> bool:
@@ -108,12 +134,9 @@ def test_layers_import_only_what_the_rule_allows(path):
     bad = []
     for imported, _lazy in _imports(path):
         target = _target_layer(imported)
-        if target is None or target == layer:
+        if target is None or target == layer or target in allowed:
             continue
-        if target == "targets.deploy" and layer == "targets":
-            continue
-        if target not in allowed:
-            bad.append(imported)
+        bad.append(imported)
     assert not bad, f"{layer} may import {sorted(allowed) or 'nothing'} of the package, not {bad}"
 
 
@@ -140,16 +163,24 @@ def test_the_runtime_never_imports_the_heavy_stack(path):
 def test_only_mlflow_calls_the_target_modules():
     # Targets are plugins MLflow loads by entry point; our code reaches them through
     # mlflow.deployments (targets.deploy), so what users script against is what we use.
-    offenders = []
-    for path in _modules():
-        module = _name(path)
-        if _layer(module) == "targets":
-            continue
-        for imported, _ in _imports(path):
-            if imported.startswith(f"{PACKAGE}.targets.") and _target_layer(imported) != (
-                "targets.deploy"
-            ):
-                offenders.append((module, imported))
+    offenders = [
+        (_name(path), imported)
+        for path in _modules()
+        if _layer(_name(path)) != "targets"
+        for imported, _ in _imports(path)
+        if _target_layer(imported) == "targets"
+    ]
+    assert not offenders
+
+
+def test_nothing_below_the_console_script_imports_it():
+    offenders = [
+        (_name(path), imported)
+        for path in _modules()
+        if _layer(_name(path)) not in ("cli", "__init__")
+        for imported, _ in _imports(path)
+        if _target_layer(imported) == "cli"
+    ]
     assert not offenders
 
 
@@ -158,3 +189,8 @@ def test_the_rule_test_sees_imports():
     imports = dict(_imports(ROOT / "serving" / "model.py"))
     assert f"{PACKAGE}.core.session.make_session" in imports
     assert any(name.startswith("onnxruntime") for name, _ in _imports(ROOT / "core" / "session.py"))
+    assert _target_layer(f"{PACKAGE}.registry.gateway.is_not_found") == "registry.gateway"
+    assert _target_layer(f"{PACKAGE}.registry.promote.promote") == "registry"
+    assert _target_layer(f"{PACKAGE}.core.tags") == "core"
+    assert _target_layer(f"{PACKAGE}.console.fail") == "cli"
+    assert _layer(f"{PACKAGE}.monitoring.cli") == "cli"

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from mlflow_deploy_plugins.console import fail
 from mlflow_deploy_plugins.monitoring.defaults import (
     DEFAULT_CAT_METHOD,
     DEFAULT_DRIFT_SHARE,
@@ -146,7 +147,6 @@ def drift_command(
     from mlflow.exceptions import MlflowException
 
     # imported when run: the main CLI imports this module to build its help
-    from mlflow_deploy_plugins.cli import fail
     from mlflow_deploy_plugins.monitoring.drift import drift_report
 
     try:

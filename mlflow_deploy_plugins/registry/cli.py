@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import click
 
+from mlflow_deploy_plugins.console import fail, setup_logging
 from mlflow_deploy_plugins.registry.automation_config import (
     DEFAULT_EVENTS,
     DEFAULT_WEBHOOK_NAME,
@@ -78,14 +79,12 @@ def _load(config_path, models, aliases, stages):
 
 def _fail(error: Exception) -> NoReturn:
     # imported when needed: the main CLI imports this module to build its help
-    from mlflow_deploy_plugins.cli import fail
 
     fail(error)
 
 
 def _ensure_logging() -> None:
     """INFO logs when run outside ``mlflow-deploy`` (which configures logging itself)."""
-    from mlflow_deploy_plugins.cli import setup_logging
 
     setup_logging()  # a no-op for the handlers when ``mlflow-deploy`` configured them already
 
