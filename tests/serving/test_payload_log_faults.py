@@ -1,0 +1,136 @@
+"""The payload log under faults: a full disk (a real, small tmpfs), an unwritable directory, a size
+cap and oversized records. The invariant: every record counted written is on disk, whole, and
+every other submitted record is counted dropped with its reason."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlflow_deploy_plugins.core.payload_format import list_files, read_records
+from mlflow_deploy_plugins.serving.metrics import ServingMetrics
+from mlflow_deploy_plugins.serving.payload_files import PayloadLogDirectoryError
+from mlflow_deploy_plugins.serving.payload_log import RETRY_S, PayloadLogger
+
+
+def _columns(i: int) -> dict[str, np.ndarray]:
+    return {
+        "x": np.arange(20, dtype=np.float64) + i,
+        "city": np.array(["paris"] * 20, dtype=object),
+    }
+
+
+def _outputs() -> dict[str, np.ndarray]:
+    return {"label": np.zeros(20, dtype=np.int64)}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs: writes fail with ENOSPC once it is full, like a full production disk."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs (needs root): {done.stderr}")
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _on_disk(directory: Path) -> list[str]:
+    return [r["request_id"] for r in read_records(directory)]
+
+
+def test_full_disk_counts_only_records_that_reached_the_file(small_disk, caplog):
+    logs = small_disk / "logs"
+    logger = PayloadLogger(logs, "m", "1", metrics=ServingMetrics(), queue_size=100_000)
+    n = 3000  # ~500 bytes each: far more than 64 KiB
+    with caplog.at_level(logging.ERROR, logger="mlflow_deploy_plugins.serving.payload_log"):
+        for i in range(n):
+            assert logger.submit(f"r{i}", _columns(i), _outputs())
+        assert logger.close()
+    on_disk = _on_disk(logs)
+    assert 0 < logger.written == len(on_disk) < n
+    assert logger.written + logger.dropped == n
+    assert logger.dropped_by_reason()["write_error"] == n - logger.written
+    # the records on disk are the first ones, in order, each whole
+    assert on_disk == [f"r{i}" for i in range(len(on_disk))]
+    # no litter: no empty files, whatever the number of failed attempts
+    assert all(f.path.stat().st_size > 0 for f in list_files(logs))
+    episodes = [r for r in caplog.records if "cannot write to" in r.getMessage()]
+    assert len(episodes) == 1, "a failure episode is logged once, not per record"
+    assert "No space left" in episodes[0].getMessage()
+
+
+def test_writing_resumes_when_space_comes_back(small_disk, caplog):
+    logs = small_disk / "logs"
+    logger = PayloadLogger(logs, "m", "1", metrics=ServingMetrics(), queue_size=100_000)
+    for i in range(1000):
+        logger.submit(f"a{i}", _columns(i), _outputs())
+    assert logger.flush(timeout=30)
+    first = logger.written
+    assert logger.dropped > 0
+    for f in list_files(logs):  # an operator frees the disk
+        if f.finished:
+            f.path.unlink()
+    time.sleep(RETRY_S + 0.2)
+    with caplog.at_level(logging.WARNING, logger="mlflow_deploy_plugins.serving.payload_log"):
+        for i in range(10):
+            assert logger.submit(f"b{i}", _columns(i), _outputs())
+        assert logger.close()
+    assert [r for r in _on_disk(logs) if r.startswith("b")] == [f"b{i}" for i in range(10)]
+    assert logger.written == first + 10
+    assert any("again after" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unwritable_directory_is_refused_at_start(tmp_path, small_disk):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(PayloadLogDirectoryError, match="is not writable"):
+        PayloadLogger(tmp_path / "file" / "logs", "m", "1")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(PayloadLogDirectoryError, match=r"disk.*is not writable: Read-only"):
+        PayloadLogger(small_disk, "m", "1")
+
+
+def test_the_size_cap_removes_the_oldest_finished_files(tmp_path):
+    metrics = ServingMetrics()
+    cap = 40_000
+    logger = PayloadLogger(
+        tmp_path / "logs", "m", "1", metrics=metrics, max_total_bytes=cap, max_file_bytes=8000
+    )
+    for i in range(600):
+        assert logger.submit(f"r{i}", _columns(i), _outputs())
+        if i % 50 == 0:
+            assert logger.flush()
+    assert logger.close()
+    files = list_files(tmp_path / "logs")
+    assert sum(f.path.stat().st_size for f in files) <= cap
+    kept = _on_disk(tmp_path / "logs")
+    assert kept == [f"r{i}" for i in range(600 - len(kept), 600)], "the newest records are kept"
+    removed = int(metrics.payload_log_files_removed_total.value)
+    assert removed > 0 and metrics.payload_log_bytes_removed_total.value > 0
+    assert logger.written == 600 and logger.dropped == 0
+
+
+def test_a_record_over_the_size_limit_is_dropped_and_counted(tmp_path):
+    logger = PayloadLogger(tmp_path / "logs", "m", "1", max_record_bytes=2000)
+    logger.submit("small", _columns(0), _outputs())
+    big = {"x": np.zeros(10_000), "city": np.array(["x"] * 10_000, dtype=object)}
+    logger.submit("big", big, {"label": np.zeros(10_000, dtype=np.int64)})
+    logger.submit("small2", _columns(1), _outputs())
+    assert logger.close()
+    assert _on_disk(tmp_path / "logs") == ["small", "small2"]
+    assert logger.dropped_by_reason()["too_large"] == 1 and logger.written == 2
