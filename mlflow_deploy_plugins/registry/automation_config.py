@@ -18,9 +18,6 @@ from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.errors import InvalidInputError
 
 #: What ``webhooks register`` subscribes to: the only registry events that are promotions.
-DEFAULT_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
-DEFAULT_WEBHOOK_NAME = "mlflow-deploy-automation"
-SECRET_ENV = "MLFLOW_DEPLOY_WEBHOOK_SECRET"
 
 DEFAULT_ALIASES = ("champion",)
 DEFAULT_ONNX_NAME = "{model}-onnx"

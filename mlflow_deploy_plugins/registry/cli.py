@@ -12,7 +12,7 @@ from typing import NoReturn
 import click
 
 from mlflow_deploy_plugins.console import fail, setup_logging
-from mlflow_deploy_plugins.registry.automation_config import (
+from mlflow_deploy_plugins.registry.defaults import (
     DEFAULT_EVENTS,
     DEFAULT_WEBHOOK_NAME,
     SECRET_ENV,

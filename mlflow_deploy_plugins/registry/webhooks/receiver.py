@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from mlflow.protos.databricks_pb2 import UNAUTHENTICATED
 
 from mlflow_deploy_plugins.errors import DeployPluginError, InvalidInputError
-from mlflow_deploy_plugins.registry.automation_config import SECRET_ENV
 from mlflow_deploy_plugins.registry.decision import Slot
+from mlflow_deploy_plugins.registry.defaults import SECRET_ENV
 from mlflow_deploy_plugins.registry.triggers import Trigger
 from mlflow_deploy_plugins.serving.errors import (
     BadRequest,

@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.errors import InvalidInputError
-from mlflow_deploy_plugins.registry.automation_config import (
+from mlflow_deploy_plugins.registry.defaults import (
     DEFAULT_EVENTS,
     DEFAULT_WEBHOOK_NAME,
     SECRET_ENV,

@@ -14,11 +14,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_deploy_plugins.registry.automation_config import (
-    SECRET_ENV,
-    AutomationConfig,
-    load_config,
-)
+from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, load_config
+from mlflow_deploy_plugins.registry.defaults import SECRET_ENV
 from mlflow_deploy_plugins.registry.pipeline import Pipeline, preload_converters
 from mlflow_deploy_plugins.registry.watch import DEFAULT_INTERVAL_S, Reconciler
 from mlflow_deploy_plugins.registry.webhooks.receiver import Reply, WebhookReceiver
