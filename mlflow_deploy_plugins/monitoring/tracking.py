@@ -14,10 +14,9 @@ from collections.abc import Iterable, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from mlflow_deploy_plugins.core import tags as tag_keys
-from mlflow_deploy_plugins.registry.gateway import RegistryGateway
+from mlflow_deploy_plugins.registry.gateway import RegistryGateway, experiment_id
 
 _logger = logging.getLogger(__name__)
 
@@ -31,22 +30,6 @@ _MAX_KEY = 250
 def metric_key(*parts: str) -> str:
     """A valid metric/param key: characters MLflow refuses become ``_``."""
     return _UNSAFE.sub("_", ".".join(parts))[:_MAX_KEY]
-
-
-def experiment_id(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise MlflowException(
-                f"Experiment {name!r} is deleted: restore it or pass another experiment name"
-            )
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException as e:  # created meanwhile by a concurrent report
-        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-        return client.get_experiment_by_name(name).experiment_id
 
 
 def start_run(client, experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:

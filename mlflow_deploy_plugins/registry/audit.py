@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass, field
 
 from mlflow.entities import Metric, RunStatus
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
-from mlflow_deploy_plugins.registry.gateway import is_already_exists, paged
+from mlflow_deploy_plugins.registry.gateway import experiment_id, paged
 
 _logger = logging.getLogger(__name__)
 
@@ -118,20 +117,10 @@ class AuditLog:
     def _experiment(self) -> str:
         with self._lock:
             if self._experiment_id is None:
-                self._experiment_id = _get_or_create_experiment(self._client, self.experiment_name)
+                self._experiment_id = experiment_id(
+                    self._client, self.experiment_name, {tag_keys.KIND: "automation-audit"}
+                )
             return self._experiment_id
-
-
-def _get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, tags={tag_keys.KIND: "automation-audit"})
-    except MlflowException as e:  # another receiver/watcher created it meanwhile
-        if not is_already_exists(e):
-            raise
-        return client.get_experiment_by_name(name).experiment_id
 
 
 def promotion_history(

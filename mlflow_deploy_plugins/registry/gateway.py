@@ -87,6 +87,29 @@ def alias_version(model: RegisteredModel | None, alias: str) -> str | None:
     return None if version is None else str(version)
 
 
+def experiment_id(client: MlflowClient, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """The id of experiment ``name``, created (with ``tags``) if missing.
+
+    Safe against a concurrent creator (a second receiver, watcher or report).
+
+    Raises:
+        MlflowException: the experiment exists but is deleted (its runs would be invisible).
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags=dict(tags or {}))
+        except MlflowException as e:
+            if not is_already_exists(e):
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise MlflowException(
+            f"Experiment {name!r} is deleted: restore it or pass another experiment name"
+        )
+    return experiment.experiment_id
+
+
 class RegistryGateway:
     """Registry reads that answer None for "absent" and tag writes that clip their values.
 
