@@ -138,36 +138,25 @@ def encode_response(
         ValueError: an invalid status, or CR/LF in a header or the content type.
     """
     status = response.status
-    body = response.body
-    extra = _header_lines(response.headers) if response.headers else b""
-    if status in _NO_BODY_STATUS:
-        return b"".join(
-            (
-                _status_line(status),
-                date,
-                extra,
-                b"X-Request-Id: ",
-                request_id.encode("latin-1"),
-                b"\r\n",
-                conn,
-                b"\r\n",
-            )
-        )
+    if status in _NO_BODY_STATUS:  # neither a body nor the headers describing one
+        content_type = content_length = body = b""
+    else:
+        content_type = _content_type_line(response.content_type)
+        content_length = b"Content-Length: %d\r\n" % len(response.body)
+        body = b"" if head else response.body
     return b"".join(
         (
             _status_line(status),
             date,
-            _content_type_line(response.content_type),
-            b"Content-Length: ",
-            str(len(body)).encode("latin-1"),
-            b"\r\n",
-            extra,
+            content_type,
+            content_length,
+            _header_lines(response.headers) if response.headers else b"",
             b"X-Request-Id: ",
             request_id.encode("latin-1"),
             b"\r\n",
             conn,
             b"\r\n",
-            b"" if head else body,
+            body,
         )
     )
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.serving.codecs.mlflow_tables import column_positions
-from mlflow_deploy_plugins.serving.codecs.values import clip
+from mlflow_deploy_plugins.serving.codecs.values import clip, string_array
 from mlflow_deploy_plugins.serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 _logger = logging.getLogger(__name__)
@@ -63,9 +63,7 @@ def csv_columns(body: bytes, io: IOSpec, max_elements: int) -> tuple[dict, int]:
 def _csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
     """CSV text -> 1-D array of ``dtype``, read as pandas.read_csv(dtype=...) would."""
     if dtype == "string":
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        return arr
+        return string_array(values)
     text = np.array(values)
     target = np.dtype(dtype)
     if target.kind == "b":

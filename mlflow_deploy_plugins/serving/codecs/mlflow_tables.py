@@ -18,6 +18,7 @@ from mlflow_deploy_plugins.serving.codecs.values import (
     json_strings,
     kind_of,
     show,
+    string_array,
 )
 from mlflow_deploy_plugins.serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
@@ -196,9 +197,7 @@ def _json_column(values: Sequence, column: str, dtype: str) -> np.ndarray:
                     f"got {show(v)} (row {i})",
                     field=column,
                 )
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        return arr
+        return string_array(values)
     arr = _json_column_array(values, column, dtype, f"column '{column}'")
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr.reshape(-1)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlflow_deploy_plugins.serving.codecs.base import V2_DTYPES
-from mlflow_deploy_plugins.serving.codecs.values import as_text, clip, show
+from mlflow_deploy_plugins.serving.codecs.values import as_text, clip, show, string_array
 from mlflow_deploy_plugins.serving.errors import BadRequest, Unprocessable
 
 if TYPE_CHECKING:
@@ -150,9 +150,7 @@ def _unpack_strings(raw: memoryview, count: int, name: str) -> np.ndarray:
             f"{len(values)}{' or more' if offset != end else ''}",
             field=name,
         )
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
+    return string_array(values)
 
 
 # ---------------------------------------------------------------------------------- responses

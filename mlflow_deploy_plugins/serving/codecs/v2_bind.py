@@ -27,6 +27,7 @@ from mlflow_deploy_plugins.serving.codecs.values import (
     fit_shape,
     json_strings,
     show,
+    string_array,
 )
 from mlflow_deploy_plugins.serving.errors import BadRequest, Unprocessable
 
@@ -138,8 +139,7 @@ def v2_columns_fast(items: list, plan: Plan, max_elements: int) -> tuple | None:
     feed = {}
     for name, index, target, flat in plan.column_blocks:
         if target is None:  # one string column
-            block = np.empty(n_rows, dtype=object)
-            block[:] = slots[index[0]]
+            block = string_array(slots[index[0]])
         else:
             many = len(index) > 1
             try:

@@ -4,6 +4,7 @@ shape checks, and quoting client values in error messages (clipped)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,14 @@ def _json_error(data: bytes | memoryview, e: orjson.JSONDecodeError) -> str:
     if "end of data" in e.msg or "EOF" in e.msg:
         return f"Invalid JSON: the body ends too early ({where}); is it truncated?"
     return f"Invalid JSON at {where}: {e.msg}"
+
+
+def string_array(values: Sequence) -> np.ndarray:
+    """A 1-D object array of ``values`` (filled, not ``np.array``: that would make a str dtype, or
+    a 2-D array from sequences)."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
 
 
 def json_strings(data: Any, name: str, label: str | None = None) -> np.ndarray:
