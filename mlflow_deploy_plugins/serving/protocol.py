@@ -30,13 +30,13 @@ from mlflow_deploy_plugins.serving.wire import (
     CONTINUE,
     INTERNAL_ERROR_MESSAGE,
     METHODS,
+    Exchange,
     Request,
     Response,
-    encode_response,
     error_response,
     format_peer,
-    internal_error,
     remember_header_name,
+    render,
     resolve,
     split_url,
     valid_request_id,
@@ -57,43 +57,6 @@ _PAUSE_WRITE = 2
 
 class _Abort(Exception):
     """Raised from a parser callback to stop parsing once an error response is queued."""
-
-
-class Exchange:
-    """One request on a connection: what the parser has read of it so far, then, while it waits
-    in the connection's queue, the Request, its result (a Response or a Future) and the
-    Connection header line its response gets."""
-
-    __slots__ = (
-        "url",
-        "headers",
-        "body",
-        "body_parts",
-        "body_len",
-        "header_bytes",
-        "header_stream",
-        "in_headers",
-        "t0",
-        "request",
-        "result",
-        "conn",
-    )
-
-    def __init__(self, t0: float = 0.0):
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.body = b""
-        #: Only when the body comes in several chunks; joined once at the end.
-        self.body_parts: list[bytes] | None = None
-        self.body_len = 0
-        #: Request line + headers as parsed, and as streamed into a header line not yet ended.
-        self.header_bytes = 0
-        self.header_stream = 0
-        self.in_headers = True
-        self.t0 = t0
-        self.request: Request
-        self.result: Response | asyncio.Future[Response]
-        self.conn: bytes
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -353,15 +316,7 @@ class HttpProtocol(asyncio.Protocol):
     # writing responses, in order
 
     def _render(self, request: Request, response: Response, conn: bytes) -> bytes:
-        date = self._server.date_line
-        try:
-            return encode_response(
-                response, request.request_id, request.method == "HEAD", conn, date
-            )
-        except Exception:
-            _logger.exception("invalid response (request_id=%s)", request.request_id)
-            fallback = internal_error(request.request_id)
-            return encode_response(fallback, request.request_id, False, conn, date)
+        return render(response, request, conn, self._server.date_line)
 
     def _log_response(self, request: Request, response: Response, t0: float) -> None:
         try:

@@ -1,5 +1,6 @@
-"""What the serving HTTP layer puts on and reads off the wire: requests and responses as data, the
-connection limits, and pure functions that encode a response or read a request's target."""
+"""What the serving HTTP layer puts on and reads off the wire: requests and responses as data
+(and one request as it is read), the connection limits, and pure functions that encode a response
+or read a request's target."""
 
 from __future__ import annotations
 
@@ -44,6 +45,43 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Exchange:
+    """One request on a connection: what the parser has read of it so far, then, while it waits
+    in the connection's queue, the Request, its result (a Response or a Future) and the
+    Connection header line its response gets."""
+
+    __slots__ = (
+        "url",
+        "headers",
+        "body",
+        "body_parts",
+        "body_len",
+        "header_bytes",
+        "header_stream",
+        "in_headers",
+        "t0",
+        "request",
+        "result",
+        "conn",
+    )
+
+    def __init__(self, t0: float = 0.0):
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        #: Only when the body comes in several chunks; joined once at the end.
+        self.body_parts: list[bytes] | None = None
+        self.body_len = 0
+        #: Request line + headers as parsed, and as streamed into a header line not yet ended.
+        self.header_bytes = 0
+        self.header_stream = 0
+        self.in_headers = True
+        self.t0 = t0
+        self.request: Request
+        self.result: Response | asyncio.Future[Response]
+        self.conn: bytes
 
 
 Handler = Callable[[Request], "Response | asyncio.Future[Response]"]
@@ -159,6 +197,17 @@ def encode_response(
             body,
         )
     )
+
+
+def render(response: Response, request: Request, conn: bytes, date: bytes) -> bytes:
+    """:func:`encode_response` for ``request``; a response that cannot be encoded (bad status,
+    CR/LF in a header) is logged and replaced by a generic 500."""
+    try:
+        return encode_response(response, request.request_id, request.method == "HEAD", conn, date)
+    except Exception:
+        _logger.exception("invalid response (request_id=%s)", request.request_id)
+        fallback = internal_error(request.request_id)
+        return encode_response(fallback, request.request_id, False, conn, date)
 
 
 # --- error responses ---------------------------------------------------------------------------
