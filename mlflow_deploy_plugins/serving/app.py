@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -77,6 +78,9 @@ class ServingApp:
         #: Shutting down: readiness answers 503 so no new traffic comes, but requests already
         #: on their way (e.g. a body still arriving at SIGTERM) are answered, not refused.
         self.draining = False
+        #: Requests the HTTP server holds unanswered (the in-flight gauge); server.py points it
+        #: at its HttpServer once listening.
+        self.in_flight: Callable[[], int] = lambda: 0
         self._token = settings.auth_token.encode() if settings.auth_token else None
         self._max_elements = max(1, settings.max_body_bytes // 2)
         self._output_names = model.output_names
@@ -137,7 +141,7 @@ class ServingApp:
             return Response(200, self._version_body, JSON)
         if path == "/metrics":
             _allow(method, "GET", "HEAD")
-            self.metrics.inflight_requests.set(_inflight())
+            self.metrics.inflight_requests.set(self.in_flight())
             return Response(200, self.metrics.render(), METRICS_CONTENT_TYPE)
         if path.startswith("/v2/models/"):
             raise NotFound(
@@ -341,12 +345,6 @@ def _model_error(error: BaseException) -> ServingError:
 def _error_response(error: ServingError, path: str) -> Response:
     body = error.to_mlflow_body() if path == "/invocations" else error.to_body()
     return Response(error.status, body, JSON, list(error.headers))
-
-
-def _inflight() -> int:
-    from mlflow_deploy_plugins.serving.http import in_flight
-
-    return in_flight()
 
 
 def warm_up(app: ServingApp, rounds: int = 2) -> None:

@@ -1,16 +1,19 @@
 """The serving runtime's one error map: each client mistake is a ``ServingError`` with its status.
 
 Handlers raise these; the app turns them into responses in one place (``status``, ``to_body()``,
-``headers``). Bodies carry a message and the field at fault, never a stack trace.
+``headers``), and the HTTP layer answers its own protocol errors (malformed request, too large,
+timeouts) with the same classes, so every error body has one shape. Bodies carry a message and
+the field at fault, never a stack trace.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import orjson
 
-from mlflow_deploy_plugins.core.iospec import SchemaError
+if TYPE_CHECKING:  # numpy comes with iospec: the HTTP layer imports this module without it
+    from mlflow_deploy_plugins.core.iospec import SchemaError
 
 #: Longest message put in a body: messages may quote client values, which may be huge.
 MAX_MESSAGE_CHARS = 1000
@@ -104,6 +107,13 @@ class MethodNotAllowed(ServingError):
         super().__init__(message, field, headers)
 
 
+class RequestTimeout(ServingError):
+    """The client stalled mid-request (HTTP layer)."""
+
+    status = 408
+    error_code = "BAD_REQUEST"
+
+
 class PayloadTooLarge(ServingError):
     status = 413
     error_code = "RESOURCE_LIMIT_EXCEEDED"
@@ -114,11 +124,25 @@ class UnsupportedMediaType(ServingError):
     error_code = "BAD_REQUEST"
 
 
+class ExpectationFailed(ServingError):
+    """An ``Expect`` header other than ``100-continue`` (HTTP layer)."""
+
+    status = 417
+    error_code = "BAD_REQUEST"
+
+
 class Unprocessable(ServingError):
     """Well-formed, but does not fit the model: unknown or missing input, dtype, shape, no rows."""
 
     status = 422
     error_code = "INVALID_PARAMETER_VALUE"
+
+
+class HeadersTooLarge(ServingError):
+    """Request line and headers over the limit (HTTP layer)."""
+
+    status = 431
+    error_code = "RESOURCE_LIMIT_EXCEEDED"
 
 
 class NotReady(ServingError):

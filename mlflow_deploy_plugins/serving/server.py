@@ -11,15 +11,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from mlflow_deploy_plugins.core.manifest import verify_bundle
 from mlflow_deploy_plugins.serving.app import ServingApp, warm_up
-from mlflow_deploy_plugins.serving.http import (
-    HttpLimits,
-    event_loop_factory,
-    shutdown,
-    start_server,
-)
+from mlflow_deploy_plugins.serving.http import HttpLimits, shutdown, start_server
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
 from mlflow_deploy_plugins.serving.model import ServedModel
 from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
@@ -58,6 +54,18 @@ def serve_worker(
     return 0
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """``uvloop.new_event_loop`` when installed, else ``asyncio.new_event_loop``.
+
+    For ``asyncio.Runner(loop_factory=...)``, which avoids the (deprecated) policy machinery.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
 def _run_loop(coro) -> None:
     """``asyncio.Runner(loop_factory=...).run(coro)``; by hand on Python 3.10 (no Runner)."""
     if hasattr(asyncio, "Runner"):
@@ -90,6 +98,7 @@ async def _serve(
         limits=limits,
         on_response=app.on_response,
     )
+    app.in_flight = lambda: server.in_flight
     if reuse_port and settings.reuse_port_takeover:
         steer_new_connections(server, settings.reuse_port_takeover, settings.workers)
     stop = asyncio.Event()

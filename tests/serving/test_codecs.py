@@ -29,6 +29,9 @@ from mlflow_deploy_plugins.core.iospec import (
     SchemaError,
 )
 from mlflow_deploy_plugins.serving import codecs
+from mlflow_deploy_plugins.serving.codecs.base import plan_for
+from mlflow_deploy_plugins.serving.codecs.v2_bind import bind_v2, v2_columns_fast
+from mlflow_deploy_plugins.serving.codecs.v2_decode import v2_inputs
 from mlflow_deploy_plugins.serving.errors import (
     BadRequest,
     InternalError,
@@ -819,9 +822,9 @@ MATRIX64 = IOSpec(
 
 
 def _v2_general(doc: dict, io: IOSpec):
-    """The general path alone: ``_v2_inputs`` + ``_bind_v2`` (what the fast path must equal)."""
-    plan = codecs._plan(io)
-    return codecs._bind_v2(codecs._v2_inputs(doc["inputs"], None, 1 << 24), plan)
+    """The general path alone: ``v2_inputs`` + ``bind_v2`` (what the fast path must equal)."""
+    plan = plan_for(io)
+    return bind_v2(v2_inputs(doc["inputs"], None, 1 << 24), plan)
 
 
 def _outcome(call):
@@ -910,13 +913,13 @@ def test_v2_per_column_plain_bodies_take_the_fast_path():
             for i, c in enumerate(FEATURES)
         ]
     }
-    fast = codecs._v2_columns_fast(doc["inputs"], codecs._plan(MATRIX), 1 << 24)
+    fast = v2_columns_fast(doc["inputs"], plan_for(MATRIX), 1 << 24)
     assert fast is not None
     np.testing.assert_array_equal(fast[0]["X"], np.array(rows, dtype=np.float32))
     mixed = orjson.loads(body_of("v2/mixed_columns.json"))["inputs"]
     plain = [{k: i[k] for k in ("name", "shape", "datatype", "data")} for i in mixed]
     plain[2]["datatype"] = "FP64"  # INT64 data for a float column takes the general path
-    assert codecs._v2_columns_fast(plain, codecs._plan(MIXED), 1 << 24) is not None
+    assert v2_columns_fast(plain, plan_for(MIXED), 1 << 24) is not None
 
 
 def test_encode_columns_single_columns_and_strings_match_the_general_rules():

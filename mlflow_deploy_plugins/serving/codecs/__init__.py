@@ -5,39 +5,36 @@ Every client mistake raises a ``ServingError`` subclass (``errors.py``) naming t
 Numeric data never goes through a per-element Python loop: ``np.asarray`` on the parsed list, or
 ``np.frombuffer`` on binary tensor data.
 
-Modules: ``_common`` (limits, dtype tables, decoded requests, decode plans, shared helpers), ``v2``
-(Open Inference Protocol V2) and ``mlflow`` (MLflow scoring). This package re-exports their API.
+Modules: ``base`` (element limit, dtype tables, decoded requests, decode plans) and ``values``
+(conversions, JSON loading, message helpers) are shared; ``v2_decode``, ``v2_bind``, ``v2_binary``
+(the binary tensor extension, both ways) and ``v2_encode`` are Open Inference Protocol V2;
+``mlflow_decode``, ``mlflow_tables``, ``mlflow_csv`` and ``mlflow_encode`` are MLflow scoring. This
+package re-exports their public API; the other names are shared inside the package only (tests
+import them from their modules).
 """
 
 from __future__ import annotations
 
-from mlflow_deploy_plugins.serving.codecs._common import (
+from mlflow_deploy_plugins.serving.codecs.base import (
     DEFAULT_MAX_ELEMENTS,
     V2_DTYPES,
     DecodedRequest,
     columns_from_feed,
 )
-from mlflow_deploy_plugins.serving.codecs._common import _plan as _plan
-from mlflow_deploy_plugins.serving.codecs.mlflow import (
+from mlflow_deploy_plugins.serving.codecs.mlflow_decode import (
     MLFLOW_FORMATS,
-    PREDICT_METHODS,
     MlflowRequest,
     decode_mlflow,
+)
+from mlflow_deploy_plugins.serving.codecs.mlflow_encode import (
+    PREDICT_METHODS,
     encode_mlflow,
     mlflow_prediction,
     role_for,
 )
-from mlflow_deploy_plugins.serving.codecs.v2 import (
-    HEADER_LENGTH,
-    MAX_RANK,
-    V2_BINARY_CONTENT_TYPE,
-    V2Request,
-    decode_v2,
-    encode_v2,
-)
-from mlflow_deploy_plugins.serving.codecs.v2 import _bind_v2 as _bind_v2
-from mlflow_deploy_plugins.serving.codecs.v2 import _v2_columns_fast as _v2_columns_fast
-from mlflow_deploy_plugins.serving.codecs.v2 import _v2_inputs as _v2_inputs
+from mlflow_deploy_plugins.serving.codecs.v2_binary import HEADER_LENGTH, V2_BINARY_CONTENT_TYPE
+from mlflow_deploy_plugins.serving.codecs.v2_decode import MAX_RANK, V2Request, decode_v2
+from mlflow_deploy_plugins.serving.codecs.v2_encode import encode_v2
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",

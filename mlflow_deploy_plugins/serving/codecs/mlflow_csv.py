@@ -1,0 +1,96 @@
+"""MLflow scoring CSV bodies (``text/csv``, header row) -> columns, read as ``pandas.read_csv``
+would read them."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from io import StringIO
+
+import numpy as np
+
+from mlflow_deploy_plugins.core.iospec import IOSpec
+from mlflow_deploy_plugins.serving.codecs.mlflow_tables import column_positions
+from mlflow_deploy_plugins.serving.codecs.values import clip, string_array
+from mlflow_deploy_plugins.serving.errors import BadRequest, PayloadTooLarge, Unprocessable
+
+_logger = logging.getLogger(__name__)
+
+#: What pandas.read_csv reads as a missing value (NaN) in a float column.
+_CSV_NA = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
+    | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+
+
+def csv_columns(body: bytes, io: IOSpec, max_elements: int) -> tuple[dict, int]:
+    """A CSV body (header row, then rows) -> ``(column -> 1-D array, n_rows)``.
+
+    Raises:
+        BadRequest: not UTF-8, malformed CSV, rows of another width than the header.
+        Unprocessable: empty, no rows, a missing column or a value of the wrong type.
+        PayloadTooLarge: more than ``max_elements`` values.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"The CSV body is not valid UTF-8 (byte {e.start})") from e
+    if not text.strip():
+        raise Unprocessable(
+            f"The CSV body is empty: expected a header row with the columns {io.columns} and "
+            "at least one row"
+        )
+    try:
+        records = [row for row in csv.reader(StringIO(text)) if row]
+    except csv.Error as e:
+        raise BadRequest(f"Malformed CSV: {e}") from e
+    header, rows = records[0], records[1:]
+    if not rows:
+        raise Unprocessable("The CSV has a header but no rows")
+    width = len(header)
+    if len(rows) * width > max_elements:
+        raise PayloadTooLarge(f"The CSV holds more than {max_elements} values")
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise BadRequest(f"CSV row {i} has {len(row)} fields, the header has {width}")
+    position = column_positions(header, io)
+    by_column = list(zip(*rows, strict=True))
+    dtypes = io.column_dtypes()
+    columns = {c: _csv_column(by_column[position[c]], c, dtypes[c]) for c in io.columns}
+    return columns, len(rows)
+
+
+def _csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
+    """CSV text -> 1-D array of ``dtype``, read as pandas.read_csv(dtype=...) would."""
+    if dtype == "string":
+        return string_array(values)
+    text = np.array(values)
+    target = np.dtype(dtype)
+    if target.kind == "b":
+        lowered = np.char.lower(np.char.strip(text))
+        true, false = np.isin(lowered, ("true", "1")), np.isin(lowered, ("false", "0"))
+        if not (true | false).all():
+            i = int(np.argmin(true | false))
+            raise Unprocessable(
+                f"Incompatible input types for column '{column}': expected bool (true/false), "
+                f"got {values[i]!r} (row {i})",
+                field=column,
+            )
+        return true
+    try:
+        return text.astype(target)
+    except (ValueError, OverflowError):
+        pass
+    if target.kind == "f":
+        text = np.array(["nan" if v.strip() in _CSV_NA else v for v in values])
+    for i, v in enumerate(text.tolist()):
+        try:
+            np.array([v]).astype(target)
+        except (ValueError, OverflowError):
+            missing = v.strip() in _CSV_NA
+            raise Unprocessable(
+                f"Incompatible input types for column '{column}': expected {dtype}, got "
+                f"{'a missing value' if missing else repr(clip(v, 40))} (row {i})",
+                field=column,
+            ) from None
+    return text.astype(target)

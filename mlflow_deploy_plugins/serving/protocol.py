@@ -1,0 +1,483 @@
+"""One HTTP/1.1 connection of the serving server: httptools parser callbacks build each request,
+the handler is called on the event loop (no task per request) and responses are written strictly
+in request order (pipelining), with 100-continue, timeouts and flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import httptools
+
+from mlflow_deploy_plugins.serving.errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadersTooLarge,
+    InternalError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServingError,
+)
+from mlflow_deploy_plugins.serving.wire import (
+    CONN_CLOSE,
+    CONN_KEEP_ALIVE,
+    CONN_NONE,
+    CONTINUE,
+    INTERNAL_ERROR_MESSAGE,
+    METHODS,
+    Exchange,
+    Request,
+    Response,
+    error_response,
+    format_peer,
+    remember_header_name,
+    render,
+    resolve,
+    split_url,
+    valid_request_id,
+)
+
+if TYPE_CHECKING:
+    from mlflow_deploy_plugins.serving.http import HttpServer
+
+_logger = logging.getLogger(__name__)
+
+#: Half-closed connections wait this long for the client's FIN before being aborted.
+LINGER_S = 2.0
+
+# Why reading is paused (bits): too many pipelined requests queued, or the client not reading.
+_PAUSE_PIPELINE = 1
+_PAUSE_WRITE = 2
+
+
+class _Abort(Exception):
+    """Raised from a parser callback to stop parsing once an error response is queued."""
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One connection; ``server`` (an ``HttpServer``) holds what all connections share."""
+
+    __slots__ = (
+        "_server",
+        "_limits",
+        "_handler",
+        "_on_response",
+        "_header_names",
+        "_transport",
+        "_parser",
+        "_remote",
+        "_exchange",
+        "_queue",
+        "_closed",
+        "_no_more",
+        "_peer_eof",
+        "_lingering",
+        "_in_request",
+        "_fresh",
+        "_continue",
+        "_paused",
+        "_deadline",
+        "_write_deadline",
+    )
+
+    def __init__(self, server: HttpServer):
+        self._server = server
+        # Copied: read per request, one attribute lookup instead of two.
+        self._limits = server.limits
+        self._handler = server.handler
+        self._on_response = server.on_response
+        self._header_names = server.header_names
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._remote = ""
+        #: The request being parsed (or the last one parsed).
+        self._exchange = Exchange()
+        #: Requests whose responses are not written yet, oldest first.
+        self._queue: deque[Exchange] = deque()
+        self._closed = False  # transport closing or closed: write nothing more
+        self._no_more = False  # a final response is decided: ignore further input
+        self._peer_eof = False
+        self._lingering = False
+        self._in_request = False
+        self._fresh = False  # the current request began in the data being parsed
+        self._continue = False  # a 100 Continue waits for earlier responses
+        self._paused = 0
+        self._deadline = 0.0
+        self._write_deadline = 0.0
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):  # not a TCP socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._remote = format_peer(transport.get_extra_info("peername"))
+        server = self._server
+        server.connections.add(self)
+        self._deadline = server.now + self._limits.keepalive_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = self._no_more = True
+        server = self._server
+        server.in_flight -= len(self._queue)
+        self._queue.clear()
+        server.connection_closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._no_more:
+            return  # draining a connection we are closing
+        self._fresh = False
+        parser = self._parser
+        while True:
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                # Upgrade is ignored (served as plain HTTP/1.1): parse what follows the request.
+                if self._no_more:
+                    return
+                data = data[exc.args[0] :]
+                if data:
+                    continue
+            except httptools.HttpParserCallbackError as exc:
+                if not self._no_more:  # not one of our own aborts: a bug, not the client's fault
+                    _logger.error("HTTP callback failed", exc_info=exc.__context__ or exc)
+                    self._fail(InternalError(INTERNAL_ERROR_MESSAGE))
+                return
+            except httptools.HttpParserError:
+                if not self._no_more:
+                    self._fail(BadRequest("malformed HTTP request"))
+                return
+            break
+        exchange = self._exchange
+        if exchange.in_headers and not self._fresh:
+            # httptools buffers a header line until it ends: bound what a client streams into it.
+            exchange.header_stream += len(data)
+            if exchange.header_stream > self._limits.max_header_bytes:
+                self._fail(HeadersTooLarge("request headers too large"))
+
+    def eof_received(self) -> bool:
+        self._no_more = True
+        if self._queue and not self._closed:
+            self._peer_eof = True  # half-closed client: answer what it sent, then close
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        # The client is not reading its responses: stop reading its requests, bound the wait.
+        self._write_deadline = self._server.now + self._limits.write_timeout_s
+        self._pause(_PAUSE_WRITE)
+
+    def resume_writing(self) -> None:
+        self._write_deadline = 0.0
+        self._resume(_PAUSE_WRITE)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_request = self._fresh = True
+        self._exchange = Exchange(perf_counter() if self._on_response is not None else 0.0)
+        self._deadline = self._server.now + self._limits.request_timeout_s
+
+    def on_url(self, url: bytes) -> None:
+        exchange = self._exchange
+        exchange.url += url
+        exchange.header_bytes += len(url)
+        if exchange.header_bytes > self._limits.max_header_bytes:
+            self._fail(HeadersTooLarge("request headers too large"))
+            raise _Abort
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self._exchange
+        exchange.header_bytes += len(name) + len(value)
+        if exchange.header_bytes > self._limits.max_header_bytes:
+            self._fail(HeadersTooLarge("request headers too large"))
+            raise _Abort
+        key = self._header_names.get(name)
+        if key is None:
+            key = remember_header_name(self._header_names, name)
+        text = value.decode("latin-1")
+        headers = exchange.headers
+        old = headers.setdefault(key, text)
+        if old is not text:
+            headers[key] = f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        exchange = self._exchange
+        exchange.in_headers = False
+        headers = exchange.headers
+        parser = self._parser
+        if parser.should_upgrade() and (
+            parser.get_method() == b"CONNECT"
+            or "content-length" in headers
+            or "transfer-encoding" in headers
+        ):
+            # llhttp would skip such a body and parse it as the next request: refuse.
+            self._fail(BadRequest("protocol upgrade not supported"))
+            raise _Abort
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self._limits.max_body_bytes
+            except ValueError:
+                self._fail(BadRequest("invalid Content-Length"))
+                raise _Abort from None
+            if too_large:
+                self._fail(PayloadTooLarge("request body too large"))
+                raise _Abort
+        expect = headers.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                self._fail(ExpectationFailed("unsupported Expect"))
+                raise _Abort
+            if parser.get_http_version() != "1.0":
+                if self._queue:
+                    self._continue = True  # after the responses the client is owed first
+                else:
+                    self._transport.write(CONTINUE)
+
+    def on_body(self, chunk: bytes) -> None:
+        exchange = self._exchange
+        size = exchange.body_len + len(chunk)
+        if size > self._limits.max_body_bytes:
+            self._fail(PayloadTooLarge("request body too large"))
+            raise _Abort
+        if exchange.body_len:
+            if exchange.body_parts is None:
+                exchange.body_parts = [exchange.body]
+            exchange.body_parts.append(chunk)
+        else:
+            exchange.body = chunk
+        exchange.body_len = size
+
+    def on_message_complete(self) -> None:
+        self._in_request = False
+        self._continue = False
+        exchange = self._exchange
+        parser = self._parser
+        server = self._server
+        headers = exchange.headers
+        try:
+            path, query = split_url(exchange.url)
+        except httptools.HttpParserInvalidURLError:
+            self._fail(BadRequest("malformed request target"))
+            raise _Abort from None
+        if not parser.should_keep_alive() or server.shutting_down:
+            self._no_more = True  # anything pipelined after a closing request is ignored
+            conn = CONN_CLOSE
+        elif "connection" in headers and parser.get_http_version() == "1.0":
+            conn = CONN_KEEP_ALIVE
+        else:
+            conn = CONN_NONE
+        raw_method = parser.get_method()
+        method = METHODS.get(raw_method) or raw_method.decode("latin-1")
+        rid = headers.get("x-request-id")
+        if rid is None or not valid_request_id(rid):
+            rid = server.next_request_id()
+        parts = exchange.body_parts
+        request = Request(
+            method,
+            path,
+            query,
+            headers,
+            b"".join(parts) if parts else exchange.body,
+            self._remote,
+            rid,
+        )
+        try:
+            result = self._handler(request)
+        except Exception as exc:
+            result = error_response(exc, rid)
+        if type(result) is not Response and (
+            not isinstance(result, asyncio.Future) or result.done()
+        ):
+            result = resolve(result, rid)
+        queue = self._queue
+        if not queue and type(result) is Response:
+            self._write(request, result, conn, exchange.t0)
+            if not self._lingering:
+                self._deadline = server.now + self._limits.keepalive_timeout_s
+            return
+        exchange.request, exchange.result, exchange.conn = request, result, conn
+        queue.append(exchange)
+        server.in_flight += 1
+        if type(result) is not Response:
+            result.add_done_callback(self._on_future_done)
+        if len(queue) >= self._limits.max_pipelined:
+            self._pause(_PAUSE_PIPELINE)
+        self._deadline = 0.0  # waiting on the app, not on the client
+
+    # writing responses, in order
+
+    def _render(self, request: Request, response: Response, conn: bytes) -> bytes:
+        return render(response, request, conn, self._server.date_line)
+
+    def _log_response(self, request: Request, response: Response, t0: float) -> None:
+        try:
+            self._on_response(request, response, perf_counter() - t0)
+        except Exception:
+            _logger.exception("on_response failed (request_id=%s)", request.request_id)
+
+    def _write(self, request: Request, response: Response, conn: bytes, t0: float) -> None:
+        """Fast path: nothing queued ahead of this response."""
+        if self._closed:
+            return
+        self._transport.write(self._render(request, response, conn))
+        if self._on_response is not None:
+            self._log_response(request, response, t0)
+        if conn is CONN_CLOSE:
+            self._close_gracefully()
+
+    def _on_future_done(self, future: asyncio.Future[Response]) -> None:
+        if self._closed:
+            if not future.cancelled():
+                future.exception()  # retrieved: no "exception was never retrieved" noise
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write every response at the head of the queue that is ready, in order."""
+        queue = self._queue
+        server = self._server
+        out = []
+        close = False
+        while queue:
+            exchange = queue[0]
+            request, result = exchange.request, exchange.result
+            if type(result) is not Response:
+                if not result.done():
+                    break
+                result = resolve(result, request.request_id)
+            queue.popleft()
+            server.in_flight -= 1
+            conn = exchange.conn
+            if server.shutting_down and not queue and not self._in_request:
+                conn = CONN_CLOSE
+                self._no_more = True
+            out.append(self._render(request, result, conn))
+            if self._on_response is not None:
+                self._log_response(request, result, exchange.t0)
+            if conn is CONN_CLOSE:
+                close = True
+                break
+        if out:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if close:
+            server.in_flight -= len(queue)
+            queue.clear()
+            self._close_gracefully()
+            return
+        if queue:
+            if self._paused & _PAUSE_PIPELINE and len(queue) < self._limits.max_pipelined:
+                self._resume(_PAUSE_PIPELINE)
+            return
+        if self._peer_eof:
+            self._closed = True
+            self._transport.close()
+            return
+        self._resume(_PAUSE_PIPELINE)
+        if self._continue:
+            self._continue = False
+            self._transport.write(CONTINUE)
+        if not self._in_request:
+            self._deadline = server.now + self._limits.keepalive_timeout_s
+
+    # errors, timeouts, closing
+
+    def _fail(self, error: ServingError) -> None:
+        """Answer a protocol error after the responses owed before it, then close."""
+        if self._no_more:
+            return
+        self._no_more = True
+        self._in_request = self._continue = False
+        current = self._exchange
+        current.in_headers = False
+        rid = current.headers.get("x-request-id")
+        if rid is None or not valid_request_id(rid):
+            rid = self._server.next_request_id()
+        request = Request("", "", "", current.headers, b"", self._remote, rid)
+        response = error_response(error, rid)
+        if self._queue:
+            failed = Exchange(current.t0)
+            failed.request, failed.result, failed.conn = request, response, CONN_CLOSE
+            self._queue.append(failed)
+            self._server.in_flight += 1
+            self._lingering = True  # the backstop below aborts if the app never answers
+            self._deadline = self._server.now + self._limits.request_timeout_s
+        else:
+            self._write(request, response, CONN_CLOSE, current.t0)
+
+    def _close_gracefully(self) -> None:
+        # Half-close, then drain until the client closes: closing with unread input makes the
+        # kernel send RST, which can destroy the response before the client reads it.
+        self._no_more = self._lingering = True
+        transport = self._transport
+        if self._closed or transport.is_closing():
+            return
+        if self._peer_eof:  # the client already closed its side: nothing left to drain
+            self._closed = True
+            transport.close()
+            return
+        if self._paused:
+            self._paused = 0
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._deadline = self._server.now + LINGER_S
+        else:
+            self._closed = True
+            transport.close()
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the server every tick: time out a stalled request, an idle or lingering
+        connection, or a client that reads none of its responses."""
+        deadline = self._deadline
+        if deadline and deadline <= now:
+            self._deadline = 0.0
+            if self._closed:
+                return
+            if self._lingering:
+                self.abort()
+            elif self._in_request:
+                self._fail(RequestTimeout("request timeout"))
+            elif not self._queue:
+                self._no_more = self._closed = True  # idle keep-alive connection
+                self._transport.close()
+        elif self._write_deadline and self._write_deadline <= now:
+            self.abort()
+
+    def begin_shutdown(self, idle_grace_s: float = 0.0) -> None:
+        """The server stops: close now if idle (or after ``idle_grace_s``), else after the
+        responses owed (they go out with ``Connection: close``)."""
+        if self._closed or self._lingering:
+            return
+        if not self._in_request and not self._queue:
+            if idle_grace_s > 0:  # the sweeper closes it then, unless a request comes first
+                self._deadline = self._server.now + idle_grace_s
+                return
+            self._no_more = self._closed = True
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (RST), whatever is still owed."""
+        self._no_more = self._closed = True
+        self._transport.abort()
+
+    # flow control
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self._closed:
+            self._transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self._closed:
+                self._transport.resume_reading()

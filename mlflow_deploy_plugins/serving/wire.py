@@ -1,0 +1,310 @@
+"""What the serving HTTP layer puts on and reads off the wire: requests and responses as data
+(and one request as it is read), the connection limits, and pure functions that encode a response
+or read a request's target."""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from functools import lru_cache
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from mlflow_deploy_plugins.serving.errors import InternalError, NotReady
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed HTTP request, as handed to the handler."""
+
+    method: str  # "GET", "POST", ...
+    path: str  # without the query string, percent-decoded
+    query: str
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    body: bytes
+    remote: str  # "127.0.0.1:54321"
+    request_id: str  # X-Request-Id from the client, else generated
+
+
+@dataclass(slots=True)
+class Response:
+    """What a handler returns (status 200-599).
+
+    The server adds Date, Content-Type, Content-Length, X-Request-Id and Connection; ``headers``
+    holds any others (CR or LF in them is refused with a 500).
+    """
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Exchange:
+    """One request on a connection: what the parser has read of it so far, then, while it waits
+    in the connection's queue, the Request, its result (a Response or a Future) and the
+    Connection header line its response gets."""
+
+    __slots__ = (
+        "url",
+        "headers",
+        "body",
+        "body_parts",
+        "body_len",
+        "header_bytes",
+        "header_stream",
+        "in_headers",
+        "t0",
+        "request",
+        "result",
+        "conn",
+    )
+
+    def __init__(self, t0: float = 0.0):
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        #: Only when the body comes in several chunks; joined once at the end.
+        self.body_parts: list[bytes] | None = None
+        self.body_len = 0
+        #: Request line + headers as parsed, and as streamed into a header line not yet ended.
+        self.header_bytes = 0
+        self.header_stream = 0
+        self.in_headers = True
+        self.t0 = t0
+        self.request: Request
+        self.result: Response | asyncio.Future[Response]
+        self.conn: bytes
+
+
+Handler = Callable[[Request], "Response | asyncio.Future[Response]"]
+#: Access-log hook: ``(request, response, seconds from the request's first byte to its write)``.
+OnResponse = Callable[[Request, Response, float], None]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Per-connection limits and timeouts."""
+
+    #: Request bodies above this get 413 and the connection is closed.
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: Request line + headers above this get 431 and the connection is closed.
+    max_header_bytes: int = 64 * 1024
+    #: An idle keep-alive connection is closed after this. Longer than the 60 s idle timeout of
+    #: the usual load balancers, so they never reuse a connection we are closing.
+    keepalive_timeout_s: float = 75.0
+    #: From a request's first byte to its last; past it: 408 and close (slow or stalled clients).
+    request_timeout_s: float = 30.0
+    #: A client that reads none of its responses for this long is disconnected.
+    write_timeout_s: float = 30.0
+    #: Requests queued on one connection before we stop reading from it.
+    max_pipelined: int = 256
+
+
+# --- response encoding -------------------------------------------------------------------------
+
+# Final statuses only: a handler cannot send 1xx (the protocol sends 100 Continue itself).
+_STATUS_LINES = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1"))
+    for s in http.HTTPStatus
+    if s.value >= 200
+}
+_NO_BODY_STATUS = frozenset({204, 304})
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: Connection header lines; compared by identity (``is``) on the hot path.
+CONN_NONE = b""
+CONN_CLOSE = b"Connection: close\r\n"
+CONN_KEEP_ALIVE = b"Connection: keep-alive\r\n"  # only HTTP/1.0 clients need to be told
+METHODS = {
+    m.encode(): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
+}
+INTERNAL_ERROR_MESSAGE = "internal server error"
+
+
+def date_line() -> bytes:
+    """The ``Date`` header line for now; servers refresh theirs once per tick, not per response."""
+    return b"Date: %s\r\n" % formatdate(usegmt=True).encode("latin-1")
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is not None:
+        return line
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ValueError(f"invalid response status {status!r}")
+    return b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+# Apps use a handful of content types; the bound keeps a buggy one from growing the cache.
+@lru_cache(maxsize=64)
+def _content_type_line(content_type: str) -> bytes:
+    if "\r" in content_type or "\n" in content_type:
+        raise ValueError("CR or LF in content type")
+    return b"Content-Type: %s\r\n" % content_type.encode("latin-1")
+
+
+def _header_lines(headers: list[tuple[str, str]]) -> bytes:
+    out = []
+    for name, value in headers:
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError(f"CR or LF in response header {name!r}")
+        out.append(f"{name}: {value}\r\n")
+    return "".join(out).encode("latin-1")
+
+
+def encode_response(
+    response: Response, request_id: str, head: bool, conn: bytes, date: bytes
+) -> bytes:
+    """The whole response in one join: status line, headers, body (not for HEAD).
+
+    Args:
+        response: What the handler returned.
+        request_id: Sent back as ``X-Request-Id``.
+        head: A HEAD request: headers only, Content-Length as for GET.
+        conn: One of ``CONN_NONE``, ``CONN_CLOSE``, ``CONN_KEEP_ALIVE``.
+        date: The server's current ``Date`` line (see :func:`date_line`).
+
+    Raises:
+        ValueError: an invalid status, or CR/LF in a header or the content type.
+    """
+    status = response.status
+    if status in _NO_BODY_STATUS:  # neither a body nor the headers describing one
+        content_type = content_length = body = b""
+    else:
+        content_type = _content_type_line(response.content_type)
+        content_length = b"Content-Length: %d\r\n" % len(response.body)
+        body = b"" if head else response.body
+    return b"".join(
+        (
+            _status_line(status),
+            date,
+            content_type,
+            content_length,
+            _header_lines(response.headers) if response.headers else b"",
+            b"X-Request-Id: ",
+            request_id.encode("latin-1"),
+            b"\r\n",
+            conn,
+            b"\r\n",
+            body,
+        )
+    )
+
+
+def render(response: Response, request: Request, conn: bytes, date: bytes) -> bytes:
+    """:func:`encode_response` for ``request``; a response that cannot be encoded (bad status,
+    CR/LF in a header) is logged and replaced by a generic 500."""
+    try:
+        return encode_response(response, request.request_id, request.method == "HEAD", conn, date)
+    except Exception:
+        _logger.exception("invalid response (request_id=%s)", request.request_id)
+        fallback = internal_error(request.request_id)
+        return encode_response(fallback, request.request_id, False, conn, date)
+
+
+# --- error responses ---------------------------------------------------------------------------
+
+
+def error_response(exc: BaseException, request_id: str) -> Response:
+    """The one error response: a ``ServingError`` (or anything shaped like one: ``status``,
+    ``to_body()``, ``headers``) keeps its status and body; anything else is a logged, generic 500.
+
+    Used for handler failures and for the HTTP layer's own protocol errors alike.
+    """
+    status = getattr(exc, "status", None)
+    to_body = getattr(exc, "to_body", None)
+    if type(status) is int and 400 <= status <= 599 and callable(to_body):
+        try:
+            body = to_body()
+            if isinstance(body, str):
+                body = body.encode()
+            headers = getattr(exc, "headers", None)  # e.g. WWW-Authenticate for a 401
+            return Response(status=status, body=body, headers=list(headers or ()))
+        except Exception:
+            _logger.exception("error body failed (request_id=%s)", request_id)
+            return internal_error(request_id)
+    _logger.error("handler failed (request_id=%s)", request_id, exc_info=exc)
+    return internal_error(request_id)
+
+
+def internal_error(request_id: str) -> Response:
+    """A generic 500: the details go to the log, never to the client."""
+    return error_response(InternalError(INTERNAL_ERROR_MESSAGE), request_id)
+
+
+def resolve(result: object, request_id: str) -> Response:
+    """A handler's result as a Response, once it is not a pending Future any more.
+
+    A cancelled Future is a 503 (the app is going away), a failed one goes through
+    :func:`error_response`, and anything but a Response is our bug: a logged 500.
+    """
+    if isinstance(result, asyncio.Future):
+        if result.cancelled():
+            return error_response(NotReady("service unavailable"), request_id)
+        exc = result.exception()
+        if exc is not None:
+            return error_response(exc, request_id)
+        result = result.result()
+        what = "handler future gave"
+    else:
+        what = "handler returned"
+    if isinstance(result, Response):
+        return result
+    _logger.error("%s %s, not a Response (request_id=%s)", what, type(result), request_id)
+    return internal_error(request_id)
+
+
+# --- reading requests --------------------------------------------------------------------------
+
+
+#: Most distinct header names a server remembers (see :func:`remember_header_name`).
+MAX_HEADER_NAMES = 512
+
+
+def remember_header_name(names: dict[bytes, str], raw: bytes) -> str:
+    """A raw header name as the lower-cased str the Request's headers are keyed by, kept in
+    ``names`` (a server's cache: most requests repeat the same few names) while it has room, so
+    a client sending ever new names cannot grow it without bound."""
+    key = raw.decode("latin-1").lower()
+    if len(names) < MAX_HEADER_NAMES:
+        names[raw] = key
+    return key
+
+
+def valid_request_id(value: str) -> bool:
+    """Whether a client's X-Request-Id is echoed (printable ASCII, 1-128 chars) or replaced."""
+    return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
+
+
+def format_peer(peer: object) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a transport's ``peername``."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer or "")
+
+
+def split_url(url: bytes) -> tuple[str, str]:
+    """``(percent-decoded path, raw query)`` from an origin-form or absolute-form target.
+
+    Raises:
+        httptools.HttpParserInvalidURLError: an absolute-form target that does not parse.
+    """
+    if url[:1] == b"/":
+        raw_path, _, raw_query = url.partition(b"?")
+    elif url == b"*":
+        raw_path, raw_query = url, b""
+    else:
+        parsed = httptools.parse_url(url)  # absolute-form
+        raw_path, raw_query = parsed.path or b"/", parsed.query or b""
+    if b"%" in raw_path:
+        raw_path = unquote_to_bytes(raw_path)
+    return raw_path.decode("utf-8", "replace"), raw_query.decode("utf-8", "replace")
