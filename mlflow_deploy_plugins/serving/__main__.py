@@ -100,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow_deploy_plugins.serving import logs
 
     logs.configure(settings.log_level)
+    from mlflow_deploy_plugins.serving.payload_files import PayloadLogDirectoryError
     from mlflow_deploy_plugins.serving.server import run
 
     try:
         return run(bundle_dir, settings)
-    except BundleError as e:
+    except (BundleError, PayloadLogDirectoryError) as e:
         logging.getLogger(__name__).error("%s", e)
         return 2
 

@@ -323,6 +323,10 @@ class Registry:
         return "\n".join(out).encode()
 
 
+#: Why payload log records are dropped: the values of the ``reason`` label.
+PAYLOAD_DROP_REASONS = ("queue_full", "closed", "too_large", "unserialisable", "write_error")
+
+
 class ServingMetrics:
     """The runtime's metrics; every name starts with ``namespace + "_"``.
 
@@ -370,6 +374,8 @@ class ServingMetrics:
             ("reason",),
             threadsafe=True,
         )
+        for reason in PAYLOAD_DROP_REASONS:  # every series exists from the start, at 0
+            self.payload_log_records_dropped_total.labels(reason)
         self.payload_log_files_removed_total = r.counter(
             f"{p}payload_log_files_removed_total",
             "Finished payload log files removed to keep the directory under its size cap.",

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from mlflow_deploy_plugins.core import payload_format
-from mlflow_deploy_plugins.serving.metrics import ServingMetrics
+from mlflow_deploy_plugins.serving.metrics import PAYLOAD_DROP_REASONS, ServingMetrics
 from mlflow_deploy_plugins.serving.payload_files import LogFiles, Removed, check_writable
 
 if TYPE_CHECKING:
@@ -47,12 +47,7 @@ _STOP = object()
 #: a full disk would otherwise cost an open, a failed write and an unlink per record.
 RETRY_S = 1.0
 
-QUEUE_FULL = "queue_full"
-CLOSED = "closed"
-TOO_LARGE = "too_large"
-UNSERIALISABLE = "unserialisable"
-WRITE_ERROR = "write_error"
-DROP_REASONS = (QUEUE_FULL, CLOSED, TOO_LARGE, UNSERIALISABLE, WRITE_ERROR)
+QUEUE_FULL, CLOSED, TOO_LARGE, UNSERIALISABLE, WRITE_ERROR = PAYLOAD_DROP_REASONS
 
 
 class PayloadLogger:
@@ -120,7 +115,7 @@ class PayloadLogger:
         metrics = metrics if metrics is not None else ServingMetrics()
         self._written = metrics.payload_log_records_written_total
         dropped = metrics.payload_log_records_dropped_total
-        self._dropped = {reason: dropped.labels(reason) for reason in DROP_REASONS}
+        self._dropped = {reason: dropped.labels(reason) for reason in PAYLOAD_DROP_REASONS}
         self._removed_files = metrics.payload_log_files_removed_total
         self._removed_bytes = metrics.payload_log_bytes_removed_total
 

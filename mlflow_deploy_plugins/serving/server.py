@@ -12,12 +12,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from mlflow_deploy_plugins.core.manifest import verify_bundle
 from mlflow_deploy_plugins.serving.app import ServingApp, warm_up
 from mlflow_deploy_plugins.serving.http import HttpLimits, shutdown, start_server
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
 from mlflow_deploy_plugins.serving.model import ServedModel
+from mlflow_deploy_plugins.serving.payload_files import check_writable
 from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
@@ -33,6 +35,9 @@ SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
 
 def run(bundle_dir: str, settings: ServingSettings) -> int:
     """Serve ``bundle_dir`` until SIGTERM/SIGINT; returns the process exit code."""
+    if settings.payload_log_dir is not None:
+        # A server that answers but cannot log would drop every record: refuse to start.
+        check_writable(Path(settings.payload_log_dir))
     if settings.workers <= 1:
         return serve_worker(bundle_dir, settings, reuse_port=settings.reuse_port)
     # Refuse a bad bundle here, once: a worker failing on it would be restarted forever.
@@ -85,11 +90,7 @@ async def _serve(
     app: ServingApp, settings: ServingSettings, reuse_port: bool, started: float, on_ready=None
 ):
     loop = asyncio.get_running_loop()
-    limits = HttpLimits(
-        max_body_bytes=settings.max_body_bytes,
-        keepalive_timeout_s=settings.keepalive_timeout_s,
-        request_timeout_s=settings.request_timeout_s,
-    )
+    limits = HttpLimits.from_settings(settings)
     server = await start_server(
         app.handle,
         settings.host,

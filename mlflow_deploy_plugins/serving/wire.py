@@ -16,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from mlflow_deploy_plugins.serving.errors import InternalError, NotReady
+from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 _logger = logging.getLogger(__name__)
 
@@ -89,23 +90,36 @@ Handler = Callable[[Request], "Response | asyncio.Future[Response]"]
 OnResponse = Callable[[Request, Response, float], None]
 
 
+#: The settings that are also HTTP limits take their defaults from one place.
+_DEFAULTS = ServingSettings()
+
+
 @dataclass(frozen=True)
 class HttpLimits:
-    """Per-connection limits and timeouts."""
+    """Per-connection limits and timeouts; those that are settings default to the settings'."""
 
     #: Request bodies above this get 413 and the connection is closed.
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = _DEFAULTS.max_body_bytes
     #: Request line + headers above this get 431 and the connection is closed.
     max_header_bytes: int = 64 * 1024
     #: An idle keep-alive connection is closed after this. Longer than the 60 s idle timeout of
     #: the usual load balancers, so they never reuse a connection we are closing.
-    keepalive_timeout_s: float = 75.0
+    keepalive_timeout_s: float = _DEFAULTS.keepalive_timeout_s
     #: From a request's first byte to its last; past it: 408 and close (slow or stalled clients).
-    request_timeout_s: float = 30.0
+    request_timeout_s: float = _DEFAULTS.request_timeout_s
     #: A client that reads none of its responses for this long is disconnected.
     write_timeout_s: float = 30.0
     #: Requests queued on one connection before we stop reading from it.
     max_pipelined: int = 256
+
+    @classmethod
+    def from_settings(cls, settings: ServingSettings) -> HttpLimits:
+        """The limits a server with ``settings`` runs with."""
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
+        )
 
 
 # --- response encoding -------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from mlflow_deploy_plugins.serving.metrics import (
     Registry,
     ServingMetrics,
 )
+from mlflow_deploy_plugins.serving.metrics import (
+    PAYLOAD_DROP_REASONS as REASONS,
+)
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
@@ -226,9 +229,11 @@ def test_serving_metrics_names_and_render():
         "mlflow_deploy_payload_log_bytes_removed_total",
         "mlflow_deploy_model_info",
     }
-    assert fam["mlflow_deploy_payload_log_records_dropped_total"]["samples"] == [
-        ("mlflow_deploy_payload_log_records_dropped_total", {"reason": "queue_full"}, 1.0)
-    ]
+    dropped = {
+        labels["reason"]: value
+        for _, labels, value in fam["mlflow_deploy_payload_log_records_dropped_total"]["samples"]
+    }
+    assert dropped == {reason: 1.0 if reason == "queue_full" else 0.0 for reason in REASONS}
     assert fam["mlflow_deploy_model_info"]["samples"] == [
         ("mlflow_deploy_model_info", {"name": "churn-onnx", "version": "3"}, 1.0)
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,3 +135,24 @@ def test_a_record_over_the_size_limit_is_dropped_and_counted(tmp_path):
     assert logger.close()
     assert _on_disk(tmp_path / "logs") == ["small", "small2"]
     assert logger.dropped_by_reason()["too_large"] == 1 and logger.written == 2
+
+
+def test_the_server_refuses_to_start_on_an_unwritable_log_directory(served, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow_deploy_plugins.serving",
+            served.clf_bundle,
+            "--port",
+            "0",
+            "--payload-log",
+            str(tmp_path / "file" / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "payload log directory" in done.stderr and "is not writable" in done.stderr
