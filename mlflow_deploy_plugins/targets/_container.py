@@ -1,18 +1,21 @@
 """The hardened serving container: its ``containers.create`` options, the serving runtime's
-environment (named by ``ServingSettings.env_var``), host files mounted into it, and the checks
-of the container keys a target config shares.
+environment (named by ``ServingSettings.env_var``), host files mounted into it, the checks of
+the container keys a target config shares, and its labels (what ``get``/``list`` read back).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.serving.settings import ServingSettings, SettingsError
-from mlflow_deploy_plugins.targets import _deployments
+from mlflow_deploy_plugins.targets import _deployments, _endpoints
 
 _logger = logging.getLogger(__name__)
 
@@ -229,3 +232,89 @@ def _allows(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
     else:
         mode = st.st_mode
     return mode & bits == bits
+
+
+# --- labels: what get/list read back -----------------------------------------------------------
+
+
+def container_labels(
+    target: str,
+    name: str,
+    resolved: _deployments.ResolvedModel,
+    *,
+    host: str,
+    port: int,
+    network_mode: str,
+    image: str,
+    config: Mapping[str, Any],
+    local: bool = False,
+) -> dict[str, str]:
+    """The labels a deployment's container carries: everything ``get`` shows is read back
+    from them (:func:`describe_container`), nothing is kept in a local file.
+
+    Args:
+        target: the target's name.
+        name: the deployment (or the ``run_local`` name when ``local``).
+        resolved: the model it serves.
+        host: the address it answers on.
+        port: its host port.
+        network_mode: host or bridge.
+        image: the image tag.
+        config: the remembered ``-C`` settings (an update starts from them).
+        local: a ``run_local`` container, which is no deployment.
+
+    Returns:
+        Label -> value.
+    """
+    labels = {
+        _deployments.LABEL_TARGET: target,
+        **resolved.labels(),
+        _deployments.LABEL_PORT: str(port),
+        _deployments.LABEL_HOST: host,
+        _deployments.LABEL_NETWORK_MODE: network_mode,
+        _deployments.LABEL_IMAGE: image,
+        _deployments.LABEL_CONFIG: json.dumps(dict(config), sort_keys=True),
+        _deployments.LABEL_CREATED: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    labels[_deployments.LABEL_RUN_LOCAL if local else _deployments.LABEL_DEPLOYMENT] = name
+    return labels
+
+
+def remembered_config(container) -> dict[str, Any]:
+    """The ``-C`` settings a container was started with (its config label)."""
+    return json.loads(container.labels.get(_deployments.LABEL_CONFIG, "{}"))
+
+
+def describe_container(container, *, target: str, flavor: str) -> dict[str, Any]:
+    """What ``get_deployment``/``list_deployments`` return, read from a container's labels.
+
+    Args:
+        container: the deployment's current container.
+        target: the target's name.
+        flavor: the flavor it serves.
+
+    Returns:
+        Name, status, health, endpoint URL, lineage, image, container, network and config.
+    """
+    labels = container.labels
+    state = container.attrs.get("State", {})
+    host = labels.get(_deployments.LABEL_HOST, "127.0.0.1")
+    port = int(labels.get(_deployments.LABEL_PORT, 0))
+    return {
+        "name": labels.get(_deployments.LABEL_DEPLOYMENT),
+        "flavor": flavor,
+        "target": target,
+        "status": state.get("Status", container.status),
+        "health": (state.get("Health") or {}).get("Status"),
+        "endpoint_url": _endpoints.endpoint_url(host, port),
+        **_deployments.describe_lineage(labels),
+        "image": labels.get(_deployments.LABEL_IMAGE),
+        "image_id": container.attrs.get("Image"),
+        "container": container.name,
+        "container_id": container.id[:12],
+        "network_mode": labels.get(_deployments.LABEL_NETWORK_MODE),
+        "host": host,
+        "port": port,
+        "created_at": labels.get(_deployments.LABEL_CREATED),
+        "config": remembered_config(container),
+    }

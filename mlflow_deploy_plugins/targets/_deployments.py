@@ -41,6 +41,10 @@ LABEL_HOST = LABEL_PREFIX + "host"
 LABEL_CONFIG = LABEL_PREFIX + "config"
 LABEL_CREATED = LABEL_PREFIX + "created_at"
 LABEL_CONTENT_HASH = LABEL_PREFIX + "content_hash"
+LABEL_IMAGE = LABEL_PREFIX + "image"
+LABEL_NETWORK_MODE = LABEL_PREFIX + "network_mode"
+#: Set instead of ``LABEL_DEPLOYMENT`` on a ``run_local`` container: it is no deployment.
+LABEL_RUN_LOCAL = LABEL_PREFIX + "run_local"
 
 #: ``--flavor`` values an ONNX-serving target accepts (models of other flavors are converted).
 ACCEPTED_FLAVORS = (None, "onnx", "mlflow_deploy_plugins", "python_function")

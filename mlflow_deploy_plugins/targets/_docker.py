@@ -17,12 +17,6 @@ from mlflow_deploy_plugins.targets import _deployments, _endpoints
 
 _logger = logging.getLogger(__name__)
 
-#: Container labels of the Docker targets (the lineage labels are in ``_deployments``).
-LABEL_IMAGE = _deployments.LABEL_PREFIX + "image"
-LABEL_NETWORK_MODE = _deployments.LABEL_PREFIX + "network_mode"
-#: Set instead of ``LABEL_DEPLOYMENT`` on a ``run_local`` container: it is no deployment.
-LABEL_RUN_LOCAL = _deployments.LABEL_PREFIX + "run_local"
-
 
 def connect(base_url: str | None, target: str):
     """A docker SDK client that answered a ping.
@@ -152,7 +146,9 @@ def run_container(
         remove(container)
         if e.status_code == 409 and "name" in str(e.explanation):
             raise AlreadyExistsError(f"A container named {name} already exists") from e
-        owner = labels.get(_deployments.LABEL_DEPLOYMENT) or labels.get(LABEL_RUN_LOCAL)
+        owner = labels.get(_deployments.LABEL_DEPLOYMENT) or labels.get(
+            _deployments.LABEL_RUN_LOCAL
+        )
         raise _deployments.DeploymentError(
             f"Could not start a container for '{owner}': {e.explanation or e}"
         ) from e
@@ -178,7 +174,7 @@ def check_port(client, host: str, port: int, deployment: str | None = None) -> N
     )
     for container in claims:
         owner = container.labels.get(_deployments.LABEL_DEPLOYMENT) or container.labels.get(
-            LABEL_RUN_LOCAL
+            _deployments.LABEL_RUN_LOCAL
         )
         if deployment is not None and owner == deployment:
             continue

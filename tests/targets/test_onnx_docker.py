@@ -776,10 +776,10 @@ def fake(monkeypatch):
     monkeypatch.setattr(_endpoints, "port_in_use", lambda host, port: False)
     monkeypatch.setattr(_endpoints, "free_port", lambda host="127.0.0.1": 5555)
     client = get_deploy_client("onnx-docker")
-    client._client = engine
+    client.deployments.client = engine
     client.progress = lambda line: None
     image = BuiltImage("repo:tag", "sha256:x", 1, 0, True, 0.0)
-    monkeypatch.setattr(client, "_image", lambda resolved, cfg: image)
+    monkeypatch.setattr(client.deployments, "_image", lambda resolved, cfg: image)
     cfg = {"network_mode": "bridge", "port": "9100", "host": "0.0.0.0", "stop_timeout": "1"}
     client.create_deployment("b", "models:/m/1", config=cfg)
     engine.events.clear()
