@@ -1,7 +1,5 @@
-"""The hardened serving container: its ``containers.create`` options, the serving runtime's
-environment (named by ``ServingSettings.env_var``), host files mounted into it, the checks of
-the container keys a target config shares, and its labels (what ``get``/``list`` read back).
-"""
+"""The hardened serving container spec: ``containers.create`` options, the runtime's environment,
+mounted host files, the shared container ``-C`` checks, and its labels (read back by ``get``)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""What every target shares about a deployment: its errors, name, label keys, and the model it
-serves (model URI -> serving bundle + lineage, written to and read back from labels).
-
-Like every shared module under ``targets/``, import it as a module: it defines no
-``BaseDeploymentClient`` subclass, so MLflow's plugin loader, which counts every such class
-visible in a target module, never sees two.
-"""
+"""What every target shares about a deployment: errors, name, flavor check, label keys, and the
+model it serves (model URI -> serving bundle + lineage, written to and read back from labels)."""
 
 from __future__ import annotations
 

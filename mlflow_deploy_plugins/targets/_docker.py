@@ -1,8 +1,5 @@
-"""Docker engine helpers of the container targets: the client, container lookup by labels,
-container and image lifecycle, and docker SDK exceptions translated into ours.
-
-The docker SDK is imported inside the functions: it is an optional extra (``[docker]``).
-"""
+"""Docker engine helpers: the client, container lookup by labels, container and image lifecycle,
+docker SDK exceptions translated into ours (the SDK is the optional ``[docker]`` extra)."""
 
 from __future__ import annotations
 

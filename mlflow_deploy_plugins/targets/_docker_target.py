@@ -1,9 +1,5 @@
-"""The deployment lifecycle of a Docker target: create, update, delete, list, get, predict and
-run-local of hardened serving containers, for one target config class and one image recipe.
-
-A Docker target's ``BaseDeploymentClient`` delegates every call to a :class:`DockerTarget`
-(a plain class: MLflow's plugin loader must see one client class per target module).
-"""
+"""The lifecycle of a Docker target (create, update, delete, list, get, predict, run-local) for
+one target config class and one image recipe; the target's client delegates every call here."""
 
 from __future__ import annotations
 

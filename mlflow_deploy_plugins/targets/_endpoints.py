@@ -1,8 +1,5 @@
-"""Where a deployment answers: addresses, free and busy ports, readiness polling.
-
-Target-independent (no Docker): every target that serves over HTTP on this machine or reports a
-URL uses it.
-"""
+"""Where a deployment answers (addresses, free and busy ports) and readiness polling; no Docker,
+so every target can use it."""
 
 from __future__ import annotations
 

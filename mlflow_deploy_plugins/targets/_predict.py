@@ -1,6 +1,5 @@
-"""``predict`` over HTTP for every target: MLflow's inputs (DataFrame, dict, list, array) ->
-a request to /invocations or the V2 route of the serving runtime, and the answer back.
-"""
+"""``predict`` over HTTP for every target: MLflow's inputs (DataFrame, dict, list, array) -> a
+request to /invocations or the V2 route, and the answer back."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
 """Health-gated rollout of serving containers: start, wait until ready (bounded), swap, retire
-the old one. A new version that never becomes ready is removed; the old one keeps serving.
-
-In host network mode on the same port the new server joins the old one's SO_REUSEPORT group
-and takes every new connection (``takeover``), so no request fails. In bridge mode Docker cannot
-publish a port twice: the new version is proven on a scratch port, then swapped in.
-"""
+the old one; a new version that never becomes ready is removed and the old one keeps serving."""
 
 from __future__ import annotations
 
@@ -96,7 +91,13 @@ def plan_update(name: str, old_cfg: RolloutConfig, cfg: RolloutConfig, old_runni
 
 @dataclass
 class ContainerRollout:
-    """Start, prove and replace the containers of one deployment."""
+    """Start, prove and replace the containers of one deployment.
+
+    In host network mode on the same port the new server joins the old one's SO_REUSEPORT
+    group and takes every new connection (``takeover``), so no request fails. In bridge mode
+    Docker cannot publish a port twice: the new version is proven on a scratch port, then
+    swapped in (a short refusal window; the old one is started again if the swap fails).
+    """
 
     deployment: str
     #: The name the deployment's container has once settled.

@@ -1,11 +1,5 @@
 """The ``onnx-docker`` deployment target: a lean image (ONNX model + serving runtime) run as a
-hardened container, with health-gated, zero-downtime updates in host network mode.
-
-``mlflow deployments create -t onnx-docker --name churn -m models:/churn@champion -C port=8080``.
-The truth about deployments lives in Docker (container labels), never in a local file. This
-module is the facade MLflow loads: the work is done by the shared modules it imports (as
-modules: MLflow's loader must see exactly one ``BaseDeploymentClient`` subclass here).
-"""
+hardened container, with health-gated, zero-downtime updates in host network mode."""
 
 from __future__ import annotations
 
@@ -17,6 +11,9 @@ from typing import Any, ClassVar
 from mlflow.deployments import BaseDeploymentClient
 
 from mlflow_deploy_plugins.serving.settings import LOG_LEVELS
+
+# Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
+# subclass visible here and must find exactly one.
 from mlflow_deploy_plugins.targets import _container, _docker_target
 from mlflow_deploy_plugins.targets._config import TargetConfig, option
 from mlflow_deploy_plugins.targets._images import recipes

@@ -72,6 +72,9 @@ def test_target_help_and_docs_are_generated_from_the_config():
         ({"prot": "8080"}, "Unknown config key 'prot'"),
         ({"port": "http"}, "'port' of target 'onnx-docker' must be an integer"),
         ({"port": "0"}, "port must be between 1 and 65535"),
+        # serving settings are checked by ServingSettings itself, naming the key
+        ({"workers": "0"}, "'workers': must be >= 1, got 0"),
+        ({"payload_log_sample_rate": "2"}, "'payload_log_sample_rate': must be between 0 and 1"),
         ({"network_mode": "overlay"}, "must be one of host, bridge"),
         ({"user": "nobody"}, "user must be UID:GID"),
         ({"memory": "lots"}, "memory must be a size"),

@@ -1,8 +1,5 @@
-"""The image builder: content-hash cache, build context, streamed docker-SDK build.
-
-An image is tagged with a hash of everything that goes into it (recipe, Dockerfile, base image,
-lock, platform, this package, the bundle minus its timestamp): an unchanged bundle reuses it.
-"""
+"""The image builder: build context, streamed docker-SDK build, and a content-hash tag, so an
+unchanged bundle reuses its image."""
 
 from __future__ import annotations
 
@@ -70,6 +67,9 @@ def ensure_image(
 ) -> BuiltImage:
     """The serving image of ``resolved`` made by ``recipe``: reused when one with the same
     content hash exists, else built (progress streamed as ``step n/m``).
+
+    The hash covers everything that goes in: the recipe's template version and Dockerfile, the
+    base image id, the lock, the platform, this package's files, the bundle minus its timestamp.
 
     Args:
         client: a docker SDK client.

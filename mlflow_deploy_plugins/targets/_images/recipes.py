@@ -1,10 +1,5 @@
-"""Dockerfile recipes: what one kind of serving image is made of; ``builder`` does the rest.
-
-A recipe renders the Dockerfile from the build context the builder assembles (``wheels/``: the
-pinned runtime wheels and :data:`~.wheels.LOCK_FILE`; ``package/``: this package's wheel;
-``bundle/``: the serving bundle) and says which extra of this package the image runs, where the
-server listens and how it reports that it is ready. The mlserver target adds a second recipe.
-"""
+"""Dockerfile recipes: what one kind of serving image is made of (``builder`` does the rest);
+the onnx-docker target's is ``ONNX_SERVING``, the mlserver target adds a second one."""
 
 from __future__ import annotations
 
@@ -33,7 +28,13 @@ HEALTH_PATH = "/v2/health/ready"
 
 
 class Recipe(Protocol):
-    """One kind of serving image (see the module docstring for the build context)."""
+    """One kind of serving image.
+
+    The builder assembles the build context (``wheels/``: the pinned runtime wheels and
+    ``wheels.LOCK_FILE``; ``package/``: this package's wheel; ``bundle/``: the serving bundle);
+    the recipe renders the Dockerfile for it and says which extra of this package the image
+    runs, where its server listens and how it reports that it is ready.
+    """
 
     #: The deployment target whose images this makes (the ``mlflow_deploy.target`` label).
     target: str

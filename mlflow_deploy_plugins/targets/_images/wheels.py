@@ -1,9 +1,5 @@
-"""The runtime's third-party wheels: pinned to the host's versions, downloaded on the host.
-
-The host's pip settings, mirrors and certificates apply, and the image build itself needs no
-network: the wheels are downloaded for the base image's own Python and platform, then installed
-with ``--no-index`` in the build stage.
-"""
+"""The runtime's third-party wheels, pinned to the host's versions and downloaded on the host
+(its pip settings, mirrors and certificates apply) for the image's Python and platform."""
 
 from __future__ import annotations
 
