@@ -4,7 +4,7 @@ Model: a GradientBoostingClassifier pipeline (StandardScaler + one-hot on string
 with MLflow's defaults to a throwaway SQLite store. Both images are built FROM the same local base
 (``--base-image``) on the same engine in the same run:
 
-- ours: ``_images.ensure_image`` (wheels downloaded on the host, two stages, one venv). Cold =
+- ours: ``_images.builder.ensure_image`` (wheels downloaded on the host, two stages, one venv). Cold =
   empty wheel cache and no Docker layer cache; warm = wheel cache filled, no layer cache; new
   model = a second model version with the layer cache; unchanged = the same model again (the
   image is reused).
@@ -47,8 +47,8 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mlflow_deploy_plugins.targets import _deployments as D
-from mlflow_deploy_plugins.targets import _images as I
+from mlflow_deploy_plugins.targets import _deployments, _endpoints
+from mlflow_deploy_plugins.targets._images import builder, recipes
 
 _logger = logging.getLogger("bench_image")
 MLFLOW_PORT = 8000  # MLflow's container serves here when nginx is disabled
@@ -94,7 +94,9 @@ def _start_to_ready(client, image: str, url: str, environment: dict, starts: int
             image, detach=True, network_mode="host", environment=environment
         )
         try:
-            D.wait_until(lambda: D.http_ready(url, 0.5), 180, interval_s=0.01, max_interval_s=0.02)
+            _endpoints.wait_until(
+                lambda: _endpoints.http_ready(url, 0.5), 180, interval_s=0.01, max_interval_s=0.02
+            )
             times.append(time.perf_counter() - started)
         finally:
             container.remove(force=True)
@@ -104,15 +106,16 @@ def _start_to_ready(client, image: str, url: str, environment: dict, starts: int
 
 def _ours(client, base: str, repository: str, starts: int, workdir: str) -> dict:
     cache = os.path.join(workdir, "wheel-cache")
-    v1 = D.resolve_model("models:/bench-gbc/1", os.path.join(workdir, "b1"))
-    v2 = D.resolve_model("models:/bench-gbc/2", os.path.join(workdir, "b2"))
-    again = D.resolve_model("models:/bench-gbc/1", os.path.join(workdir, "b1-again"))
+    v1 = _deployments.resolve_model("models:/bench-gbc/1", os.path.join(workdir, "b1"))
+    v2 = _deployments.resolve_model("models:/bench-gbc/2", os.path.join(workdir, "b2"))
+    again = _deployments.resolve_model("models:/bench-gbc/1", os.path.join(workdir, "b1-again"))
 
-    def timed(resolved, **kwargs) -> tuple[I.BuiltImage, float]:
+    def timed(resolved, **kwargs) -> tuple[builder.BuiltImage, float]:
         started = time.perf_counter()
-        built = I.ensure_image(
+        built = builder.ensure_image(
             client,
             resolved,
+            recipe=recipes.ONNX_SERVING,
             base_image=base,
             repository=repository,
             cache_dir=cache,
@@ -126,7 +129,7 @@ def _ours(client, base: str, repository: str, starts: int, workdir: str) -> dict
     _, new_model = timed(v2)
     reused, unchanged = timed(again)
     assert reused.cached, "an unchanged bundle must reuse its image"
-    port = D.free_port()
+    port = _endpoints.free_port()
     ready = _start_to_ready(
         client,
         image.tag,
@@ -194,7 +197,7 @@ def _mlflow(client, base: str, repository: str, starts: int, workdir: str, uri: 
     cached = _build(client, context, tag, nocache=False)
     image = client.images.get(tag)
     base_size = client.images.get(base).attrs["Size"]
-    if D.port_in_use("127.0.0.1", MLFLOW_PORT):
+    if _endpoints.port_in_use("127.0.0.1", MLFLOW_PORT):
         ready = float("nan")
         _logger.warning("port %d is in use: MLflow's start-to-ready not measured", MLFLOW_PORT)
     else:

@@ -1,21 +1,10 @@
-"""Target-independent deployment helpers: model URI -> bundle, label names, ports, readiness.
-
-Shared by every target module (onnx-docker, mlserver, onnx-sagemaker). Import it as a module:
-it defines no ``BaseDeploymentClient`` subclass, so MLflow's plugin loader, which counts every
-such class visible in a target module, never sees two.
-"""
+"""What every target shares about a deployment: errors, name, flavor check, label keys, and the
+model it serves (model URI -> serving bundle + lineage, written to and read back from labels)."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import re
-import socket
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlflow.protos.databricks_pb2 import (
@@ -47,7 +36,13 @@ LABEL_HOST = LABEL_PREFIX + "host"
 LABEL_CONFIG = LABEL_PREFIX + "config"
 LABEL_CREATED = LABEL_PREFIX + "created_at"
 LABEL_CONTENT_HASH = LABEL_PREFIX + "content_hash"
+LABEL_IMAGE = LABEL_PREFIX + "image"
+LABEL_NETWORK_MODE = LABEL_PREFIX + "network_mode"
+#: Set instead of ``LABEL_DEPLOYMENT`` on a ``run_local`` container: it is no deployment.
+LABEL_RUN_LOCAL = LABEL_PREFIX + "run_local"
 
+#: ``--flavor`` values an ONNX-serving target accepts (models of other flavors are converted).
+ACCEPTED_FLAVORS = (None, "onnx", "mlflow_deploy_plugins", "python_function")
 #: Deployment names become container names and label values: keep them portable.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -64,6 +59,8 @@ class DeploymentError(DeployPluginError):
 
 
 class DeploymentNotFoundError(DeployPluginError):
+    """No deployment of that name on the target."""
+
     error_code = RESOURCE_DOES_NOT_EXIST
 
 
@@ -74,12 +71,59 @@ class EngineUnavailableError(DeployPluginError):
 
 
 def validate_name(name: str) -> str:
+    """Check a deployment name (it becomes container names and label values).
+
+    Args:
+        name: the ``--name`` given.
+
+    Returns:
+        ``name``.
+
+    Raises:
+        InvalidInputError: not 1-63 letters, digits, '_', '.' or '-' starting with a letter or digit.
+    """
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise InvalidInputError(
             f"Deployment name {name!r} is invalid: use 1-63 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
         )
     return name
+
+
+def check_flavor(flavor: str | None, target: str) -> None:
+    """Refuse a ``--flavor`` an ONNX-serving target cannot deploy.
+
+    Args:
+        flavor: the ``--flavor`` given (None when left out).
+        target: the target's name, for the message.
+
+    Raises:
+        InvalidInputError: ``flavor`` is not one of :data:`ACCEPTED_FLAVORS`.
+    """
+    if flavor not in ACCEPTED_FLAVORS:
+        raise InvalidInputError(
+            f"Flavor {flavor!r} is not deployable by {target}: it serves ONNX (models of other "
+            "flavors are converted); leave --flavor out or use 'onnx'"
+        )
+
+
+def read_token(path: str) -> str:
+    """The bearer token in ``path`` (surrounding whitespace stripped).
+
+    Args:
+        path: the ``-C auth_token_file=`` on this machine.
+
+    Returns:
+        The token; empty when the file is.
+
+    Raises:
+        InvalidInputError: the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise InvalidInputError(f"auth_token_file {path!r} cannot be read: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -99,9 +143,25 @@ class ResolvedModel:
 
     @property
     def converted_at_deploy(self) -> bool:
+        """True when the model was converted now (no registered ONNX version)."""
         return not self.onnx_model
 
+    def lineage(self) -> str:
+        """One line for progress messages: served, deployed and source versions."""
+        deployed = (
+            f"{self.onnx_model} v{self.onnx_version}"
+            if self.onnx_model
+            else "converted at deploy time"
+        )
+        source = (
+            f"source {self.source_model} v{self.source_version}"
+            if self.source_model
+            else f"source {self.model_uri}"
+        )
+        return f"{self.served_name} v{self.served_version}: {deployed}, {source}"
+
     def labels(self) -> dict[str, str]:
+        """The lineage as labels (read back by :func:`describe_lineage`)."""
         return {
             LABEL_MODEL_URI: self.model_uri,
             LABEL_SOURCE_MODEL: self.source_model,
@@ -115,9 +175,46 @@ class ResolvedModel:
         }
 
 
+def describe_lineage(labels: dict[str, str]) -> dict[str, str]:
+    """The lineage fields of ``get_deployment``/``list_deployments``, read back from labels.
+
+    Args:
+        labels: labels written from :meth:`ResolvedModel.labels`.
+
+    Returns:
+        ``model_uri``, ``source_*``, ``deployed_*``, ``served_*`` and ``sha256``, in that order.
+    """
+    onnx_model = labels.get(LABEL_ONNX_MODEL, "")
+    return {
+        "model_uri": labels.get(LABEL_MODEL_URI),
+        "source_model": labels.get(LABEL_SOURCE_MODEL, ""),
+        "source_version": labels.get(LABEL_SOURCE_VERSION, ""),
+        "source_run": labels.get(LABEL_SOURCE_RUN, ""),
+        "deployed_model": onnx_model or "(converted at deploy time, not registered)",
+        "deployed_version": labels.get(LABEL_ONNX_VERSION, ""),
+        "served_model": labels.get(LABEL_SERVED_NAME, ""),
+        "served_version": labels.get(LABEL_SERVED_VERSION, ""),
+        "sha256": labels.get(LABEL_SHA256, ""),
+    }
+
+
 def resolve_model(model_uri: str, bundle_dir: str, **bundle_kwargs) -> ResolvedModel:
-    """Build the serving bundle of ``model_uri`` in ``bundle_dir`` (converting non-ONNX models
-    through the parity gate, without registry writes) and describe its lineage."""
+    """Build the serving bundle of ``model_uri`` and describe its lineage.
+
+    Non-ONNX models are converted through the parity gate, without registry writes.
+
+    Args:
+        model_uri: ``models:/name/version``, ``models:/name@alias``, ``runs:/...`` or a path.
+        bundle_dir: where the bundle is written.
+        **bundle_kwargs: passed to ``bundle.build_bundle``.
+
+    Returns:
+        The bundle and its lineage.
+
+    Raises:
+        InvalidInputError: no model URI.
+        ModelNotFoundError: MLflow cannot resolve or read the model.
+    """
     from mlflow.exceptions import MlflowException
 
     from mlflow_deploy_plugins.bundle import build_bundle
@@ -146,95 +243,3 @@ def resolve_model(model_uri: str, bundle_dir: str, **bundle_kwargs) -> ResolvedM
         served_version=m.version,
         sha256=m.sha256,
     )
-
-
-# --- ports -----------------------------------------------------------------------------------
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when something listens on (or holds) ``host:port``.
-
-    Binds without SO_REUSEPORT: a listener that set it (our own servers) still makes the bind
-    fail, so the answer is the same for every kind of listener.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR ignores TIME_WAIT leftovers but not a live listener.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise InvalidInputError(
-                    f"Address {host!r} is not an address of this machine"
-                ) from e
-            raise
-    return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def client_host(host: str) -> str:
-    """The address a client on this machine uses to reach a server bound to ``host``."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def endpoint_url(host: str, port: int) -> str:
-    host = client_host(host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-# --- readiness -------------------------------------------------------------------------------
-
-
-class NotReadyYet(Exception):
-    """Raised by a readiness check to mean "keep polling"."""
-
-
-def http_ready(url: str, timeout: float = 1.0) -> bool:
-    """True when ``url`` answers 200 (a readiness probe); False on any error."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def wait_until(
-    check: Callable[[], bool],
-    timeout_s: float,
-    *,
-    interval_s: float = 0.05,
-    max_interval_s: float = 0.5,
-    what: str = "the deployment",
-) -> float:
-    """Call ``check`` until it returns True; return the seconds it took.
-
-    ``check`` may raise to abort (e.g. a :class:`DeploymentError` when the server exited).
-    The poll interval grows from ``interval_s`` to ``max_interval_s``.
-
-    Raises:
-        TimeoutError: ``check`` did not succeed within ``timeout_s`` seconds.
-    """
-    started = time.monotonic()
-    deadline = started + timeout_s
-    delay = interval_s
-    while True:
-        with contextlib.suppress(NotReadyYet):
-            if check():
-                return time.monotonic() - started
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} was not ready within {timeout_s:g} s")
-        time.sleep(delay)
-        delay = min(max_interval_s, delay * 1.5)

@@ -15,28 +15,28 @@ from docker_support import TEST_REPOSITORY
 from helpers import mixed_data, mixed_pipeline, register_sklearn, tracking_store
 from mlflow.exceptions import MlflowException
 
-from mlflow_deploy_plugins.targets import _deployments as D
-from mlflow_deploy_plugins.targets import _images as I
+from mlflow_deploy_plugins.targets import _deployments, _docker
+from mlflow_deploy_plugins.targets._images import builder, package, probe, recipes, wheels
 
-HOST_311 = I.ImagePlatform("3.11", I.manylinux_tags((2, 36), "x86_64"))
+HOST_311 = probe.ImagePlatform("3.11", probe.manylinux_tags((2, 36), "x86_64"))
 
 
 def test_manylinux_tags_cover_every_older_glibc():
-    tags = I.manylinux_tags((2, 28), "aarch64")
+    tags = probe.manylinux_tags((2, 28), "aarch64")
     assert tags[0] == "manylinux_2_28_aarch64" and tags[-1] == "manylinux1_aarch64"
     assert "manylinux_2_17_aarch64" in tags and "manylinux2014_aarch64" in tags
     assert "manylinux_2_5_aarch64" in tags and "manylinux_2_29_aarch64" not in tags
-    assert I.parse_platform("manylinux_2_31_x86_64")[:2] == (
+    assert probe.parse_platform("manylinux_2_31_x86_64")[:2] == (
         "manylinux_2_31_x86_64",
         "manylinux_2_30_x86_64",
     )
-    assert I.parse_platform("musllinux_1_2_x86_64") == ("musllinux_1_2_x86_64",)
+    assert probe.parse_platform("musllinux_1_2_x86_64") == ("musllinux_1_2_x86_64",)
     assert HOST_311.machine == "x86_64"
-    assert I.ImagePlatform("3.11", ("manylinux2014_aarch64",)).machine == "aarch64"
+    assert probe.ImagePlatform("3.11", ("manylinux2014_aarch64",)).machine == "aarch64"
 
 
 def test_the_lock_pins_the_serve_extra_to_the_host_versions():
-    lock = I.runtime_lock(HOST_311)
+    lock = wheels.runtime_lock(HOST_311, recipes.ONNX_SERVING.runtime_extra)
     pins = dict(line.split("==") for line in lock)
     for name in ("onnxruntime", "numpy", "orjson", "httptools", "uvloop"):
         assert pins[name] == importlib.metadata.version(name)
@@ -46,8 +46,8 @@ def test_the_lock_pins_the_serve_extra_to_the_host_versions():
 
 
 def test_the_dockerfile_has_a_build_stage_and_a_lean_hardened_final_stage():
-    labels = {"org.opencontainers.image.title": 'we"ird', I.D.LABEL_SHA256: "ab" * 32}
-    text = I.render_dockerfile("python:3.11-slim", "pkg-0.1-py3-none-any.whl", labels)
+    labels = {"org.opencontainers.image.title": 'we"ird', _deployments.LABEL_SHA256: "ab" * 32}
+    text = recipes.ONNX_SERVING.dockerfile("python:3.11-slim", "pkg-0.1-py3-none-any.whl", labels)
     assert text.count("\nFROM ") == 2 and "\nFROM python:3.11-slim AS build\n" in text
     build, final = text.split("\nFROM python:3.11-slim\n")
     assert "--no-index" in build and "--no-deps" in build and "uninstall -y pip setuptools" in build
@@ -60,7 +60,7 @@ def test_the_dockerfile_has_a_build_stage_and_a_lean_hardened_final_stage():
 
 
 def test_the_assembled_wheel_installs_with_its_entry_points(tmp_path):
-    wheel = I.assemble_wheel(str(tmp_path))
+    wheel = package.assemble_wheel(str(tmp_path))
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "mlflow_deploy_plugins/serving/server.py" in names
@@ -77,14 +77,14 @@ def test_the_assembled_wheel_installs_with_its_entry_points(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (target / "mlflow_deploy_plugins" / "serving" / "__main__.py").is_file()
     os.makedirs(tmp_path / "again")
-    with open(wheel, "rb") as f, open(I.assemble_wheel(str(tmp_path / "again")), "rb") as g:
+    with open(wheel, "rb") as f, open(package.assemble_wheel(str(tmp_path / "again")), "rb") as g:
         assert f.read() == g.read()  # same files, same bytes: Docker's layer cache holds
 
 
 def test_the_package_wheel_is_built_once_per_content(tmp_path):
-    first = I.package_wheel(str(tmp_path), lambda line: None)
+    first = package.package_wheel(str(tmp_path), lambda line: None)
     assert first.endswith("-py3-none-any.whl") and os.path.isfile(first)
-    assert I.package_wheel(str(tmp_path), lambda line: None) == first
+    assert package.package_wheel(str(tmp_path), lambda line: None) == first
 
 
 def test_wheels_come_from_the_cache_keyed_on_the_lock(tmp_path, monkeypatch):
@@ -97,16 +97,16 @@ def test_wheels_come_from_the_cache_keyed_on_the_lock(tmp_path, monkeypatch):
         open(os.path.join(dest, "numpy-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"), "w").close()
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(I.subprocess, "run", fake_pip)
+    monkeypatch.setattr(wheels.subprocess, "run", fake_pip)
     lines = []
-    first = I.download_wheels(lock, HOST_311, str(tmp_path), lines.append)
-    again = I.download_wheels(lock, HOST_311, str(tmp_path), lines.append)
+    first = wheels.download_wheels(lock, HOST_311, str(tmp_path), lines.append)
+    again = wheels.download_wheels(lock, HOST_311, str(tmp_path), lines.append)
     assert first == again and len(calls) == 1
     cmd = calls[0]
     assert cmd[cmd.index("--python-version") + 1] == "3.11" and "--only-binary=:all:" in cmd
     assert "manylinux_2_17_x86_64" in cmd and "manylinux2014_x86_64" in cmd
     assert "cached" in lines[-1]
-    other = I.download_wheels(["numpy==2.0"], HOST_311, str(tmp_path), lines.append)
+    other = wheels.download_wheels(["numpy==2.0"], HOST_311, str(tmp_path), lines.append)
     assert other != first and len(calls) == 2
 
 
@@ -114,9 +114,9 @@ def test_a_failed_download_shows_pip_output(tmp_path, monkeypatch):
     def failing(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution for x")
 
-    monkeypatch.setattr(I.subprocess, "run", failing)
+    monkeypatch.setattr(wheels.subprocess, "run", failing)
     with pytest.raises(MlflowException, match="No matching distribution"):
-        I.download_wheels(["x==1"], HOST_311, str(tmp_path), lambda line: None)
+        wheels.download_wheels(["x==1"], HOST_311, str(tmp_path), lambda line: None)
     assert not [n for n in os.listdir(tmp_path / "wheels") if not n.startswith(".")]
 
 
@@ -125,10 +125,10 @@ def test_a_failed_download_shows_pip_output(tmp_path, monkeypatch):
 
 @pytest.mark.docker
 def test_the_platform_of_the_base_image_is_probed(docker_client, base_image):
-    platform = I.probe_platform(docker_client, docker_client.images.get(base_image))
+    platform = probe.probe_platform(docker_client, docker_client.images.get(base_image))
     assert platform.python_version == "3.11"
     assert platform.platform_tags[0].startswith("manylinux_2_")
-    given = I.probe_platform(
+    given = probe.probe_platform(
         docker_client, object(), python_version="3.12", platform="manylinux_2_28_aarch64"
     )
     assert given.python_version == "3.12" and given.machine == "aarch64"
@@ -143,22 +143,23 @@ def resolved(tmp_path_factory):
         x, y = mixed_data()
         pipeline = mixed_pipeline(GradientBoostingClassifier(n_estimators=20, random_state=0))
         register_sklearn(pipeline.fit(x, y), "img-model", x.head(100))
-        yield lambda sub: D.resolve_model("models:/img-model/1", str(path / sub))
+        yield lambda sub: _deployments.resolve_model("models:/img-model/1", str(path / sub))
 
 
 @pytest.fixture(scope="module")
 def built(docker_client, base_image, resolved):
     lines: list[str] = []
-    package = I.package_hash()
-    image = I.ensure_image(
+    package_hash = package.package_hash()
+    image = builder.ensure_image(
         docker_client,
         resolved("bundle-1"),
+        recipe=recipes.ONNX_SERVING,
         base_image=base_image,
         repository=TEST_REPOSITORY,
         progress=lines.append,
     )
-    yield image, lines, package
-    I.remove_image(docker_client, image.tag)
+    yield image, lines, package_hash
+    _docker.remove_image(docker_client, image.tag)
 
 
 def run_python(docker_client, image: str, code: str) -> str:
@@ -222,16 +223,18 @@ def test_the_image_adds_at_most_170_mb_over_its_base(built):
 
 @pytest.mark.docker
 def test_an_unchanged_bundle_reuses_the_image(docker_client, base_image, built, resolved):
-    image, _, package = built
+    image, _, package_hash = built
     lines: list[str] = []
-    again = I.ensure_image(
+    again = builder.ensure_image(
         docker_client,
         resolved("bundle-2"),  # built again: a new created_at, the same model bytes
+        recipe=recipes.ONNX_SERVING,
         base_image=base_image,
         repository=TEST_REPOSITORY,
         progress=lines.append,
     )
-    if I.package_hash() != package:  # the runtime's code changed meanwhile: a new image is due
+    # the runtime's code changed meanwhile: a new image is due
+    if package.package_hash() != package_hash:
         assert not again.cached and again.tag != image.tag
         return
     assert again.cached and again.id == image.id and again.tag == image.tag

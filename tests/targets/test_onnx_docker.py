@@ -25,9 +25,9 @@ from helpers import CATEGORICAL, NUMERIC, mixed_data, mixed_pipeline, tracking_s
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 
-from mlflow_deploy_plugins.targets import _deployments as D
-from mlflow_deploy_plugins.targets import onnx_docker
-from mlflow_deploy_plugins.targets.onnx_docker import OnnxDockerConfig, container_options
+from mlflow_deploy_plugins.targets import _container, _deployments, _endpoints, onnx_docker
+from mlflow_deploy_plugins.targets._container import container_options, serving_environment
+from mlflow_deploy_plugins.targets.onnx_docker import OnnxDockerConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "targets" / "onnx-docker.md"
 RUN = uuid.uuid4().hex[:6]
@@ -72,6 +72,9 @@ def test_target_help_and_docs_are_generated_from_the_config():
         ({"prot": "8080"}, "Unknown config key 'prot'"),
         ({"port": "http"}, "'port' of target 'onnx-docker': expected an integer, got 'http'"),
         ({"port": "0"}, "port must be between 1 and 65535"),
+        # serving settings are checked by ServingSettings itself, naming the key
+        ({"workers": "0"}, "'workers': must be >= 1, got 0"),
+        ({"payload_log_sample_rate": "2"}, "'payload_log_sample_rate': must be between 0 and 1"),
         ({"network_mode": "overlay"}, "must be one of host, bridge"),
         ({"user": "nobody"}, "user must be UID:GID"),
         ({"memory": "lots"}, "memory must be a size"),
@@ -139,7 +142,8 @@ def test_container_options_host_mode_are_hardened(tmp_path):
             "max_batch_size": "32",
         }
     )
-    opts = container_options(cfg, 9000, takeover=2)
+    env = serving_environment(cfg, 9000, container_port=8080, takeover=2)
+    opts = container_options(cfg, 9000, env, container_port=8080)
     env = opts["environment"]
     assert opts["network_mode"] == "host" and "ports" not in opts
     assert env["MLFLOW_DEPLOY_HOST"] == "127.0.0.1" and env["MLFLOW_DEPLOY_PORT"] == "9000"
@@ -148,8 +152,8 @@ def test_container_options_host_mode_are_hardened(tmp_path):
     assert env["MLFLOW_DEPLOY_WORKERS"] == "2" and env["MLFLOW_DEPLOY_MAX_BATCH_SIZE"] == "32"
     # the token travels as a read-only file, never as an environment variable
     assert "MLFLOW_DEPLOY_AUTH_TOKEN" not in env
-    assert env["MLFLOW_DEPLOY_AUTH_TOKEN_FILE"] == onnx_docker.TOKEN_PATH
-    assert opts["volumes"][str(token)] == {"bind": onnx_docker.TOKEN_PATH, "mode": "ro"}
+    assert env["MLFLOW_DEPLOY_AUTH_TOKEN_FILE"] == _container.TOKEN_PATH
+    assert opts["volumes"][str(token)] == {"bind": _container.TOKEN_PATH, "mode": "ro"}
     assert opts["volumes"][str(tmp_path / "log")]["mode"] == "rw"
     assert opts["read_only"] is True and "/tmp" in opts["tmpfs"]
     assert opts["cap_drop"] == ["ALL"] and opts["security_opt"] == ["no-new-privileges:true"]
@@ -162,7 +166,8 @@ def test_container_options_bridge_mode_publish_on_host():
     cfg = OnnxDockerConfig.from_config(
         {"network_mode": "bridge", "host": "0.0.0.0", "port": "9001", "restart_policy": "no"}
     )
-    opts = container_options(cfg, 9001, takeover=1)
+    env = serving_environment(cfg, 9001, container_port=8080, takeover=1)
+    opts = container_options(cfg, 9001, env, container_port=8080)
     assert opts["network_mode"] == "bridge"
     assert opts["ports"] == {"8080/tcp": ("0.0.0.0", 9001)}
     env = opts["environment"]
@@ -177,7 +182,7 @@ def test_unreadable_token_file_is_refused_before_building(tmp_path):
     token.chmod(0o600)  # owner only: whoever runs the tests, not uid 4242
     cfg = OnnxDockerConfig.from_config({"auth_token_file": str(token), "user": "4242:4242"})
     with pytest.raises(MlflowException, match="not readable by the container user 4242:4242"):
-        onnx_docker._prepare_host_paths(cfg)
+        _container.prepare_host_paths(cfg)
 
 
 # --- against the engine --------------------------------------------------------------------
@@ -243,7 +248,7 @@ def new_name(client, prefix: str) -> str:
 def source_deployment(client, registry):
     """A deployment of the SOURCE sklearn version 1 (converted at deploy time)."""
     name = new_name(client, "src")
-    port = D.free_port()
+    port = _endpoints.free_port()
     started = time.monotonic()
     info = client.create_deployment(name, f"models:/{registry['name']}/1", config=config(port))
     info["create_seconds"] = time.monotonic() - started
@@ -368,7 +373,7 @@ def test_get_and_list_read_the_truth_from_docker(client, docker_client, source_d
 @pytest.mark.docker
 def test_create_an_onnx_twin_with_the_cli_then_delete_twice(client, docker_client, registry):
     name = new_name(client, "twin")
-    port = D.free_port()
+    port = _endpoints.free_port()
     args = ["-C", f"port={port}", "-C", f"base_image={BASE_IMAGE}"]
     args += ["-C", f"image_repository={TEST_REPOSITORY}", "-C", "stop_timeout=5"]
     model_uri = f"models:/{registry['onnx_name']}@champion"
@@ -490,7 +495,7 @@ class Load:
 @pytest.mark.docker
 def test_update_under_load_fails_no_request(client, docker_client, registry):
     name = new_name(client, "upd")
-    port = D.free_port()
+    port = _endpoints.free_port()
     model_uri = f"models:/{registry['name']}/1"
     client.create_deployment(name, model_uri, config=config(port))
     frame = registry["x"]
@@ -555,7 +560,7 @@ def test_a_crash_at_start_shows_the_logs_and_leaves_nothing(
     images_before = {i.id for i in docker_client.images.list(name=TEST_REPOSITORY)}
     with pytest.raises(MlflowException) as info:
         client.create_deployment(
-            name, f"models:/{registry['name']}/2", config=config(D.free_port())
+            name, f"models:/{registry['name']}/2", config=config(_endpoints.free_port())
         )
     assert "exited at start" in info.value.message
     assert "refusing to serve" in info.value.message
@@ -601,7 +606,9 @@ def test_an_existing_name_is_resource_already_exists(client, registry, source_de
 def test_an_unknown_model_uri_is_resource_does_not_exist(client, docker_client, registry):
     name = new_name(client, "nomodel")
     with pytest.raises(MlflowException) as info:
-        client.create_deployment(name, "models:/no-such-model/1", config=config(D.free_port()))
+        client.create_deployment(
+            name, "models:/no-such-model/1", config=config(_endpoints.free_port())
+        )
     assert error_code(info) == "RESOURCE_DOES_NOT_EXIST"
     assert "no-such-model" in info.value.message
     assert not docker_client.containers.list(
@@ -617,7 +624,7 @@ def test_auth_token_file_and_payload_log_volume(client, registry, tmp_path):
     os.chown(token, 10001, 10001)
     log_dir = tmp_path / "payloads"
     name = new_name(client, "auth")
-    port = D.free_port()
+    port = _endpoints.free_port()
     client.create_deployment(
         name,
         f"models:/{registry['name']}/1",
@@ -646,7 +653,7 @@ def test_auth_token_file_and_payload_log_volume(client, registry, tmp_path):
 @pytest.mark.docker
 def test_run_local_serves_in_the_foreground_until_interrupted(docker_client, base_image, registry):
     name = f"local-{RUN}"
-    port = D.free_port()
+    port = _endpoints.free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=registry["uri"])
     cmd = [sys.executable, "-m", "mlflow", "deployments", "run-local", "-t", "onnx-docker"]
     cmd += ["--name", name, "-m", f"models:/{registry['name']}/1"]
@@ -657,10 +664,10 @@ def test_run_local_serves_in_the_foreground_until_interrupted(docker_client, bas
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
     try:
-        D.wait_until(
+        _endpoints.wait_until(
             lambda: any("Ctrl+C stops it" in line for line in lines), 240, what="run-local"
         )
-        assert D.http_ready(f"http://127.0.0.1:{port}/v2/health/ready")
+        assert _endpoints.http_ready(f"http://127.0.0.1:{port}/v2/health/ready")
         assert docker_client.containers.list(filters={"label": f"mlflow_deploy.run_local={name}"})
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
@@ -761,19 +768,21 @@ class FakeEngine:
 
 @pytest.fixture
 def fake(monkeypatch):
-    from mlflow_deploy_plugins.targets import _images
+    from mlflow_deploy_plugins.targets._images.builder import BuiltImage
 
     engine = FakeEngine()
-    resolved = D.ResolvedModel("models:/m/1", None, "m", "1", "r", "", "", "m", "1", "ab" * 32)
-    monkeypatch.setattr(D, "resolve_model", lambda uri, path, **kw: resolved)
-    monkeypatch.setattr(D, "http_ready", lambda url, timeout=1.0: True)
-    monkeypatch.setattr(D, "port_in_use", lambda host, port: False)
-    monkeypatch.setattr(D, "free_port", lambda host="127.0.0.1": 5555)
+    resolved = _deployments.ResolvedModel(
+        "models:/m/1", None, "m", "1", "r", "", "", "m", "1", "ab" * 32
+    )
+    monkeypatch.setattr(_deployments, "resolve_model", lambda uri, path, **kw: resolved)
+    monkeypatch.setattr(_endpoints, "http_ready", lambda url, timeout=1.0: True)
+    monkeypatch.setattr(_endpoints, "port_in_use", lambda host, port: False)
+    monkeypatch.setattr(_endpoints, "free_port", lambda host="127.0.0.1": 5555)
     client = get_deploy_client("onnx-docker")
-    client._client = engine
+    client.deployments.client = engine
     client.progress = lambda line: None
-    image = _images.BuiltImage("repo:tag", "sha256:x", 1, 0, True, 0.0)
-    monkeypatch.setattr(client, "_image", lambda resolved, cfg: image)
+    image = BuiltImage("repo:tag", "sha256:x", 1, 0, True, 0.0)
+    monkeypatch.setattr(client.deployments, "_image", lambda resolved, cfg: image)
     cfg = {"network_mode": "bridge", "port": "9100", "host": "0.0.0.0", "stop_timeout": "1"}
     client.create_deployment("b", "models:/m/1", config=cfg)
     engine.events.clear()

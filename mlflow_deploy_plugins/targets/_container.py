@@ -1,0 +1,318 @@
+"""The hardened serving container spec: ``containers.create`` options, the runtime's environment,
+mounted host files, the shared container ``-C`` checks, and its labels (read back by ``get``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from mlflow_deploy_plugins.errors import InvalidInputError
+from mlflow_deploy_plugins.serving.settings import ServingSettings, SettingsError
+from mlflow_deploy_plugins.targets import _deployments, _endpoints
+
+_logger = logging.getLogger(__name__)
+
+#: Where ``-C auth_token_file`` is mounted (read-only): the token is never an env variable.
+TOKEN_PATH = "/run/secrets/mlflow-deploy-token"
+#: Where ``-C payload_log_dir`` is mounted (read-write).
+PAYLOAD_LOG_PATH = "/var/lib/mlflow-deploy/payload-log"
+#: -C keys that are serving settings of the same name: ``ServingSettings`` validates them.
+SERVING_KEYS = (
+    "workers",
+    "max_batch_size",
+    "max_batch_time_ms",
+    "log_level",
+    "payload_log_sample_rate",
+)
+_MEMORY = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+_USER = re.compile(r"^\d+:\d+$")
+
+
+class ContainerConfig(Protocol):
+    """The ``-C`` keys a target running hardened serving containers declares (same names)."""
+
+    port: int
+    host: str
+    network_mode: str  # host | bridge
+    user: str  # UID:GID
+    workers: int
+    log_level: str
+    max_batch_size: int | None
+    max_batch_time_ms: float | None
+    payload_log_sample_rate: float | None
+    auth_token_file: str | None
+    payload_log_dir: str | None
+    memory: str | None
+    cpus: float | None
+    restart_policy: str
+    ready_timeout: float
+    stop_timeout: float
+
+
+def config_problems(cfg: ContainerConfig) -> list[str]:
+    """What is wrong with the container keys of ``cfg``; call it from ``__post_init__``.
+
+    The serving settings among them (:data:`SERVING_KEYS`) are checked by ``ServingSettings``
+    itself, so the runtime and the target never disagree on a range.
+
+    Args:
+        cfg: a target config.
+
+    Returns:
+        One message per problem, each naming the ``-C`` key, its allowed values and the value.
+    """
+    problems = []
+    # The host port: a deployment needs a fixed one (the runtime's port 0 means "any").
+    if not 1 <= cfg.port <= 65535:
+        problems.append(f"port must be between 1 and 65535, got {cfg.port}")
+    if not _USER.match(cfg.user):
+        problems.append(f"user must be UID:GID in numbers (e.g. 10001:10001), got {cfg.user!r}")
+    if cfg.memory is not None and not _MEMORY.match(cfg.memory):
+        problems.append(f"memory must be a size like 512m or 2g, got {cfg.memory!r}")
+    if cfg.cpus is not None and cfg.cpus <= 0:
+        problems.append(f"cpus must be > 0, got {cfg.cpus}")
+    for key in ("ready_timeout", "stop_timeout"):
+        if getattr(cfg, key) <= 0:
+            problems.append(f"{key} must be > 0, got {getattr(cfg, key)}")
+    values = {k: getattr(cfg, k) for k in SERVING_KEYS if getattr(cfg, k) is not None}
+    try:
+        ServingSettings(**values)
+    except SettingsError as e:  # names the setting, which is the -C key of the same name
+        problems.append(f"{e}, got {values.get(e.key)!r}")
+    return problems
+
+
+def uid_gid(user: str) -> tuple[int, int]:
+    """``"10001:10001"`` -> ``(10001, 10001)``."""
+    uid, gid = user.split(":")
+    return int(uid), int(gid)
+
+
+def serving_environment(
+    cfg: ContainerConfig, port: int, *, container_port: int, takeover: int | None = None
+) -> dict[str, str]:
+    """The serving runtime's ``MLFLOW_DEPLOY_*`` variables for one container on ``port``.
+
+    Args:
+        cfg: the target config.
+        port: the host port.
+        container_port: where the image's server listens in bridge network mode.
+        takeover: host mode, same port: the worker count of the server this one replaces
+            (the new server then steers every new connection to itself).
+
+    Returns:
+        Variable -> value.
+    """
+    host_mode = cfg.network_mode == "host"
+    settings = {
+        "host": cfg.host if host_mode else "0.0.0.0",
+        "port": port if host_mode else container_port,
+        "workers": cfg.workers,
+        "log_level": cfg.log_level,
+        # lets the next version bind the same port during an update (host network mode)
+        "reuse_port": host_mode,
+        "max_batch_size": cfg.max_batch_size,
+        "max_batch_time_ms": cfg.max_batch_time_ms,
+        "payload_log_sample_rate": cfg.payload_log_sample_rate,
+        "reuse_port_takeover": takeover if host_mode and takeover else None,
+        "auth_token_file": TOKEN_PATH if cfg.auth_token_file else None,
+        "payload_log_dir": PAYLOAD_LOG_PATH if cfg.payload_log_dir else None,
+    }
+    return {
+        ServingSettings.env_var(name): _env_value(value)
+        for name, value in settings.items()
+        if value is not None
+    }
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def container_options(
+    cfg: ContainerConfig, port: int, environment: dict[str, str], *, container_port: int
+) -> dict[str, Any]:
+    """Keyword arguments of ``containers.create`` for one hardened serving container.
+
+    Non-root, read-only root with a ``/tmp`` tmpfs, no capabilities, no-new-privileges, an init
+    process, pids/memory/CPU limits; the token file and payload log directory mounted.
+
+    Args:
+        cfg: the target config.
+        port: the host port.
+        environment: the container's variables (e.g. :func:`serving_environment`).
+        container_port: the port published on ``cfg.host:port`` in bridge network mode.
+
+    Returns:
+        The options (labels and name excepted).
+    """
+    volumes = {}
+    if cfg.auth_token_file:
+        volumes[os.path.abspath(cfg.auth_token_file)] = {"bind": TOKEN_PATH, "mode": "ro"}
+    if cfg.payload_log_dir:
+        volumes[os.path.abspath(cfg.payload_log_dir)] = {"bind": PAYLOAD_LOG_PATH, "mode": "rw"}
+    options: dict[str, Any] = {
+        "environment": environment,
+        "user": cfg.user,
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "init": True,  # forwards SIGTERM, reaps the worker processes
+        "pids_limit": 512,
+        "volumes": volumes,
+    }
+    if cfg.restart_policy != "no":
+        options["restart_policy"] = {"Name": cfg.restart_policy}
+        if cfg.restart_policy == "on-failure":
+            options["restart_policy"]["MaximumRetryCount"] = 5
+    if cfg.network_mode == "host":
+        options["network_mode"] = "host"
+    else:
+        options["network_mode"] = "bridge"
+        options["ports"] = {f"{container_port}/tcp": (cfg.host, port)}
+    if cfg.memory:
+        options["mem_limit"] = cfg.memory
+    if cfg.cpus:
+        options["nano_cpus"] = int(cfg.cpus * 1e9)
+    return options
+
+
+def prepare_host_paths(cfg: ContainerConfig) -> None:
+    """Check the mounted host files before anything is built: the token file must be readable
+    and the payload log directory (created when missing) writable by ``cfg.user``.
+
+    The container has no capabilities: root inside cannot bypass permissions either.
+
+    Args:
+        cfg: the target config.
+
+    Raises:
+        InvalidInputError: naming the path, the user and how to fix it.
+    """
+    uid, gid = uid_gid(cfg.user)
+    if cfg.auth_token_file:
+        path = cfg.auth_token_file
+        if not os.path.isfile(path):
+            raise InvalidInputError(f"auth_token_file {path!r} is not a file")
+        if not _deployments.read_token(path):
+            raise InvalidInputError(f"auth_token_file {path!r} is empty")
+        if not _allows(os.stat(path), uid, gid, 4):
+            raise InvalidInputError(
+                f"auth_token_file {path!r} is not readable by the container user {cfg.user}: "
+                f"chown {cfg.user} it (mode 0400), or set -C user= to its owner"
+            )
+    if cfg.payload_log_dir:
+        path = cfg.payload_log_dir
+        if not os.path.isdir(path):
+            os.makedirs(path, exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(path, uid, gid)
+        if not _allows(os.stat(path), uid, gid, 2 | 1):
+            raise InvalidInputError(
+                f"payload_log_dir {path!r} is not writable by the container user {cfg.user}: "
+                f"chown {cfg.user} it, or set -C user= to its owner"
+            )
+
+
+def _allows(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
+    if st.st_uid == uid:
+        mode = st.st_mode >> 6
+    elif st.st_gid == gid:
+        mode = st.st_mode >> 3
+    else:
+        mode = st.st_mode
+    return mode & bits == bits
+
+
+# --- labels: what get/list read back -----------------------------------------------------------
+
+
+def container_labels(
+    target: str,
+    name: str,
+    resolved: _deployments.ResolvedModel,
+    *,
+    host: str,
+    port: int,
+    network_mode: str,
+    image: str,
+    config: Mapping[str, Any],
+    local: bool = False,
+) -> dict[str, str]:
+    """The labels a deployment's container carries: everything ``get`` shows is read back
+    from them (:func:`describe_container`), nothing is kept in a local file.
+
+    Args:
+        target: the target's name.
+        name: the deployment (or the ``run_local`` name when ``local``).
+        resolved: the model it serves.
+        host: the address it answers on.
+        port: its host port.
+        network_mode: host or bridge.
+        image: the image tag.
+        config: the remembered ``-C`` settings (an update starts from them).
+        local: a ``run_local`` container, which is no deployment.
+
+    Returns:
+        Label -> value.
+    """
+    labels = {
+        _deployments.LABEL_TARGET: target,
+        **resolved.labels(),
+        _deployments.LABEL_PORT: str(port),
+        _deployments.LABEL_HOST: host,
+        _deployments.LABEL_NETWORK_MODE: network_mode,
+        _deployments.LABEL_IMAGE: image,
+        _deployments.LABEL_CONFIG: json.dumps(dict(config), sort_keys=True),
+        _deployments.LABEL_CREATED: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    labels[_deployments.LABEL_RUN_LOCAL if local else _deployments.LABEL_DEPLOYMENT] = name
+    return labels
+
+
+def remembered_config(container) -> dict[str, Any]:
+    """The ``-C`` settings a container was started with (its config label)."""
+    return json.loads(container.labels.get(_deployments.LABEL_CONFIG, "{}"))
+
+
+def describe_container(container, *, target: str, flavor: str) -> dict[str, Any]:
+    """What ``get_deployment``/``list_deployments`` return, read from a container's labels.
+
+    Args:
+        container: the deployment's current container.
+        target: the target's name.
+        flavor: the flavor it serves.
+
+    Returns:
+        Name, status, health, endpoint URL, lineage, image, container, network and config.
+    """
+    labels = container.labels
+    state = container.attrs.get("State", {})
+    host = labels.get(_deployments.LABEL_HOST, "127.0.0.1")
+    port = int(labels.get(_deployments.LABEL_PORT, 0))
+    return {
+        "name": labels.get(_deployments.LABEL_DEPLOYMENT),
+        "flavor": flavor,
+        "target": target,
+        "status": state.get("Status", container.status),
+        "health": (state.get("Health") or {}).get("Status"),
+        "endpoint_url": _endpoints.endpoint_url(host, port),
+        **_deployments.describe_lineage(labels),
+        "image": labels.get(_deployments.LABEL_IMAGE),
+        "image_id": container.attrs.get("Image"),
+        "container": container.name,
+        "container_id": container.id[:12],
+        "network_mode": labels.get(_deployments.LABEL_NETWORK_MODE),
+        "host": host,
+        "port": port,
+        "created_at": labels.get(_deployments.LABEL_CREATED),
+        "config": remembered_config(container),
+    }
