@@ -101,6 +101,13 @@ def between(low: float, high: float) -> Check:
     return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
 
 
+def check_of(cls: type, name: str) -> Check:
+    """The rule of field ``name`` of ``cls`` (its choices and check), for a field of another
+    config that must obey the same rule (a target's ``-C`` key that is a runtime setting)."""
+    f = _field(cls, name)
+    return lambda value: problem_with(f, value)
+
+
 # --- reading the declarations --------------------------------------------------------------------
 
 

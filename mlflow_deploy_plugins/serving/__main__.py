@@ -13,6 +13,7 @@ import os
 import sys
 
 from mlflow_deploy_plugins.serving.settings import (
+    BUNDLE_ENV,
     ENV_PREFIX,
     ServingSettings,
     SettingsError,
@@ -22,7 +23,6 @@ from mlflow_deploy_plugins.serving.settings import (
 SECRET_SETTINGS = frozenset({"auth_token"})
 #: Short spellings documented in the issue / README, on top of the generated flags.
 ALIASES = {"payload_log_dir": ["--payload-log"]}
-BUNDLE_ENV = ENV_PREFIX + "BUNDLE_DIR"
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 
 

@@ -21,6 +21,8 @@ _logger = logging.getLogger(__name__)
 
 #: Environment variables are named ``ENV_PREFIX + field name in upper case``.
 ENV_PREFIX = "MLFLOW_DEPLOY_"
+#: The bundle directory when the command line names none (images set it).
+BUNDLE_ENV = ENV_PREFIX + "BUNDLE_DIR"
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

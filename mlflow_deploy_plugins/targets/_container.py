@@ -1,5 +1,5 @@
 """The hardened serving container spec: ``containers.create`` options, the runtime's environment,
-mounted host files, the shared container ``-C`` checks, and its labels (read back by ``get``)."""
+mounted host files, the rules of the container ``-C`` keys, and its labels (read back by ``get``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from mlflow_deploy_plugins.core import config
 from mlflow_deploy_plugins.errors import InvalidInputError
-from mlflow_deploy_plugins.serving.settings import ServingSettings, SettingsError
+from mlflow_deploy_plugins.serving.settings import ServingSettings
 from mlflow_deploy_plugins.targets import _deployments, _endpoints
 
 _logger = logging.getLogger(__name__)
@@ -21,16 +22,27 @@ _logger = logging.getLogger(__name__)
 TOKEN_PATH = "/run/secrets/mlflow-deploy-token"
 #: Where ``-C payload_log_dir`` is mounted (read-write).
 PAYLOAD_LOG_PATH = "/var/lib/mlflow-deploy/payload-log"
-#: -C keys that are serving settings of the same name: ``ServingSettings`` validates them.
-SERVING_KEYS = (
-    "workers",
-    "max_batch_size",
-    "max_batch_time_ms",
-    "log_level",
-    "payload_log_sample_rate",
-)
 _MEMORY = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 _USER = re.compile(r"^\d+:\d+$")
+
+
+# The rules of the container -C keys, declared on each target's fields with option(check=...).
+#: The host port: a deployment needs a fixed one (the runtime's port 0 means "any").
+HOST_PORT = config.between(1, 65535)
+
+
+def user_spec(value: str) -> str | None:
+    return None if _USER.match(value) else "must be UID:GID in numbers (e.g. 10001:10001)"
+
+
+def memory_size(value: str) -> str | None:
+    return None if _MEMORY.match(value) else "must be a size like 512m or 2g"
+
+
+def runtime_setting(name: str) -> config.Check:
+    """The runtime's own rule for a -C key that is a serving setting of the same name, so the
+    target and the runtime never disagree on a range."""
+    return config.check_of(ServingSettings, name)
 
 
 class ContainerConfig(Protocol):
@@ -52,39 +64,6 @@ class ContainerConfig(Protocol):
     restart_policy: str
     ready_timeout: float
     stop_timeout: float
-
-
-def config_problems(cfg: ContainerConfig) -> list[str]:
-    """What is wrong with the container keys of ``cfg``; call it from ``__post_init__``.
-
-    The serving settings among them (:data:`SERVING_KEYS`) are checked by ``ServingSettings``
-    itself, so the runtime and the target never disagree on a range.
-
-    Args:
-        cfg: a target config.
-
-    Returns:
-        One message per problem, each naming the ``-C`` key, its allowed values and the value.
-    """
-    problems = []
-    # The host port: a deployment needs a fixed one (the runtime's port 0 means "any").
-    if not 1 <= cfg.port <= 65535:
-        problems.append(f"port must be between 1 and 65535, got {cfg.port}")
-    if not _USER.match(cfg.user):
-        problems.append(f"user must be UID:GID in numbers (e.g. 10001:10001), got {cfg.user!r}")
-    if cfg.memory is not None and not _MEMORY.match(cfg.memory):
-        problems.append(f"memory must be a size like 512m or 2g, got {cfg.memory!r}")
-    if cfg.cpus is not None and cfg.cpus <= 0:
-        problems.append(f"cpus must be > 0, got {cfg.cpus}")
-    for key in ("ready_timeout", "stop_timeout"):
-        if getattr(cfg, key) <= 0:
-            problems.append(f"{key} must be > 0, got {getattr(cfg, key)}")
-    values = {k: getattr(cfg, k) for k in SERVING_KEYS if getattr(cfg, k) is not None}
-    try:
-        ServingSettings(**values)
-    except SettingsError as e:  # names the setting, which is the -C key of the same name
-        problems.append(f"{e}, got {values.get(e.key)!r}")
-    return problems
 
 
 def uid_gid(user: str) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from mlflow.deployments import BaseDeploymentClient
 
+from mlflow_deploy_plugins.core import config
 from mlflow_deploy_plugins.serving.settings import LOG_LEVELS
 
 # Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
@@ -35,7 +36,7 @@ class OnnxDockerConfig(TargetConfig):
 
     target: ClassVar[str] = TARGET
 
-    port: int = option(8080, "Host port the endpoint answers on.")
+    port: int = option(8080, "Host port the endpoint answers on.", check=_container.HOST_PORT)
     host: str = option(
         "127.0.0.1",
         "Address the server binds in host network mode, or the address the port is published "
@@ -54,15 +55,29 @@ class OnnxDockerConfig(TargetConfig):
         recipes.DEFAULT_USER,
         "UID:GID (numbers) the server runs as; it must be able to read auth_token_file and "
         "write payload_log_dir.",
+        check=_container.user_spec,
     )
-    workers: int = option(1, "Server processes sharing the port; one per core scales best.")
+    workers: int = option(
+        1,
+        "Server processes sharing the port; one per core scales best.",
+        check=_container.runtime_setting("workers"),
+    )
     max_batch_size: int | None = option(
-        None, "Most rows run in one onnxruntime call (runtime default 64)."
+        None,
+        "Most rows run in one onnxruntime call (runtime default 64).",
+        check=_container.runtime_setting("max_batch_size"),
     )
     max_batch_time_ms: float | None = option(
-        None, "Longest wait to fill a batch in ms (runtime default 0: adaptive)."
+        None,
+        "Longest wait to fill a batch in ms (runtime default 0: adaptive).",
+        check=_container.runtime_setting("max_batch_time_ms"),
     )
-    log_level: str = option("INFO", "Log level of the server.", choices=LOG_LEVELS)
+    log_level: str = option(
+        "INFO",
+        "Log level of the server.",
+        choices=LOG_LEVELS,
+        check=_container.runtime_setting("log_level"),
+    )
     auth_token_file: str | None = option(
         None,
         "Host file holding a bearer token; mounted read-only into the container as a file "
@@ -74,22 +89,31 @@ class OnnxDockerConfig(TargetConfig):
         "read-write; created when missing.",
     )
     payload_log_sample_rate: float | None = option(
-        None, "Fraction of requests written to the payload log (runtime default 1.0)."
+        None,
+        "Fraction of requests written to the payload log (runtime default 1.0).",
+        check=_container.runtime_setting("payload_log_sample_rate"),
     )
-    memory: str | None = option(None, "Memory limit of the container, e.g. 512m or 2g.")
-    cpus: float | None = option(None, "CPU limit of the container in cores, e.g. 1.5.")
+    memory: str | None = option(
+        None, "Memory limit of the container, e.g. 512m or 2g.", check=_container.memory_size
+    )
+    cpus: float | None = option(
+        None, "CPU limit of the container in cores, e.g. 1.5.", check=config.positive
+    )
     restart_policy: str = option(
         "unless-stopped",
         "Docker restart policy of the container.",
         choices=("no", "on-failure", "unless-stopped", "always"),
     )
     ready_timeout: float = option(
-        60.0, "Seconds create/update wait for the readiness probe before giving up."
+        60.0,
+        "Seconds create/update wait for the readiness probe before giving up.",
+        check=config.positive,
     )
     stop_timeout: float = option(
         30.0,
         "Seconds a stopping server gets to finish in-flight requests and flush the payload log "
         "before it is killed.",
+        check=config.positive,
     )
     python_version: str | None = option(
         None, "Python version of the base image the wheels are for (e.g. 3.11); default: probed."
@@ -109,11 +133,6 @@ class OnnxDockerConfig(TargetConfig):
     remove_image: bool = option(
         False, "delete: also remove the image; update: remove the previous version's image."
     )
-
-    def __post_init__(self) -> None:
-        problems = _container.config_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
 
     def remembered(self) -> dict[str, Any]:
         """What the container label keeps (update starts from it)."""

@@ -71,13 +71,15 @@ def test_target_help_and_docs_are_generated_from_the_config():
     [
         ({"prot": "8080"}, "Unknown config key 'prot'"),
         ({"port": "http"}, "'port' of target 'onnx-docker': expected an integer, got 'http'"),
-        ({"port": "0"}, "port must be between 1 and 65535"),
-        # serving settings are checked by ServingSettings itself, naming the key
-        ({"workers": "0"}, "'workers': must be >= 1, got 0"),
-        ({"payload_log_sample_rate": "2"}, "'payload_log_sample_rate': must be between 0 and 1"),
+        ({"port": "0"}, "'port' of target 'onnx-docker'='0': must be between 1 and 65535"),
+        # serving settings obey the runtime's own rule, and the message names the -C key
+        ({"workers": "0"}, "'workers' of target 'onnx-docker'='0': must be >= 1"),
+        ({"payload_log_sample_rate": "2"}, "'payload_log_sample_rate'.*must be between 0 and 1"),
+        ({"max_batch_time_ms": "-1"}, "'max_batch_time_ms'.*must be >= 0"),
         ({"network_mode": "overlay"}, "must be one of host, bridge"),
-        ({"user": "nobody"}, "user must be UID:GID"),
-        ({"memory": "lots"}, "memory must be a size"),
+        ({"user": "nobody"}, "'user'.*='nobody': must be UID:GID"),
+        ({"memory": "lots"}, "'memory'.*='lots': must be a size like 512m"),
+        ({"cpus": "0"}, "'cpus'.*='0': must be > 0"),
         ({"restart_policy": "sometimes"}, "must be one of no, on-failure"),
         ({"rebuild": "maybe"}, "'rebuild' of target 'onnx-docker': expected a boolean"),
     ],

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mlflow_deploy_plugins.core.constants import PACKAGE
-from mlflow_deploy_plugins.serving.__main__ import BUNDLE_ENV
-from mlflow_deploy_plugins.serving.settings import ServingSettings
+from mlflow_deploy_plugins.serving.settings import BUNDLE_ENV, ServingSettings
 from mlflow_deploy_plugins.targets import _deployments
 from mlflow_deploy_plugins.targets._images.wheels import LOCK_FILE
 
