@@ -744,8 +744,10 @@ def build_tables(reports: dict[str, ServerReport]) -> dict[str, list[list[str]]]
                 continue
             by_key = {r.scenario: r for r in base.results}
             for r in ours.results:
-                # Extra rows ("1 row c=32 V2 tensor") are compared with the base scenario.
-                key = next((k for k in by_key if r.scenario.startswith(k)), None)
+                # The same scenario when the baseline ran it (our runtime from another tree);
+                # else extra rows ("1 row c=32 V2 tensor") are compared with the base scenario.
+                key = r.scenario if r.scenario in by_key else None
+                key = key or next((k for k in by_key if r.scenario.startswith(k)), None)
                 if key is None:
                     continue
                 b = by_key[key]
