@@ -17,6 +17,8 @@ import orjson
 
 from mlflow_deploy_plugins import __version__
 from mlflow_deploy_plugins.serving import codecs
+from mlflow_deploy_plugins.serving.access_log import LOGGER as ACCESS_LOGGER
+from mlflow_deploy_plugins.serving.access_log import AccessLog
 from mlflow_deploy_plugins.serving.batching import Batcher
 from mlflow_deploy_plugins.serving.errors import (
     InternalError,
@@ -34,7 +36,6 @@ from mlflow_deploy_plugins.serving.model import ServedModel
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 _logger = logging.getLogger(__name__)
-_access = logging.getLogger("mlflow_deploy_plugins.serving.access")
 
 JSON = "application/json"
 SERVER_NAME = "mlflow-deploy-plugins"
@@ -68,6 +69,8 @@ class ServingApp:
         self.metrics = metrics or ServingMetrics()
         self.metrics.set_model(self.name, self.version)
         self.payload_log = payload_log
+        access = settings.access_log and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+        self.access_log = AccessLog() if access else None
         self.batcher = Batcher(
             model.run,
             max_batch_size=settings.max_batch_size,
@@ -283,23 +286,15 @@ class ServingApp:
         route = _route_label(request.path, self)
         self.metrics.requests_total.labels(route, str(response.status)).inc()
         self.metrics.request_duration_seconds.labels(route).observe(duration_s)
-        if self.settings.access_log:
-            _access.info(
-                "%s %s %d",
+        if self.access_log is not None:
+            self.access_log.record(
                 request.method,
                 request.path,
                 response.status,
-                extra={
-                    "http": {
-                        "method": request.method,
-                        "path": request.path,
-                        "status": response.status,
-                        "duration_ms": round(duration_s * 1000, 3),
-                        "bytes": len(response.body),
-                        "request_id": request.request_id,
-                        "remote": request.remote,
-                    }
-                },
+                duration_s,
+                len(response.body),
+                request.request_id,
+                request.remote,
             )
 
 

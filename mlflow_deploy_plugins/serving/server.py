@@ -127,6 +127,8 @@ async def _serve(
     await shutdown(server, timeout=SHUTDOWN_TIMEOUT_S, idle_grace_s=grace)
     if app.payload_log is not None:
         await loop.run_in_executor(None, app.payload_log.close)
+    if app.access_log is not None:
+        app.access_log.flush()
     _logger.info("Stopped")
 
 
