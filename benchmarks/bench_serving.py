@@ -577,7 +577,7 @@ def server_specs(
                 bundle.path,
                 "--port",
                 str(port),
-                "--no-access-log",
+                *([] if args.default_config else ["--no-access-log"]),
             ]
             return ManagedServer(
                 name,
@@ -595,6 +595,21 @@ def server_specs(
 
     ours = runtime("ours", dict(base_env))
 
+    def minimal():
+        port = free_port()
+        cmd = [sys.executable, str(HERE / "minimal_v2_server.py"), bundle.path, str(port)]
+        return ManagedServer(
+            "uvicorn",
+            "uvicorn",
+            cmd,
+            dict(base_env),
+            str(workdir),
+            "/v2/health/ready",
+            port,
+            str(workdir / "uvicorn.log"),
+            60,
+        )
+
     infer = f"/v2/models/{bundle.manifest.name}/infer"
     by_key = {s.key: s for s in BASE_SCENARIOS}
     ours_scenarios = [s.at(infer, "v2") for s in BASE_SCENARIOS]
@@ -603,6 +618,11 @@ def server_specs(
         for key in ("1 row c=1", "1 row c=32", "100 rows c=8"):
             ours_scenarios.append(by_key[key].at(infer, "v2-tensor", " V2 tensor"))
     specs["ours"] = ("ours (mlflow_deploy_plugins.serving)", ours, ours_scenarios)
+    specs["uvicorn"] = (
+        "uvicorn + onnxruntime + orjson, a minimal V2 server (the graph's tensor)",
+        minimal,
+        [s.at(infer, "v2-tensor") for s in BASE_SCENARIOS],
+    )
     if args.baseline_tree:
         # The same runtime from another source tree (e.g. a checkout of the previous release),
         # imported first through PYTHONPATH: before/after a change, measured in one run.
@@ -913,7 +933,8 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         default="mlflow,mlserver,ours",
-        help="comma-separated subset of mlflow,mlserver,ours",
+        help="comma-separated subset of mlflow,mlserver,uvicorn,ours (uvicorn: a minimal "
+        "uvicorn + onnxruntime V2 server)",
     )
     parser.add_argument(
         "--mlserver-venv",
@@ -927,6 +948,12 @@ def main() -> int:
         default=0,
         help="MLServer parallel_workers (0: inference in the server process, "
         "its fastest on one core; default 0)",
+    )
+    parser.add_argument(
+        "--default-config",
+        action="store_true",
+        help="run our runtime in its default configuration (access log on) instead of with "
+        "--no-access-log",
     )
     parser.add_argument(
         "--baseline-tree",
@@ -995,7 +1022,7 @@ def main() -> int:
         specs = server_specs(args, workdir, tracking_uri, bundle, source_dir, mlserver_venv)
         if args.baseline_tree:
             wanted.append("baseline")
-        for name in ("mlflow", "mlserver", "baseline", "ours"):
+        for name in ("mlflow", "mlserver", "uvicorn", "baseline", "ours"):
             if name in wanted:
                 bench_server(name, specs[name], bodies, args, reports, running)
     except KeyboardInterrupt:
