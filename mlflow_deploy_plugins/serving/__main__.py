@@ -22,7 +22,10 @@ from mlflow_deploy_plugins.serving.settings import (
 #: Settings never taken from the command line (visible in `ps`): environment only.
 SECRET_SETTINGS = frozenset({"auth_token"})
 #: Short spellings documented in the issue / README, on top of the generated flags.
-ALIASES = {"payload_log_dir": ["--payload-log"]}
+ALIASES = {
+    "payload_log_dir": ["--payload-log"],
+    "payload_log_sample_rate": ["--payload-log-sample"],
+}
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 
 

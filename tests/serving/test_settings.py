@@ -235,3 +235,10 @@ def test_docs_show_the_generated_settings_table():
     assert ServingSettings.markdown_table() in docs, (
         "docs/serving.md must contain ServingSettings.markdown_table() verbatim"
     )
+
+
+def test_payload_log_short_flags():
+    from mlflow_deploy_plugins.serving.__main__ import build_parser, overrides_from
+
+    ns = build_parser().parse_args(["b", "--payload-log", "/tmp/x", "--payload-log-sample", "0.1"])
+    assert overrides_from(ns) == {"payload_log_dir": "/tmp/x", "payload_log_sample_rate": "0.1"}
