@@ -150,6 +150,7 @@ def resolved(tmp_path_factory):
 def built(docker_client, base_image, resolved):
     lines: list[str] = []
     package_hash = package.package_hash()
+    dangling_before = {i.id for i in docker_client.images.list(filters={"dangling": True})}
     image = builder.ensure_image(
         docker_client,
         resolved("bundle-1"),
@@ -158,7 +159,8 @@ def built(docker_client, base_image, resolved):
         repository=TEST_REPOSITORY,
         progress=lines.append,
     )
-    yield image, lines, package_hash
+    dangling = {i.id for i in docker_client.images.list(filters={"dangling": True})}
+    yield image, lines, package_hash, dangling - dangling_before
     _docker.remove_image(docker_client, image.tag)
 
 
@@ -200,7 +202,7 @@ print(json.dumps({
 
 @pytest.mark.docker
 def test_the_image_is_labelled_non_root_and_health_checked(docker_client, built, resolved):
-    image, lines, _ = built
+    image, lines, *_ = built
     attrs = docker_client.images.get(image.tag).attrs
     config = attrs["Config"]
     assert config["User"] == "10001:10001"
@@ -216,6 +218,17 @@ def test_the_image_is_labelled_non_root_and_health_checked(docker_client, built,
 
 
 @pytest.mark.docker
+def test_the_build_stage_is_tagged_and_nothing_is_left_dangling(docker_client, built):
+    image, lines, _, new_dangling = built
+    assert image.stage_tag and image.stage_tag.split(":")[1].startswith("build-")
+    stage = docker_client.images.get(image.stage_tag)
+    assert not new_dangling, "a build left an untagged image behind"
+    # the final image was built on the tagged stage, not on a second copy of it
+    assert any(line.startswith(f"Build stage {image.stage_tag}") for line in lines)
+    assert stage.id != image.id
+
+
+@pytest.mark.docker
 def test_the_image_adds_at_most_170_mb_over_its_base(built):
     image, *_ = built
     assert image.added_mb <= 170, f"{image.added_mb:.0f} MB over the base"
@@ -223,7 +236,7 @@ def test_the_image_adds_at_most_170_mb_over_its_base(built):
 
 @pytest.mark.docker
 def test_an_unchanged_bundle_reuses_the_image(docker_client, base_image, built, resolved):
-    image, _, package_hash = built
+    image, _, package_hash, _ = built
     lines: list[str] = []
     again = builder.ensure_image(
         docker_client,

@@ -38,6 +38,8 @@ class BuiltImage:
     base_size: int
     cached: bool
     seconds: float
+    #: The recipe's build stage, built and tagged on its own (``None`` when reused or absent).
+    stage_tag: str | None = None
 
     @property
     def added_mb(self) -> float:
@@ -134,10 +136,28 @@ def ensure_image(
         _link_tree(resolved.bundle.path, os.path.join(context, "bundle"))
         with open(os.path.join(context, "Dockerfile"), "w") as f:
             f.write(dockerfile)
+        stage_tag = None
+        if recipe.build_stage:
+            # Built and tagged on its own, the build stage is reused explicitly (by the next
+            # model on the same runtime, through Docker's cache) instead of being left behind
+            # as an untagged image after each build.
+            stage = dockerfile.split(f"\nFROM {base_image}\n")[0]
+            stage_digest = wheels.content_digest(stage, base.id, lock, package.package_hash())
+            repo = repository or default_repository(resolved.served_name)
+            stage_tag = f"{repo}:{recipe.build_stage}-{stage_digest[:20]}"
+            progress(f"Build stage {stage_tag}")
+            build(client, context, stage_tag, progress, nocache=nocache, target=recipe.build_stage)
+        progress(f"Image {tag}")
         image_id = build(client, context, tag, progress, nocache=nocache)
     image = client.images.get(image_id)
     built = BuiltImage(
-        tag, image.id, int(image.attrs["Size"]), base_size, False, time.monotonic() - started
+        tag,
+        image.id,
+        int(image.attrs["Size"]),
+        base_size,
+        False,
+        time.monotonic() - started,
+        stage_tag,
     )
     progress(
         f"Image {tag} built in {built.seconds:.1f} s: {built.size / 1e6:.0f} MB "
@@ -146,7 +166,15 @@ def ensure_image(
     return built
 
 
-def build(client, context: str, tag: str, progress: Progress, *, nocache: bool = False) -> str:
+def build(
+    client,
+    context: str,
+    tag: str,
+    progress: Progress,
+    *,
+    nocache: bool = False,
+    target: str | None = None,
+) -> str:
     """``docker build`` of ``context`` through the SDK, with no network inside.
 
     Args:
@@ -155,6 +183,7 @@ def build(client, context: str, tag: str, progress: Progress, *, nocache: bool =
         tag: the tag of the image.
         progress: receives ``step n/m`` lines.
         nocache: skip Docker's layer cache.
+        target: build only up to this stage of a multi-stage Dockerfile.
 
     Returns:
         The image id.
@@ -175,6 +204,7 @@ def build(client, context: str, tag: str, progress: Progress, *, nocache: bool =
             decode=True,
             nocache=nocache,
             network_mode="none",
+            target=target,
         )
         for chunk in stream:
             if "error" in chunk:

@@ -46,6 +46,8 @@ class Recipe(Protocol):
     health_path: str
     #: What the server logs once it listens with the model warm (see ``_rollout``).
     ready_line: re.Pattern
+    #: The Dockerfile's build stage, tagged on its own by the builder (None: single stage).
+    build_stage: str | None
 
     def dockerfile(self, base_image: str, package_wheel: str, labels: Mapping[str, str]) -> str:
         """The Dockerfile text for the build context."""
@@ -107,6 +109,7 @@ class OnnxServingRecipe:
     health_path: str = HEALTH_PATH
     #: What serving/server.py logs once its socket listens and the model is warm.
     ready_line: re.Pattern = re.compile(r'"msg":"Serving .* on http://')
+    build_stage: str | None = "build"
 
     def dockerfile(self, base_image: str, package_wheel: str, labels: Mapping[str, str]) -> str:
         """Render the Dockerfile.
