@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from mlflow_deploy_plugins.core.manifest import verify_bundle
 from mlflow_deploy_plugins.serving.app import ServingApp, warm_up
 from mlflow_deploy_plugins.serving.http import HttpLimits, shutdown, start_server
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
+from mlflow_deploy_plugins.serving.metrics_shared import SNAPSHOT_S, SharedMetrics
 from mlflow_deploy_plugins.serving.model import ServedModel
 from mlflow_deploy_plugins.serving.payload_files import check_writable
 from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
@@ -46,11 +49,15 @@ def run(bundle_dir: str, settings: ServingSettings) -> int:
 
 
 def serve_worker(
-    bundle_dir: str, settings: ServingSettings, reuse_port: bool, on_ready=None
+    bundle_dir: str,
+    settings: ServingSettings,
+    reuse_port: bool,
+    on_ready=None,
+    metrics_dir: str | None = None,
 ) -> int:
     started = time.perf_counter()
     model = ServedModel(bundle_dir, intra_op_threads=settings.intra_op_threads)
-    metrics = ServingMetrics()
+    metrics = ServingMetrics(shared=SharedMetrics(metrics_dir) if metrics_dir else None)
     name = settings.model_name or model.name
     payload_log = PayloadLogger.from_settings(settings, name, model.version, metrics)
     app = ServingApp(model, settings, metrics=metrics, payload_log=payload_log)
@@ -119,6 +126,7 @@ async def _serve(
         time.perf_counter() - started,
         app.name,
     )
+    share = _every(SNAPSHOT_S, app.metrics.share) if app.metrics.shared is not None else None
     await stop.wait()
     _logger.info("Stopping: finishing in-flight requests")
     app.draining = True
@@ -129,7 +137,34 @@ async def _serve(
         await loop.run_in_executor(None, app.payload_log.close)
     if app.access_log is not None:
         app.access_log.flush()
+    if share is not None:
+        share.cancel()
+        app.metrics.share()  # the counters of a stopped worker still count
     _logger.info("Stopped")
+
+
+def _every(seconds: float, call):
+    """Call ``call`` every ``seconds`` on the running loop; cancel the returned handle to stop.
+
+    Returns:
+        An object whose ``cancel()`` stops the repetition.
+    """
+    loop = asyncio.get_running_loop()
+
+    class _Repeat:
+        handle: asyncio.TimerHandle | None = None
+
+        def run(self) -> None:
+            call()
+            self.handle = loop.call_later(seconds, self.run)
+
+        def cancel(self) -> None:
+            if self.handle is not None:
+                self.handle.cancel()
+
+    repeat = _Repeat()
+    repeat.handle = loop.call_later(seconds, repeat.run)
+    return repeat
 
 
 def steer_new_connections(server, previous: int, workers: int) -> bool:
@@ -182,6 +217,9 @@ def _supervise(bundle_dir: str, settings: ServingSettings) -> int:
     """
     children: dict[int, int] = {}
     stopping = False
+    # Where the workers share their metrics (one /metrics answer sums them); RAM-backed if possible.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    metrics_dir = tempfile.mkdtemp(prefix="mlflow-deploy-metrics-", dir=shm)
     # Workers write their pid here once they serve.
     ready_r, ready_w = os.pipe()
     os.set_blocking(ready_r, False)
@@ -200,6 +238,7 @@ def _supervise(bundle_dir: str, settings: ServingSettings) -> int:
                     settings,
                     reuse_port=True,
                     on_ready=lambda: os.write(ready_w, b"%d\n" % os.getpid()),
+                    metrics_dir=metrics_dir,
                 )
             except BaseException:
                 _logger.exception("Worker %d failed", slot)
@@ -247,6 +286,7 @@ def _supervise(bundle_dir: str, settings: ServingSettings) -> int:
         spawn(slot)
     os.close(ready_r)
     os.close(ready_w)
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     if boot_failed:
         return 1
     return 0 if stopping else exit_code

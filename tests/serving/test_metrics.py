@@ -12,12 +12,12 @@ import pytest
 from mlflow_deploy_plugins.serving.metrics import (
     BATCH_SIZE_BUCKETS,
     CONTENT_TYPE,
-    Registry,
     ServingMetrics,
 )
 from mlflow_deploy_plugins.serving.metrics import (
     PAYLOAD_DROP_REASONS as REASONS,
 )
+from mlflow_deploy_plugins.serving.prometheus import Registry
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
