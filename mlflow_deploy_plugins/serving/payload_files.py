@@ -9,6 +9,7 @@ file. Names follow ``core/payload_format.py``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import logging
 import os
@@ -51,19 +52,24 @@ class Removed:
 def check_writable(directory: Path) -> None:
     """Create ``directory`` if needed and prove a file can be created in it.
 
+    A full disk is not refused: it is a passing condition (the writer counts the drops and
+    writes again once there is space), and a worker restarted while the disk is full must
+    serve, not stop the server.
+
     Raises:
         PayloadLogDirectoryError: naming the directory and the operating system's reason.
     """
     probe = directory / f"{_PROBE}-{os.getpid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, b"\n")
-        finally:
-            os.close(fd)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
         probe.unlink()
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            _logger.warning(
+                "Payload log directory %s is full: records are dropped until it is not", directory
+            )
+            return
         raise PayloadLogDirectoryError(
             e.errno, f"payload log directory {str(directory)!r} is not writable: {e.strerror}"
         ) from e

@@ -156,3 +156,14 @@ def test_the_server_refuses_to_start_on_an_unwritable_log_directory(served, tmp_
     )
     assert done.returncode == 2, done.stderr
     assert "payload log directory" in done.stderr and "is not writable" in done.stderr
+
+
+def test_a_full_disk_at_start_is_not_an_unwritable_directory(small_disk):
+    # A worker restarted while the disk is full must serve (and count its drops), not fail.
+    (small_disk / "logs").mkdir()
+    with open(small_disk / "filler", "wb") as f, pytest.raises(OSError):
+        f.write(b"\0" * (1 << 20))
+    logger = PayloadLogger(small_disk / "logs", "m", "1", metrics=ServingMetrics())
+    assert logger.submit("r0", _columns(0), _outputs())
+    assert logger.close()
+    assert logger.written == 0 and logger.dropped_by_reason()["write_error"] == 1

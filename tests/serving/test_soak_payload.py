@@ -1,0 +1,96 @@
+"""Soak: two workers under load log payloads onto a disk that fills up, one worker is SIGKILLed
+and restarted, the server is stopped with SIGTERM. Every request is answered, and nothing the
+metrics counted as written is missing from disk (the killed worker loses at most what it had
+queued, and that was never counted)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from mlflow_deploy_plugins.core.payload_format import list_files, read_records
+
+METRIC = re.compile(r"^(mlflow_deploy_payload_log_records_\w+_total)(\{[^}]*\})? (\S+)$", re.M)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs (needs root): {done.stderr}")
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _counts(metrics_text: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for name, labels, value in METRIC.findall(metrics_text):
+        key = name + (labels or "")
+        totals[key] = totals.get(key, 0.0) + float(value)
+    return totals
+
+
+@pytest.mark.slow
+def test_full_disk_worker_kill_and_sigterm_lose_nothing_counted(
+    served, start_server, kit, small_disk
+):
+    logs = small_disk / "payloads"
+    server = start_server(
+        served.clf_bundle,
+        "--workers",
+        "2",
+        "--payload-log",
+        str(logs),
+        "--payload-log-file-max-bytes",
+        "16000",
+        "--no-access-log",
+        label="soak-payload",
+    )
+    match = re.search(r"Supervising 2 workers \(pids \[(\d+), (\d+)\]\)", server.log())
+    assert match, server.log()
+    victim = int(match.group(1))
+    body = {"dataframe_split": kit.churn_frame(4, seed=11).to_dict("split")}
+
+    def send(_: int) -> int:
+        try:
+            return server.post("/invocations", body).status
+        except OSError:  # a connection the killed worker had accepted
+            return 0
+
+    with ThreadPoolExecutor(8) as pool:
+        first = list(pool.map(send, range(600)))
+        os.kill(victim, signal.SIGKILL)  # the supervisor restarts it
+        second = list(pool.map(send, range(900)))
+    statuses = first + second
+    # A request that reached the killed worker may fail with a reset; the rest are answered.
+    assert statuses.count(200) >= len(statuses) - 8, sorted(set(statuses))
+    time.sleep(1.5)  # every live worker has shared its counts
+    counted = _counts(server.get("/metrics").text)
+    assert server.stop(signal.SIGTERM) == 0
+    written = counted["mlflow_deploy_payload_log_records_written_total"]
+    write_errors = counted.get(
+        'mlflow_deploy_payload_log_records_dropped_total{reason="write_error"}', 0
+    )
+    on_disk = list(read_records(logs))
+    assert write_errors > 0, "the disk filled up"
+    assert len(on_disk) >= written > 0, (len(on_disk), counted)
+    assert len(on_disk) <= statuses.count(200)
+    assert len({r["request_id"] for r in on_disk}) == len(on_disk), "no record twice"
+    assert all(f.path.stat().st_size > 0 for f in list_files(logs)), "no empty files"
+    assert "restarting it" in server.log()
