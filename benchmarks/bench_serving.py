@@ -566,7 +566,7 @@ def server_specs(
             [s.at(f"/v2/models/{MODEL_NAME}/infer", "v2") for s in BASE_SCENARIOS],
         )
 
-    def runtime(name: str, env: dict):
+    def runtime(name: str, env: dict, extra: tuple[str, ...] = ()):
         def start():
             port = free_port()
             cmd = [
@@ -578,6 +578,7 @@ def server_specs(
                 "--port",
                 str(port),
                 *([] if args.default_config else ["--no-access-log"]),
+                *extra,
             ]
             return ManagedServer(
                 name,
@@ -628,7 +629,9 @@ def server_specs(
         # imported first through PYTHONPATH: before/after a change, measured in one run.
         tree = str(Path(args.baseline_tree).resolve())
         env = dict(base_env, PYTHONPATH=tree + os.pathsep + base_env.get("PYTHONPATH", ""))
-        specs["baseline"] = (f"ours from {tree}", runtime("baseline", env), ours_scenarios)
+        extra = tuple(args.baseline_flags.split()) if args.baseline_flags else ()
+        label = f"ours from {tree} {' '.join(extra)}".rstrip()
+        specs["baseline"] = (label, runtime("baseline", env, extra), ours_scenarios)
     return specs
 
 
@@ -961,6 +964,12 @@ def main() -> int:
         help="also run our runtime from this source tree (a checkout holding "
         "mlflow_deploy_plugins/, e.g. `git worktree add /tmp/base HEAD~5`) as the server "
         "'baseline', and report ours / baseline: before vs after a change in one run",
+    )
+    parser.add_argument(
+        "--baseline-flags",
+        default="",
+        help="extra server flags for the baseline, e.g. --baseline-flags=--no-access-log "
+        "with --default-config: the access log's cost in one run",
     )
     parser.add_argument(
         "--no-tensor-rows",
