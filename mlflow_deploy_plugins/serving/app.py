@@ -39,8 +39,13 @@ _logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 SERVER_NAME = "mlflow-deploy-plugins"
-#: Paths that never need the bearer token (probes must work without secrets).
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/health", "/v2"})
+#: Paths that never need the bearer token (probes must work without secrets): KServe V2's health
+#: group (server live, server ready; model ready is open too, see ``_model_ready``) and MLflow's
+#: ``/ping``, ``/health``. Server and model metadata (``/v2``, ``/v2/models/{name}``) need it, like
+#: Triton's "metadata" API group.
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/health"})
+_LIVE = orjson.dumps({"live": True})
+_READY = orjson.dumps({"ready": True})
 _V2_DTYPE = {
     "float32": "FP32",
     "float64": "FP64",
@@ -96,14 +101,8 @@ class ServingApp:
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
         )
-        self._version_body = orjson.dumps(
-            {
-                "server": SERVER_NAME,
-                "version": __version__,
-                "model": self.name,
-                "model_version": self.version,
-            }
-        )
+        self._model_ready = orjson.dumps({"name": self.name, "ready": True})
+        self._max_body = settings.max_body_bytes
 
     # ------------------------------------------------------------------ the handler
     def handle(self, request: Request) -> Response | asyncio.Future:
@@ -122,15 +121,15 @@ class ServingApp:
             return self._invocations(request)
         if path in ("/v2/health/live", "/ping", "/health"):
             _allow(method, "GET", "HEAD")
-            if path == "/v2/health/live":
-                return Response(200, b"", JSON)
+            if path == "/v2/health/live":  # KServe V2: {"live": true}
+                return Response(200, _LIVE, JSON)
             return self._ready_response(b"\n", "text/plain")
         if path == "/v2/health/ready":
             _allow(method, "GET", "HEAD")
-            return self._ready_response(b"", JSON)
-        if path in self._ready_paths:  # a health probe too (V2 "model ready"): no token
+            return self._ready_response(_READY, JSON)
+        if path.startswith("/v2/models/") and path.endswith("/ready"):
             _allow(method, "GET", "HEAD")
-            return self._ready_response(b"", JSON)
+            return self._model_ready_response(request)
         if self._token is not None and path not in OPEN_PATHS:
             self._authorize(request)
         if path in self._model_paths:
@@ -139,9 +138,9 @@ class ServingApp:
         if path == "/v2":
             _allow(method, "GET", "HEAD")
             return Response(200, self._server_metadata, JSON)
-        if path == "/version":
+        if path == "/version":  # as `mlflow models serve`: the version as the body's text
             _allow(method, "GET", "HEAD")
-            return Response(200, self._version_body, JSON)
+            return Response(200, __version__.encode(), "text/plain; charset=utf-8")
         if path == "/metrics":
             _allow(method, "GET", "HEAD")
             self.metrics.inflight_requests.set(self.in_flight())
@@ -162,12 +161,15 @@ class ServingApp:
         if not self.ready and not self.draining:
             raise NotReady("The model is not ready (starting or shutting down)")
 
-    def _authorize(self, request: Request) -> None:
+    def _has_token(self, request: Request) -> bool:
         # The auth scheme is case-insensitive (RFC 7235): "bearer <token>" is as good.
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
+        return scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), self._token
-        ):
+        )
+
+    def _authorize(self, request: Request) -> None:
+        if not self._has_token(request):
             raise Unauthorized(
                 "Missing or wrong bearer token (send 'Authorization: Bearer <token>')",
                 headers=[("WWW-Authenticate", "Bearer")],
@@ -178,10 +180,34 @@ class ServingApp:
             return Response(200, body, content_type)
         raise NotReady("The model is not ready (starting or shutting down)")
 
+    def _model_ready_response(self, request: Request) -> Response:
+        """V2 model ready (``{"name", "ready"}``), a health probe: open, but it only tells a
+        served model from an unknown one to a client with the token. Without it, any name gets
+        the server's readiness, so a guessed name learns nothing."""
+        path = request.path
+        if path in self._ready_paths:
+            return self._ready_response(self._model_ready, JSON)
+        if self._token is not None and not self._has_token(request):
+            name = path[len("/v2/models/") :].split("/", 1)[0]
+            return self._ready_response(orjson.dumps({"name": name, "ready": True}), JSON)
+        raise NotFound(
+            f"Unknown model or version in {path!r}: this server serves "
+            f"'{self.name}' version '{self.version}'",
+            field="model",
+        )
+
     # ------------------------------------------------------------------ inference
+    def _body(self, request: Request) -> bytes:
+        """The request body, decoded when sent with ``Content-Encoding`` (capped at
+        ``max_body_bytes`` decoded; a plain request pays one dict lookup)."""
+        coding = request.headers.get("content-encoding")
+        if coding is None:
+            return request.body
+        return codecs.decode_body(request.body, coding, self._max_body)
+
     def _infer_v2(self, request: Request) -> asyncio.Future:
         decoded = codecs.decode_v2(
-            request.body, request.headers, self.io, max_elements=self._max_elements
+            self._body(request), request.headers, self.io, max_elements=self._max_elements
         )
         request_id = decoded.id or request.request_id
 
@@ -207,7 +233,7 @@ class ServingApp:
 
     def _invocations(self, request: Request) -> asyncio.Future:
         decoded = codecs.decode_mlflow(
-            request.body,
+            self._body(request),
             request.headers.get("content-type"),
             self.io,
             max_elements=self._max_elements,

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlflow_deploy_plugins import __version__
+
 CLF = "churn-onnx"
 INFER = f"/v2/models/{CLF}/infer"
 INFER_V1 = f"/v2/models/{CLF}/versions/1/infer"
@@ -129,8 +131,15 @@ def test_server_metadata_and_health(clf_server):
     for path in ("/v2/health/live", "/v2/health/ready", "/ping", "/health"):
         assert clf_server.get(path).status == 200, path
         assert clf_server.request("HEAD", path).status == 200, path
+    # KServe V2 REST: $live_server_response, $ready_server_response, $ready_model_response
+    assert clf_server.get("/v2/health/live").json() == {"live": True}
+    assert clf_server.get("/v2/health/ready").json() == {"ready": True}
     for path in (f"/v2/models/{CLF}/ready", f"/v2/models/{CLF}/versions/1/ready"):
-        assert clf_server.get(path).status == 200, path
+        reply = clf_server.get(path)
+        assert reply.status == 200, path
+        assert reply.json() == {"name": CLF, "ready": True}
+    # MLflow's /ping and /health keep `mlflow models serve`'s body
+    assert clf_server.get("/ping").body == b"\n" and clf_server.get("/health").body == b"\n"
 
 
 def test_model_metadata(clf_server, served, kit):
@@ -154,10 +163,16 @@ def test_model_metadata(clf_server, served, kit):
 
 
 def test_version(clf_server):
+    # `mlflow models serve` answers /version with the version as text, and MLflow's
+    # ScoringServerClient.get_version() returns the body's text
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    from mlflow_deploy_plugins import __version__
+
     reply = clf_server.get("/version")
     assert reply.status == 200
-    doc = reply.json()
-    assert doc["model"] == CLF and doc["model_version"] == "1" and doc["version"]
+    assert reply.text == __version__
+    assert ScoringServerClient("127.0.0.1", clf_server.port).get_version() == __version__
 
 
 def test_metrics_exposition(clf_server, rows):
@@ -290,7 +305,7 @@ def test_mlflow_scoring_client(clf_server, served, rows, kit):
 
     client = ScoringServerClient(kit.HOST, clf_server.port)
     client.wait_server_ready(timeout=10)
-    assert json.loads(client.get_version())["model"] == CLF
+    assert client.get_version() == __version__  # the text, as `mlflow models serve` answers
     labels, proba = expected(served, rows)
     got = client.invoke(rows).get_predictions()
     np.testing.assert_array_equal(got.to_numpy().reshape(-1), labels)

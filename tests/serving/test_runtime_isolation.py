@@ -53,9 +53,9 @@ def probe():
             for k, v in row.items()]}
         json_ct = {"Content-Type": "application/json"}
         name = json.loads(call("GET", "/v2")[1])["name"]
-        meta = json.loads(call("GET", "/version")[1])
+        model = json.loads(call("GET", "/v2/models/churn-onnx")[1])["name"]
         report["statuses"] = {
-            "v2": call("POST", f"/v2/models/{meta['model']}/infer", json.dumps(v2), json_ct)[0],
+            "v2": call("POST", f"/v2/models/{model}/infer", json.dumps(v2), json_ct)[0],
             "records": call("POST", "/invocations",
                             json.dumps({"dataframe_records": [row]}), json_ct)[0],
             "csv": call("POST", "/invocations", "age,income,tenure,city\n41,30000,4,lyon\n",

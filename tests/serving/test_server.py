@@ -72,7 +72,8 @@ def test_bearer_auth(auth_server, served, kit):
     )
     assert reply.json()["predictions"] == np.asarray(labels).tolist()
     # metadata and metrics need the token; health probes (V2 server and model ready too) do not
-    for path in (f"/v2/models/{CLF}", "/metrics", "/version"):
+    # /v2 is server metadata (Triton's "metadata" API group), not a health probe
+    for path in ("/v2", f"/v2/models/{CLF}", "/metrics", "/version"):
         assert auth_server.get(path).status == 401, path
         assert auth_server.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
     for path in (
@@ -82,9 +83,15 @@ def test_bearer_auth(auth_server, served, kit):
         f"/v2/models/{CLF}/versions/1/ready",
         "/ping",
         "/health",
-        "/v2",
     ):
         assert auth_server.get(path).status == 200, path
+    # model ready is open, but without the token a guessed name is answered like the real one
+    for path in ("/v2/models/guess/ready", "/v2/models/guess/versions/7/ready"):
+        reply = auth_server.get(path)
+        assert reply.status == 200 and reply.json() == {"name": "guess", "ready": True}, path
+        with_token = auth_server.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert with_token.status == 404, path
+    assert auth_server.get(f"/v2/models/{CLF}/ready").json() == {"name": CLF, "ready": True}
     assert TOKEN not in auth_server.log()  # the secret never reaches the logs
 
 

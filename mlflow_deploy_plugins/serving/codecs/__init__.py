@@ -6,7 +6,8 @@ Numeric data never goes through a per-element Python loop: ``np.asarray`` on the
 ``np.frombuffer`` on binary tensor data.
 
 Modules: ``base`` (element limit, dtype tables, decoded requests, decode plans) and ``values``
-(conversions, JSON loading, message helpers) are shared; ``v2_decode``, ``v2_bind``, ``v2_binary``
+(conversions, JSON loading, message helpers) are shared, ``content_encoding`` undoes a request's
+``Content-Encoding``; ``v2_decode``, ``v2_bind``, ``v2_binary``
 (the binary tensor extension, both ways) and ``v2_encode`` are Open Inference Protocol V2;
 ``mlflow_decode``, ``mlflow_tables``, ``mlflow_csv`` and ``mlflow_encode`` are MLflow scoring. This
 package re-exports their public API; the other names are shared inside the package only (tests
@@ -21,6 +22,7 @@ from mlflow_deploy_plugins.serving.codecs.base import (
     DecodedRequest,
     columns_from_feed,
 )
+from mlflow_deploy_plugins.serving.codecs.content_encoding import decode_body
 from mlflow_deploy_plugins.serving.codecs.mlflow_decode import (
     MLFLOW_FORMATS,
     MlflowRequest,
@@ -48,6 +50,7 @@ __all__ = [
     "MlflowRequest",
     "V2Request",
     "columns_from_feed",
+    "decode_body",
     "decode_mlflow",
     "decode_v2",
     "encode_mlflow",

@@ -23,8 +23,11 @@ _CSV_NA = frozenset(
 )
 
 
-def csv_columns(body: bytes, io: IOSpec, max_elements: int) -> tuple[dict, int]:
-    """A CSV body (header row, then rows) -> ``(column -> 1-D array, n_rows)``.
+def csv_columns(
+    body: bytes, io: IOSpec, max_elements: int, *, header: bool = True
+) -> tuple[dict, int]:
+    """A CSV body (header row, then rows) -> ``(column -> 1-D array, n_rows)``; with
+    ``header=False`` (``text/csv; header=absent``) every row is data, in the model's column order.
 
     Raises:
         BadRequest: not UTF-8, malformed CSV, rows of another width than the header.
@@ -44,16 +47,20 @@ def csv_columns(body: bytes, io: IOSpec, max_elements: int) -> tuple[dict, int]:
         records = [row for row in csv.reader(StringIO(text)) if row]
     except csv.Error as e:
         raise BadRequest(f"Malformed CSV: {e}") from e
-    header, rows = records[0], records[1:]
-    if not rows:
-        raise Unprocessable("The CSV has a header but no rows")
-    width = len(header)
+    if header:
+        names, rows = records[0], records[1:]
+        if not rows:
+            raise Unprocessable("The CSV has a header but no rows")
+    else:
+        names, rows = io.columns, records
+    width = len(names)
     if len(rows) * width > max_elements:
         raise PayloadTooLarge(f"The CSV holds more than {max_elements} values")
     for i, row in enumerate(rows):
         if len(row) != width:
-            raise BadRequest(f"CSV row {i} has {len(row)} fields, the header has {width}")
-    position = column_positions(header, io)
+            what = "the header has" if header else "the model has columns"
+            raise BadRequest(f"CSV row {i} has {len(row)} fields, {what} {width}")
+    position = column_positions(names, io)
     by_column = list(zip(*rows, strict=True))
     dtypes = io.column_dtypes()
     columns = {c: _csv_column(by_column[position[c]], c, dtypes[c]) for c in io.columns}

@@ -78,9 +78,9 @@ def decode_mlflow(
             the expected dtype), wrong shape, no rows.
         PayloadTooLarge: more than ``max_elements`` values.
     """
-    mime = _mime(content_type)
+    mime, header = _mime(content_type)
     if mime == "text/csv":
-        columns, n_rows = csv_columns(body, io, max_elements)
+        columns, n_rows = csv_columns(body, io, max_elements, header=header)
         return MlflowRequest(encode_columns(io, columns, n_rows), n_rows, io, None, columns)
     doc = loads_json(body)
     if type(doc) is not dict:
@@ -96,25 +96,34 @@ def decode_mlflow(
     return MlflowRequest(feed, n_rows, io, params, columns)
 
 
-def _mime(content_type: str | None) -> str:
+def _mime(content_type: str | None) -> tuple[str, bool]:
+    """``(media type, CSV header row present)``; text/csv's ``header`` parameter is RFC 4180's
+    (``present`` or ``absent``)."""
     mime, *rest = (content_type or "").split(";")
     mime = mime.strip().lower()
     if mime not in ("application/json", "text/csv"):
         raise UnsupportedMediaType(
             f"Content-Type must be application/json or text/csv, got {clip(content_type or '')!r}"
         )
+    header = True
     for param in rest:
         key, _, value = param.partition("=")
         key, value = key.strip().lower(), value.strip().strip('"').lower()
         if key == "charset":
             if value not in ("utf-8", "utf8"):
                 raise UnsupportedMediaType(f"Only UTF-8 is supported, got charset={value}")
-        elif not (key == "header" and mime == "text/csv") and key:
+        elif key == "header" and mime == "text/csv":
+            if value not in ("present", "absent"):
+                raise UnsupportedMediaType(
+                    f"text/csv's header parameter is 'present' or 'absent', got {clip(value)!r}"
+                )
+            header = value == "present"
+        elif key:
             raise UnsupportedMediaType(
                 f"Unrecognized content type parameter '{key}' (MLflow 2+ scoring protocol: "
                 "the format is a key of the JSON body, e.g. 'dataframe_split')"
             )
-    return mime
+    return mime, header
 
 
 def _mlflow_table(fmt: str, payload: Any, io: IOSpec, max_elements: int):

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_deploy_plugins.serving.codecs.base import V2_DTYPES
+from mlflow_deploy_plugins.core.iospec import IOSpec
+from mlflow_deploy_plugins.serving.codecs.base import V2_DTYPES, v2_datatype
 from mlflow_deploy_plugins.serving.codecs.values import as_text, clip, show, string_array
-from mlflow_deploy_plugins.serving.errors import BadRequest, Unprocessable
+from mlflow_deploy_plugins.serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 if TYPE_CHECKING:
     from mlflow_deploy_plugins.serving.codecs.v2_decode import V2Input
@@ -63,6 +64,73 @@ def _header_length(headers: Mapping[str, str], body_length: int) -> int | None:
             field="Inference-Header-Content-Length",
         )
     return length
+
+
+def raw_input(body: bytes, io: IOSpec, max_elements: int) -> dict:
+    """A raw binary request (``Inference-Header-Content-Length: 0``: the body is one tensor's
+    bytes, no JSON header) as the request document it stands for: the model's single input, its
+    datatype and shape from the model metadata, the one variable dimension deduced from the size,
+    every output returned as binary data (Triton's binary data extension, "Raw Binary Request").
+
+    Raises:
+        BadRequest: the model has not exactly one input, a BYTES input, more than one variable
+            dimension, or a size that is not a whole number of rows.
+        PayloadTooLarge: more than ``max_elements`` elements.
+    """
+    if len(io.inputs) != 1:
+        raise BadRequest(
+            f"Raw request must only have 1 input (found 1) to be deduced but got "
+            f"{len(io.inputs)} inputs in the model; send a JSON inference header instead",
+            field="Inference-Header-Content-Length",
+        )
+    binding = io.inputs[0]
+    name = binding.name
+    if binding.dtype == "string":
+        raise BadRequest(
+            f"For BYTES datatype raw input '{name}', the model must have input shape [1]; "
+            "send a JSON inference header instead",
+            field=name,
+        )
+    datatype = v2_datatype(binding.dtype)
+    itemsize = V2_DTYPES[datatype].itemsize
+    variable = [i for i, d in enumerate(binding.shape) if d is None]
+    if len(variable) > 1:
+        raise BadRequest(
+            f"The shape of the raw input '{name}' can not be deduced because there are more "
+            "than one variable-sized dimension",
+            field=name,
+        )
+    fixed = 1
+    for d in binding.shape:
+        fixed *= d or 1
+    if not body:
+        raise BadRequest(f"The raw request for input '{name}' has no data", field=name)
+    if len(body) % (fixed * itemsize) or (not variable and len(body) != fixed * itemsize):
+        raise BadRequest(
+            f"The raw input '{name}' of {datatype} with shape "
+            f"{[-1 if d is None else d for d in binding.shape]} takes a multiple of "
+            f"{fixed * itemsize} bytes; got {len(body)}",
+            field=name,
+        )
+    count = len(body) // itemsize
+    if count > max_elements:
+        raise PayloadTooLarge(
+            f"The raw input '{name}' holds {count} elements; a request may carry at most "
+            f"{max_elements}",
+            field=name,
+        )
+    shape = [count // fixed if d is None else d for d in binding.shape]
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": shape,
+                "parameters": {"binary_data_size": len(body)},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
 
 
 def binary_part(name: str, params: Any, data: Any, binary: memoryview | None, offset: int):

@@ -15,7 +15,7 @@ from mlflow_deploy_plugins.serving.codecs.base import (
     DecodedRequest,
     plan_for,
 )
-from mlflow_deploy_plugins.serving.codecs.v2_binary import binary_part, split_body
+from mlflow_deploy_plugins.serving.codecs.v2_binary import binary_part, raw_input, split_body
 from mlflow_deploy_plugins.serving.codecs.v2_bind import bind_v2, v2_columns_fast
 from mlflow_deploy_plugins.serving.codecs.values import loads_json, show
 from mlflow_deploy_plugins.serving.errors import BadRequest, PayloadTooLarge, Unprocessable
@@ -92,7 +92,10 @@ def decode_v2(
     """
     plan = plan_for(io)
     json_part, binary = split_body(body, headers)
-    doc = loads_json(json_part)
+    if binary is not None and not json_part:
+        doc = raw_input(body, io, max_elements)
+    else:
+        doc = loads_json(json_part)
     if type(doc) is not dict:
         raise BadRequest("A V2 inference request must be a JSON object with an 'inputs' list")
     request_id = doc.get("id")
@@ -210,6 +213,8 @@ def _v2_outputs(outputs: Any, parameters: dict, known: list[str]) -> tuple[list 
                 f"outputs[{i}] must be an object with a string 'name'", field="outputs"
             )
         name = item["name"]
+        if name in requested:
+            raise BadRequest(f"output '{name}' already exists in request", field=name)
         if name not in known:
             raise Unprocessable(
                 f"Unknown output '{name}': the model's outputs are {known}", field=name

@@ -18,10 +18,13 @@ _logger = logging.getLogger(__name__)
 
 def loads_json(data: bytes | memoryview) -> Any:
     """``orjson.loads``; invalid JSON is a BadRequest saying where and, for the usual
-    mistakes (NaN, truncation, nesting), why."""
+    mistakes (NaN, truncation, nesting), why. A UTF-8 byte order mark is skipped, as Python's
+    ``json.loads`` of bytes (MLflow's scoring server) does; only a failed parse looks for it."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:
+        if data[:3] == b"\xef\xbb\xbf":
+            return loads_json(data[3:])
         raise BadRequest(_json_error(data, e)) from e
 
 

@@ -1,0 +1,177 @@
+"""Conformance with MLflow's scoring server (``mlflow models serve``), side by side.
+
+Each payload goes to our server and to MLflow's own ``scoring_server.invocations`` with the
+registered source model (``served.source_pyfunc``, conftest): same verdict (success or refusal)
+and, on success, the same predictions. Ported from mlflow/mlflow ``tests/pyfunc/
+test_scoring_server.py``; each case names the upstream test it follows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.fixture(scope="module")
+def clf_server(served, start_server):
+    return start_server(served.clf_bundle, label="m-clf")
+
+
+@pytest.fixture(scope="module")
+def frame(kit):
+    return kit.churn_frame(6, seed=21)
+
+
+def mlflow_answer(served, body: bytes, content_type: str):
+    """``(status, predictions or None)`` of MLflow's scoring server for the same request."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    model = served.source_pyfunc
+    try:
+        result = scoring_server.invocations(
+            body, content_type, model, model.metadata.get_input_schema()
+        )
+    except MlflowException as e:
+        return e.get_http_status_code(), None
+    if result.status != 200:
+        return result.status, None
+    return 200, json.loads(result.response)["predictions"]
+
+
+def assert_same(server, served, body: bytes, content_type: str):
+    ours = server.post("/invocations", body, {"Content-Type": content_type})
+    status, predictions = mlflow_answer(served, body, content_type)
+    assert (ours.status == 200) == (status == 200), (ours.status, ours.text, status)
+    if status == 200:
+        assert ours.json()["predictions"] == predictions
+    else:
+        assert 400 <= ours.status < 500 and "Traceback" not in ours.text
+    return ours
+
+
+def _j(doc) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_scoring_server_successfully_evaluates_correct_dataframes_with_pandas_records_orientation(
+    clf_server, served, frame
+):
+    body = _j({"dataframe_records": frame.to_dict(orient="records")})
+    assert_same(clf_server, served, body, "application/json")
+    assert_same(clf_server, served, body, "application/json; charset=UTF-8")
+
+
+def test_scoring_server_successfully_evaluates_correct_dataframes_with_pandas_split_orientation(
+    clf_server, served, frame
+):
+    body = _j({"dataframe_split": frame.to_dict(orient="split")})
+    assert_same(clf_server, served, body, "application/json; charset=UTF-8")
+    assert_same(clf_server, served, body, "application/json")
+
+
+def test_scoring_server_successfully_evaluates_correct_tf_serving_sklearn(
+    clf_server, served, frame
+):
+    body = _j({"instances": frame.to_dict(orient="records")})
+    assert_same(clf_server, served, body, "application/json")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        1,
+        "1",
+        [1],
+        {"not": "a serialized dataframe"},
+        {"dataframe_records": [], "dataframe_split": {"data": []}},
+    ],
+)
+def test_scoring_server_responds_to_invalid_json_format_with_error_code_and_message(
+    clf_server, served, doc
+):
+    reply = assert_same(clf_server, served, _j(doc), "application/json")
+    assert reply.status == 400
+    assert "exactly one of the input fields" in reply.json()["message"]
+
+
+def test_scoring_server_responds_to_malformed_json_input_with_error_code_and_message(
+    clf_server, served
+):
+    reply = assert_same(clf_server, served, b"this is,,,, not valid json", "application/json")
+    assert reply.status == 400 and reply.json()["error_code"] == "BAD_REQUEST"
+
+
+def test_scoring_server_responds_to_invalid_pandas_input_format_with_stacktrace_and_error_code(
+    clf_server, served, frame
+):
+    wrong_split = _j({"dataframe_split": frame.to_dict(orient="records")})
+    reply = assert_same(clf_server, served, wrong_split, "application/json")
+    assert "Dataframe split format must be a dictionary. Got list" in reply.json()["message"]
+    wrong_records = _j({"dataframe_records": frame.to_dict(orient="split")})
+    reply = assert_same(clf_server, served, wrong_records, "application/json")
+    assert "Dataframe records format must be a list of records" in reply.json()["message"]
+
+
+def test_scoring_server_responds_to_invalid_csv_input_with_stacktrace_and_error_code(
+    clf_server, served
+):
+    assert_same(clf_server, served, b"", "text/csv")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["not_a_supported_content_type", "application/json; something=something"]
+)
+def test_scoring_server_responds_to_invalid_content_type_request(
+    clf_server, served, frame, content_type
+):
+    # test_..._with_unsupported_content_type_code, test_..._with_unrecognized_content_param
+    body = _j({"dataframe_split": frame.to_dict(orient="split")})
+    reply = clf_server.post("/invocations", body, {"Content-Type": content_type})
+    assert reply.status == 415 == mlflow_answer(served, body, content_type)[0]
+
+
+def test_csv(clf_server, served, frame):
+    # test_scoring_server_successfully_evaluates_correct_dataframes_with_csv (CSV body)
+    body = frame.to_csv(index=False).encode()
+    assert_same(clf_server, served, body, "text/csv")
+
+
+def test_utf8_bom_is_accepted_like_mlflow(clf_server, served, frame):
+    # issue 10: a UTF-8 byte order mark (Windows tools write one) is read by MLflow: JSON bytes
+    # go through json.loads (encoding detection), CSV through pandas
+    json_body = BOM + _j({"dataframe_split": frame.to_dict(orient="split")})
+    assert assert_same(clf_server, served, json_body, "application/json").status == 200
+    csv_body = BOM + frame.to_csv(index=False).encode()
+    assert assert_same(clf_server, served, csv_body, "text/csv").status == 200
+
+
+def test_csv_header_absent(clf_server, served, frame):
+    # issue 10: text/csv's header parameter (RFC 4180). MLflow refuses any parameter but charset
+    # (415); we honour it: header=absent reads every row as data in the model's column order
+    expected = np.asarray(served.source_pyfunc.predict(frame)).tolist()
+    body = frame.to_csv(index=False, header=False).encode()
+    reply = clf_server.post("/invocations", body, {"Content-Type": "text/csv; header=absent"})
+    assert reply.status == 200, reply.text
+    assert reply.json()["predictions"] == expected
+    present = frame.to_csv(index=False).encode()
+    reply = clf_server.post("/invocations", present, {"Content-Type": "text/csv; header=present"})
+    assert reply.json()["predictions"] == expected
+    reply = clf_server.post("/invocations", present, {"Content-Type": "text/csv; header=maybe"})
+    assert reply.status == 415
+    short = b"1.0,2.0\n"
+    reply = clf_server.post("/invocations", short, {"Content-Type": "text/csv; header=absent"})
+    assert reply.status == 400 and "columns" in reply.json()["message"]
+
+
+def test_scoring_server_client_version(clf_server):
+    # test_scoring_server_client: ScoringServerClient.get_version() is the body's text
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    from mlflow_deploy_plugins import __version__
+
+    assert ScoringServerClient("127.0.0.1", clf_server.port).get_version() == __version__
