@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
@@ -81,7 +83,10 @@ class ServingApp:
             max_batch_size=settings.max_batch_size,
             max_batch_time_ms=settings.max_batch_time_ms,
             on_batch=self.metrics.batch_size.observe,
+            offload_rows=settings.offload_rows,
         )
+        #: The thread pool large requests run on (see open_offload); None: all on the loop.
+        self.offload: ThreadPoolExecutor | None = None
         self.ready = False
         #: Shutting down: readiness answers 503 so no new traffic comes, but requests already
         #: on their way (e.g. a body still arriving at SIGTERM) are answered, not refused.
@@ -115,9 +120,13 @@ class ServingApp:
         path, method = request.path, request.method
         if path in self._infer_paths:
             self._check(request, "POST")
+            if self.offload is not None and len(request.body) >= self.settings.offload_body_bytes:
+                return self._offloaded(self._infer_v2, request)
             return self._infer_v2(request)
         if path == "/invocations":
             self._check(request, "POST")
+            if self.offload is not None and len(request.body) >= self.settings.offload_body_bytes:
+                return self._offloaded(self._invocations, request)
             return self._invocations(request)
         if path in ("/v2/health/live", "/ping", "/health"):
             _allow(method, "GET", "HEAD")
@@ -174,6 +183,36 @@ class ServingApp:
                 "Missing or wrong bearer token (send 'Authorization: Bearer <token>')",
                 headers=[("WWW-Authenticate", "Bearer")],
             )
+
+    def early_auth_error(self, path: str, headers: dict) -> ServingError | None:
+        """The HTTP layer's token check of a request with a body, once its headers are read
+        and before its body is (server.py hands it over when a token is set): _route's rule."""
+        if path in OPEN_PATHS or path in self._ready_paths:
+            return None
+        try:
+            self._authorize(Request("", path, "", headers, b"", "", ""))
+        except Unauthorized as e:
+            return e
+        return None
+
+    # ------------------------------------------------------------------ offloading
+    def open_offload(self) -> ThreadPoolExecutor:
+        """Start the thread pool large requests run on; the caller shuts it down."""
+        self.offload = self.batcher.executor = ThreadPoolExecutor(
+            self.settings.offload_threads, "offload", initializer=_mark_offload_thread
+        )
+        return self.offload
+
+    def _offloaded(self, infer, request: Request) -> asyncio.Future:
+        """A large body: decode, run and encode it on the offload pool, off the loop."""
+
+        def work() -> Response:
+            try:
+                return infer(request)
+            except ServingError as e:
+                return _error_response(e, request.path)
+
+        return asyncio.get_running_loop().run_in_executor(self.offload, work)
 
     def _ready_response(self, body: bytes, content_type: str) -> Response:
         if self.ready:
@@ -253,7 +292,14 @@ class ServingApp:
 
     def _submit(self, request: Request, decoded, respond) -> asyncio.Future:
         """Queue ``decoded`` on the batcher; the future gets ``respond(outputs)`` or the error's
-        response (a model failure or a ServingError while encoding)."""
+        response (a model failure or a ServingError while encoding). On the offload thread
+        the model runs right there and the response is returned."""
+        if _on_offload_thread.active:
+            try:
+                outputs = self.model.run(decoded.feed)
+            except Exception as e:
+                return _error_response(_model_error(e), request.path)
+            return respond(outputs)
         future = asyncio.get_running_loop().create_future()
 
         def done(outputs, error):
@@ -322,6 +368,17 @@ class ServingApp:
                 request.request_id,
                 request.remote,
             )
+
+
+class _OffloadThread(threading.local):
+    active = False
+
+
+_on_offload_thread = _OffloadThread()
+
+
+def _mark_offload_thread() -> None:
+    _on_offload_thread.active = True
 
 
 def _route_label(path: str, app: ServingApp) -> str:

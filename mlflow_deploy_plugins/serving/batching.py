@@ -5,6 +5,10 @@ iteration (``call_soon``), which runs one onnxruntime call for everything that a
 (capped at ``max_batch_size`` rows) and hands each request its own rows. A lone request is
 answered at once; under load, batches grow by themselves. ``max_batch_time_ms > 0`` trades
 latency for larger batches by flushing after that delay instead.
+
+Requests of at least ``offload_rows`` rows run on ``executor`` (a small thread pool the server
+owns; onnxruntime releases the GIL) instead of on the loop, so one huge request does not stall
+the others; small requests never leave the loop.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -29,6 +34,7 @@ class Batcher:
         max_batch_time_ms: float = 0.0,
         loop: asyncio.AbstractEventLoop | None = None,
         on_batch: Callable[[int], None] | None = None,
+        offload_rows: int = 4096,
     ):
         self._run = run
         self.max_batch_size = max(1, int(max_batch_size))
@@ -38,11 +44,17 @@ class Batcher:
         self._rows = 0
         self._scheduled = False
         self._on_batch = on_batch
+        self.offload_rows = max(1, int(offload_rows))
+        #: Where requests of ``offload_rows`` rows or more run; None: on the loop.
+        self.executor: Executor | None = None
 
     def submit(self, feed: dict, n_rows: int, callback: Callback) -> None:
         """Queue ``feed`` (``n_rows`` rows); ``callback`` gets this request's outputs."""
         if n_rows >= self.max_batch_size:
-            self._run_group([(feed, n_rows, callback)])
+            if n_rows >= self.offload_rows and self.executor is not None:
+                self._offload(feed, n_rows, callback)
+            else:
+                self._run_group([(feed, n_rows, callback)])
             return
         self._pending.append((feed, n_rows, callback))
         self._rows += n_rows
@@ -55,6 +67,24 @@ class Batcher:
                 loop.call_later(self._delay, self.flush)
             else:
                 loop.call_soon(self.flush)
+
+    def _offload(self, feed: dict, n_rows: int, callback: Callback) -> None:
+        if self._on_batch is not None:
+            self._on_batch(n_rows)
+        loop = self._loop or asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, self._run, feed)
+
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled():
+                callback(None, asyncio.CancelledError())
+                return
+            error = f.exception()
+            try:
+                callback(None if error else f.result(), error)
+            except Exception:
+                _logger.exception("Batch callback failed")
+
+        future.add_done_callback(done)
 
     def flush(self) -> None:
         self._scheduled = False

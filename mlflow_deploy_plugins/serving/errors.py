@@ -150,6 +150,17 @@ class NotReady(ServingError):
     error_code = "TEMPORARILY_UNAVAILABLE"
 
 
+class Busy(ServingError):
+    """A resource limit of the server is reached (connections, body bytes in flight): the
+    request was fine, retry it later (``Retry-After``)."""
+
+    status = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+    def __init__(self, message: str, field: str | None = None, retry_after_s: int = 1):
+        super().__init__(message, field, [("Retry-After", str(retry_after_s))])
+
+
 class InternalError(ServingError):
     """Our fault, not the client's: the body stays generic, the details go to the log."""
 

@@ -13,16 +13,27 @@ import itertools
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 
+from mlflow_deploy_plugins.serving.errors import Busy, ServingError
 from mlflow_deploy_plugins.serving.protocol import LINGER_S, HttpProtocol
 from mlflow_deploy_plugins.serving.wire import (
+    CONN_CLOSE,
+    BodyBudget,
+    Exchange,
     Handler,
     HttpLimits,
     OnResponse,
     Request,
     Response,
     date_line,
+    error_response,
+    render,
+    split_url,
 )
+
+#: ``authorize(path, headers)``: the error refusing a request before its body is read, or None.
+Authorize = Callable[[str, dict], "ServingError | None"]
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +61,8 @@ class HttpServer(asyncio.AbstractServer):
         limits: Sizes and timeouts of every connection.
         on_response: Optional access-log hook.
         loop: The running loop.
+        authorize: Optional check of a request with a body once its headers are read (before
+            any ``100 Continue`` or body byte is accepted): returns the error to answer, or None.
     """
 
     def __init__(
@@ -58,8 +71,11 @@ class HttpServer(asyncio.AbstractServer):
         limits: HttpLimits,
         on_response: OnResponse | None,
         loop: asyncio.AbstractEventLoop,
+        authorize: Authorize | None = None,
     ):
         self.handler = handler
+        self.authorize = authorize
+        self.budget = BodyBudget(limits.max_inflight_body_bytes)
         self.limits = limits
         self.on_response = on_response
         self.loop = loop
@@ -76,7 +92,12 @@ class HttpServer(asyncio.AbstractServer):
         self._drained: asyncio.Future[None] | None = None
         self._rid_prefix = secrets.token_hex(4) + "-"
         self._rid_counter = itertools.count(1)
-        shortest = min(limits.keepalive_timeout_s, limits.request_timeout_s, limits.write_timeout_s)
+        shortest = min(
+            limits.keepalive_timeout_s,
+            limits.request_timeout_s,
+            limits.write_timeout_s,
+            limits.first_request_timeout_s,
+        )
         self._tick = max(0.01, min(1.0, shortest / 4, LINGER_S / 4))
         self._timer: asyncio.TimerHandle | None = None
 
@@ -92,6 +113,47 @@ class HttpServer(asyncio.AbstractServer):
         """An id for a request that brought none (or an invalid one): unique per server."""
         return self._rid_prefix + str(next(self._rid_counter))
 
+    def admit(self, conn: HttpProtocol, transport: asyncio.Transport) -> bool:
+        """Register a new connection, or, at ``max_connections``, answer it 503 and close it at
+        once (accepting and closing frees the kernel's accept queue and tells the client to retry
+        now; not accepting would leave it, and health probes, hanging in the backlog)."""
+        if len(self.connections) < self.limits.max_connections:
+            self.connections.add(conn)
+            return True
+        error = Busy(
+            f"too many connections (max_connections={self.limits.max_connections})",
+            field="max_connections",
+        )
+        request = Request("", "", "", {}, b"", "", self.next_request_id())
+        transport.write(
+            render(error_response(error, request.request_id), request, CONN_CLOSE, self.date_line)
+        )
+        transport.close()
+        return False
+
+    def preflight(self, exchange: Exchange, length: int) -> ServingError | None:
+        """A request with a body (``length`` bytes declared, 0 when chunked), headers read:
+        check its token (when the app has one), then reserve its declared body bytes."""
+        if self.authorize is not None:
+            try:
+                path = split_url(exchange.url)[0]
+            except Exception:  # a bad target: on_message_complete refuses it
+                path = ""
+            error = self.authorize(path, exchange.headers)
+            if error is not None:
+                return error
+        if length and not self.budget.reserve(length):
+            return self.busy_bodies()
+        exchange.reserved = length
+        return None
+
+    def busy_bodies(self) -> Busy:
+        return Busy(
+            "too many request body bytes in flight on this server "
+            f"(max_inflight_body_bytes={self.limits.max_inflight_body_bytes}); retry later",
+            field="max_inflight_body_bytes",
+        )
+
     def connection_closed(self, conn: HttpProtocol) -> None:
         """Called by a connection once its transport is gone."""
         self.connections.discard(conn)
@@ -103,6 +165,7 @@ class HttpServer(asyncio.AbstractServer):
         self.date_line = date_line()
         for conn in list(self.connections):
             conn.check_deadlines(now)
+        self.budget.maybe_trim()
         if self.connections or self.is_serving():
             self._timer = self.loop.call_later(self._tick, self._sweep)
         else:
@@ -170,6 +233,7 @@ async def start_server(
     limits: HttpLimits | None = None,
     on_response: OnResponse | None = None,
     backlog: int = 2048,
+    authorize: Authorize | None = None,
 ) -> HttpServer:
     """Listen on ``host:port`` and serve ``handler`` on the running loop.
 
@@ -182,12 +246,13 @@ async def start_server(
         limits: Sizes and timeouts; defaults to ``HttpLimits()``.
         on_response: Optional access-log hook called after each response is written.
         backlog: Listen backlog.
+        authorize: Optional token check of requests with a body, before the body is read.
 
     Returns:
         The listening server; stop it with :func:`shutdown`.
     """
     limits = limits if limits is not None else HttpLimits()
-    server = HttpServer(handler, limits, on_response, asyncio.get_running_loop())
+    server = HttpServer(handler, limits, on_response, asyncio.get_running_loop(), authorize)
     await server.listen(host, port, reuse_port=reuse_port, backlog=backlog)
     return server
 

@@ -1,6 +1,5 @@
-"""One HTTP/1.1 connection of the serving server: httptools parser callbacks build each request,
-the handler is called on the event loop (no task per request) and responses are written strictly
-in request order (pipelining), with 100-continue, timeouts and flow control."""
+"""One HTTP/1.1 connection: httptools callbacks build each request, the handler runs on the loop
+(no task per request), responses go out in request order; 100-continue, limits, flow control."""
 
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ from mlflow_deploy_plugins.serving.wire import (
     render,
     resolve,
     split_url,
+    too_many_headers,
     valid_request_id,
 )
 
@@ -118,16 +118,19 @@ class HttpProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):  # not a TCP socket
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._remote = format_peer(transport.get_extra_info("peername"))
         server = self._server
-        server.connections.add(self)
-        self._deadline = server.now + self._limits.keepalive_timeout_s
+        if not server.admit(self, transport):
+            self._closed = self._no_more = True
+            return
+        self._remote = format_peer(transport.get_extra_info("peername"))
+        self._deadline = server.now + self._limits.first_request_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._no_more = True
         server = self._server
         server.in_flight -= len(self._queue)
         self._queue.clear()
+        self._exchange.drop_body(server.budget)
         server.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
@@ -196,8 +199,12 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self._exchange
         exchange.header_bytes += len(name) + len(value)
+        exchange.header_count += 1
         if exchange.header_bytes > self._limits.max_header_bytes:
             self._fail(HeadersTooLarge("request headers too large"))
+            raise _Abort
+        if exchange.header_count > self._limits.max_header_count:
+            self._fail(HeadersTooLarge(too_many_headers(self._limits)))
             raise _Abort
         key = self._header_names.get(name)
         if key is None:
@@ -224,23 +231,28 @@ class HttpProtocol(asyncio.Protocol):
         length = headers.get("content-length")
         if length is not None:
             try:
-                too_large = int(length) > self._limits.max_body_bytes
+                length = int(length)
             except ValueError:
                 self._fail(BadRequest("invalid Content-Length"))
                 raise _Abort from None
-            if too_large:
+            if length > self._limits.max_body_bytes:
                 self._fail(PayloadTooLarge("request body too large"))
                 raise _Abort
         expect = headers.get("expect")
-        if expect is not None:
-            if expect.lower() != "100-continue":
-                self._fail(ExpectationFailed("unsupported Expect"))
+        if expect is not None and expect.lower() != "100-continue":
+            self._fail(ExpectationFailed("unsupported Expect"))
+            raise _Abort
+        if length or "transfer-encoding" in headers:
+            # Token and body budget before any body byte is accepted (or 100 Continue sent).
+            error = self._server.preflight(exchange, length or 0)
+            if error is not None:
+                self._fail(error)
                 raise _Abort
-            if parser.get_http_version() != "1.0":
-                if self._queue:
-                    self._continue = True  # after the responses the client is owed first
-                else:
-                    self._transport.write(CONTINUE)
+        if expect is not None and parser.get_http_version() != "1.0":
+            if self._queue:
+                self._continue = True  # after the responses the client is owed first
+            else:
+                self._transport.write(CONTINUE)
 
     def on_body(self, chunk: bytes) -> None:
         exchange = self._exchange
@@ -248,6 +260,11 @@ class HttpProtocol(asyncio.Protocol):
         if size > self._limits.max_body_bytes:
             self._fail(PayloadTooLarge("request body too large"))
             raise _Abort
+        if size > exchange.reserved:  # chunked: reserve as it comes
+            if not self._server.budget.reserve(size - exchange.reserved):
+                self._fail(self._server.busy_bodies())
+                raise _Abort
+            exchange.reserved = size
         if exchange.body_len:
             if exchange.body_parts is None:
                 exchange.body_parts = [exchange.body]
@@ -281,6 +298,8 @@ class HttpProtocol(asyncio.Protocol):
         if rid is None or not valid_request_id(rid):
             rid = server.next_request_id()
         parts = exchange.body_parts
+        if exchange.reserved:
+            exchange.release(server.budget)
         request = Request(
             method,
             path,
@@ -315,9 +334,6 @@ class HttpProtocol(asyncio.Protocol):
 
     # writing responses, in order
 
-    def _render(self, request: Request, response: Response, conn: bytes) -> bytes:
-        return render(response, request, conn, self._server.date_line)
-
     def _log_response(self, request: Request, response: Response, t0: float) -> None:
         try:
             self._on_response(request, response, perf_counter() - t0)
@@ -328,7 +344,7 @@ class HttpProtocol(asyncio.Protocol):
         """Fast path: nothing queued ahead of this response."""
         if self._closed:
             return
-        self._transport.write(self._render(request, response, conn))
+        self._transport.write(render(response, request, conn, self._server.date_line))
         if self._on_response is not None:
             self._log_response(request, response, t0)
         if conn is CONN_CLOSE:
@@ -360,7 +376,7 @@ class HttpProtocol(asyncio.Protocol):
             if server.shutting_down and not queue and not self._in_request:
                 conn = CONN_CLOSE
                 self._no_more = True
-            out.append(self._render(request, result, conn))
+            out.append(render(result, request, conn, server.date_line))
             if self._on_response is not None:
                 self._log_response(request, result, exchange.t0)
             if conn is CONN_CLOSE:
@@ -398,6 +414,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_request = self._continue = False
         current = self._exchange
         current.in_headers = False
+        current.drop_body(self._server.budget)
         rid = current.headers.get("x-request-id")
         if rid is None or not valid_request_id(rid):
             rid = self._server.next_request_id()

@@ -98,6 +98,7 @@ async def _serve(
 ):
     loop = asyncio.get_running_loop()
     limits = HttpLimits.from_settings(settings)
+    offload = app.open_offload()
     server = await start_server(
         app.handle,
         settings.host,
@@ -105,6 +106,7 @@ async def _serve(
         reuse_port=reuse_port,
         limits=limits,
         on_response=app.on_response,
+        authorize=app.early_auth_error if settings.auth_token else None,
     )
     app.in_flight = lambda: server.in_flight
     if reuse_port and settings.reuse_port_takeover:
@@ -133,6 +135,8 @@ async def _serve(
     app.ready = False
     grace = SHARED_PORT_IDLE_GRACE_S if reuse_port else 0.0
     await shutdown(server, timeout=SHUTDOWN_TIMEOUT_S, idle_grace_s=grace)
+    # Every request is answered (or its connection aborted): wait for a run still going.
+    await loop.run_in_executor(None, offload.shutdown)
     if app.payload_log is not None:
         await loop.run_in_executor(None, app.payload_log.close)
     if app.access_log is not None:

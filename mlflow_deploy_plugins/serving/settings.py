@@ -81,6 +81,43 @@ class ServingSettings:
         "A request whose headers and body do not arrive within this many seconds is dropped.",
         check=positive,
     )
+    first_request_timeout_s: float = setting(
+        10.0,
+        "A new connection that sends no byte within this many seconds is closed (the keep-alive "
+        "timeout applies only after a first request).",
+        check=positive,
+    )
+    max_connections: int = setting(
+        2048,
+        "Open connections per worker; a connection beyond it is accepted, answered 503 "
+        "(Retry-After) and closed at once.",
+        check=at_least(1),
+    )
+    max_inflight_body_bytes: int = setting(
+        128 * MIB,
+        "Request body bytes being received across all connections of a worker; a request that "
+        "would exceed it gets 503 (Retry-After) before its body is read (suffixes KiB/MiB/GiB).",
+        check=at_least(1),
+    )
+    max_header_count: int = setting(
+        100, "Most header lines in one request; more gets 431.", check=at_least(1)
+    )
+    offload_rows: int = setting(
+        4096,
+        "Requests with at least this many rows run inference (and encoding) on a worker thread, "
+        "so the event loop keeps answering others (health probes); smaller ones are batched on "
+        "the loop.",
+        check=at_least(1),
+    )
+    offload_body_bytes: int = setting(
+        1 * MIB,
+        "Inference requests with a body of at least this size are decoded, run and encoded on a "
+        "worker thread (suffixes KiB/MiB/GiB allowed).",
+        check=at_least(1),
+    )
+    offload_threads: int = setting(
+        1, "Worker threads per worker process for offloaded (large) requests.", check=at_least(1)
+    )
     payload_log_dir: str | None = setting(
         None, "Directory for sampled request/response JSON Lines logs; None turns logging off."
     )

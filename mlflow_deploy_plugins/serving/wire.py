@@ -61,6 +61,8 @@ class Exchange:
         "body_len",
         "header_bytes",
         "header_stream",
+        "header_count",
+        "reserved",
         "in_headers",
         "t0",
         "request",
@@ -78,11 +80,29 @@ class Exchange:
         #: Request line + headers as parsed, and as streamed into a header line not yet ended.
         self.header_bytes = 0
         self.header_stream = 0
+        self.header_count = 0
+        #: Body bytes taken from the server's BodyBudget (released once the body is handed on).
+        self.reserved = 0
         self.in_headers = True
         self.t0 = t0
         self.request: Request
         self.result: Response | asyncio.Future[Response]
         self.conn: bytes
+
+    def release(self, budget: BodyBudget) -> None:
+        """Give the body's bytes back to ``budget`` (the body is handed on, or dropped)."""
+        budget.release(self.reserved)
+        self.reserved = 0
+
+    def drop_body(self, budget: BodyBudget) -> None:
+        """Free the body of a request that will not be handled."""
+        self.body, self.body_parts = b"", None
+        if self.reserved:
+            self.release(budget)
+
+
+def too_many_headers(limits: HttpLimits) -> str:
+    return f"too many request headers (max_header_count={limits.max_header_count})"
 
 
 Handler = Callable[[Request], "Response | asyncio.Future[Response]"]
@@ -111,6 +131,14 @@ class HttpLimits:
     write_timeout_s: float = 30.0
     #: Requests queued on one connection before we stop reading from it.
     max_pipelined: int = 256
+    #: A new connection that sends no byte for this long is closed.
+    first_request_timeout_s: float = _DEFAULTS.first_request_timeout_s
+    #: Open connections; beyond: accepted, answered 503 and closed.
+    max_connections: int = _DEFAULTS.max_connections
+    #: Body bytes being received across all connections; beyond: 503 before the body is read.
+    max_inflight_body_bytes: int = _DEFAULTS.max_inflight_body_bytes
+    #: Header lines of one request; beyond: 431.
+    max_header_count: int = _DEFAULTS.max_header_count
 
     @classmethod
     def from_settings(cls, settings: ServingSettings) -> HttpLimits:
@@ -119,7 +147,60 @@ class HttpLimits:
             max_body_bytes=settings.max_body_bytes,
             keepalive_timeout_s=settings.keepalive_timeout_s,
             request_timeout_s=settings.request_timeout_s,
+            first_request_timeout_s=settings.first_request_timeout_s,
+            max_connections=settings.max_connections,
+            max_inflight_body_bytes=settings.max_inflight_body_bytes,
+            max_header_count=settings.max_header_count,
         )
+
+
+#: Freed body bytes after which the allocator is asked to give memory back to the system.
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
+
+
+class BodyBudget:
+    """Request body bytes being received across a server's connections, against a cap.
+
+    Bodies are buffered as lists of the chunks the transport read (never a growing bytearray),
+    so freeing them frees whole blocks; glibc still keeps freed heap memory for reuse, so once
+    enough was freed :meth:`maybe_trim` (called by the server's timer, not per request) asks it
+    to return the memory to the system (``malloc_trim``), and a burst leaves no lasting growth.
+    """
+
+    __slots__ = ("limit", "in_use", "freed", "_trim")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_use = 0
+        self.freed = 0
+        self._trim = _malloc_trim()
+
+    def reserve(self, n: int) -> bool:
+        """Take ``n`` bytes if they fit under the cap."""
+        if self.in_use + n > self.limit:
+            return False
+        self.in_use += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.in_use -= n
+        self.freed += n
+
+    def maybe_trim(self) -> None:
+        if self.freed >= TRIM_AFTER_BYTES:
+            self.freed = 0
+            if self._trim is not None:
+                self._trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (Linux), else None."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 # --- response encoding -------------------------------------------------------------------------

@@ -55,6 +55,12 @@ class ContainerConfig(Protocol):
     workers: int
     log_level: str
     max_batch_size: int | None
+    max_connections: int | None
+    max_body_bytes: int | None
+    max_inflight_body_bytes: int | None
+    max_header_count: int | None
+    first_request_timeout_s: float | None
+    offload_rows: int | None
     max_batch_time_ms: float | None
     payload_log_sample_rate: float | None
     auth_token_file: str | None
@@ -98,6 +104,12 @@ def serving_environment(
         "max_batch_size": cfg.max_batch_size,
         "max_batch_time_ms": cfg.max_batch_time_ms,
         "payload_log_sample_rate": cfg.payload_log_sample_rate,
+        "max_connections": cfg.max_connections,
+        "max_body_bytes": cfg.max_body_bytes,
+        "max_inflight_body_bytes": cfg.max_inflight_body_bytes,
+        "max_header_count": cfg.max_header_count,
+        "first_request_timeout_s": cfg.first_request_timeout_s,
+        "offload_rows": cfg.offload_rows,
         "reuse_port_takeover": takeover if host_mode and takeover else None,
         "auth_token_file": TOKEN_PATH if cfg.auth_token_file else None,
         "payload_log_dir": PAYLOAD_LOG_PATH if cfg.payload_log_dir else None,

@@ -93,6 +93,37 @@ class OnnxDockerConfig(TargetConfig):
         "Fraction of requests written to the payload log (runtime default 1.0).",
         check=_container.runtime_setting("payload_log_sample_rate"),
     )
+    max_connections: int | None = option(
+        None,
+        "Open connections per server process; beyond: 503 and close (runtime default 2048).",
+        check=_container.runtime_setting("max_connections"),
+    )
+    max_body_bytes: int | None = option(
+        None,
+        "Largest request body; larger gets 413 (runtime default 8 MiB).",
+        check=_container.runtime_setting("max_body_bytes"),
+    )
+    max_inflight_body_bytes: int | None = option(
+        None,
+        "Request body bytes being received at once per server process; beyond: 503 with "
+        "Retry-After before the body is read (runtime default 128 MiB).",
+        check=_container.runtime_setting("max_inflight_body_bytes"),
+    )
+    max_header_count: int | None = option(
+        None,
+        "Most header lines per request; more gets 431 (runtime default 100).",
+        check=_container.runtime_setting("max_header_count"),
+    )
+    first_request_timeout_s: float | None = option(
+        None,
+        "Seconds a new connection may stay silent before it is closed (runtime default 10).",
+        check=_container.runtime_setting("first_request_timeout_s"),
+    )
+    offload_rows: int | None = option(
+        None,
+        "Requests with this many rows run off the event loop (runtime default 4096).",
+        check=_container.runtime_setting("offload_rows"),
+    )
     memory: str | None = option(
         None, "Memory limit of the container, e.g. 512m or 2g.", check=_container.memory_size
     )

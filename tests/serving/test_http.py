@@ -334,7 +334,12 @@ def test_error_after_pipelined_requests_comes_last(serve):
 
 
 def test_stalled_and_slow_clients_are_timed_out(serve):
-    limits = HttpLimits(max_body_bytes=1024, keepalive_timeout_s=0.3, request_timeout_s=0.3)
+    limits = HttpLimits(
+        max_body_bytes=1024,
+        keepalive_timeout_s=0.3,
+        request_timeout_s=0.3,
+        first_request_timeout_s=0.3,
+    )
     served = serve(limits=limits)
     stalled = served.client()
     stalled.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n")  # headers never finished
