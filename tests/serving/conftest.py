@@ -323,6 +323,43 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{label}: {seconds * 1000:.0f} ms")
 
 
+def v2_columns_body(frame) -> dict:
+    """A V2 request with one 1-D input per column of ``frame`` (city as BYTES)."""
+    return {
+        "inputs": [
+            {
+                "name": c,
+                "datatype": "BYTES" if c == "city" else "FP64",
+                "shape": [len(frame)],
+                "data": frame[c].tolist(),
+            }
+            for c in frame.columns
+        ]
+    }
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A tmpfs of ``size`` (``@pytest.mark.parametrize("small_disk", ["64k"], indirect=True)``,
+    default 64 KiB): writes fail with ENOSPC once it is full, like a full production disk."""
+    size = getattr(request, "param", "64k")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs (needs root): {done.stderr}")
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 @pytest.fixture(scope="session")
 def kit():
     """This folder's helpers for the test modules (conftest is not importable by name)."""
@@ -334,4 +371,5 @@ def kit():
         free_port=free_port,
         request=request,
         server_env=server_env,
+        v2_columns_body=v2_columns_body,
     )

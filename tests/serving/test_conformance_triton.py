@@ -42,20 +42,6 @@ def _split(reply):
     return json.loads(reply.body[:size]), reply.body[size:]
 
 
-def _clf_body(frame) -> dict:
-    return {
-        "inputs": [
-            {
-                "name": c,
-                "datatype": "BYTES" if c == "city" else "FP64",
-                "shape": [len(frame)],
-                "data": frame[c].tolist(),
-            }
-            for c in frame.columns
-        ]
-    }
-
-
 # ====================================================================== raw binary requests
 @pytest.mark.parametrize("rows", [1, 7])  # test_raw_binary, test_raw_binary_longer
 def test_raw_binary(reg_server, served, rows):
@@ -131,7 +117,7 @@ def test_chunked_infer_at_max_chunks(clf_server):
 # ====================================================================== errors
 def test_duplicate_output_names(clf_server, kit):
     # test_duplicate_output_names: the same output requested twice is 400, the server stays live
-    body = _clf_body(kit.churn_frame(2, seed=1))
+    body = kit.v2_columns_body(kit.churn_frame(2, seed=1))
     body["outputs"] = [{"name": "label"}, {"name": "label"}]
     reply = clf_server.post(f"/v2/models/{CLF}/infer", body)
     assert reply.status == 400, reply.text

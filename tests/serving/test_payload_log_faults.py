@@ -5,7 +5,6 @@ every other submitted record is counted dropped with its reason."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -29,26 +28,6 @@ def _columns(i: int) -> dict[str, np.ndarray]:
 
 def _outputs() -> dict[str, np.ndarray]:
     return {"label": np.zeros(20, dtype=np.int64)}
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KiB tmpfs: writes fail with ENOSPC once it is full, like a full production disk."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs (needs root): {done.stderr}")
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _on_disk(directory: Path) -> list[str]:

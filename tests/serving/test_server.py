@@ -26,20 +26,6 @@ def records_body(frame) -> dict:
     return {"dataframe_records": frame.to_dict("records")}
 
 
-def v2_body(frame) -> dict:
-    return {
-        "inputs": [
-            {
-                "name": c,
-                "datatype": "BYTES" if c == "city" else "FP64",
-                "shape": [len(frame)],
-                "data": frame[c].tolist(),
-            }
-            for c in frame.columns
-        ]
-    }
-
-
 def clean_error(reply, status: int) -> dict:
     assert reply.status == status, reply.text
     assert "Traceback" not in reply.text
@@ -56,7 +42,7 @@ def auth_server(served, start_server, kit):
 
 def test_bearer_auth(auth_server, served, kit):
     frame = kit.churn_frame(3, seed=5)
-    routes = [(INFER, v2_body(frame)), ("/invocations", records_body(frame))]
+    routes = [(INFER, kit.v2_columns_body(frame)), ("/invocations", records_body(frame))]
     for path, body in routes:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             reply = auth_server.post(path, body, headers)
@@ -111,7 +97,7 @@ def test_payload_log_is_flushed_on_sigterm(served, start_server, kit, tmp_path):
             assert reply.status == 200, reply.text
             labels = [int(v) for v in reply.json()["predictions"]]
         else:
-            reply = server.post(INFER, v2_body(frame), {"X-Request-Id": rid})
+            reply = server.post(INFER, kit.v2_columns_body(frame), {"X-Request-Id": rid})
             assert reply.status == 200, reply.text
             out = {o["name"]: o["data"] for o in reply.json()["outputs"]}
             labels = out["label"]
@@ -251,10 +237,10 @@ def test_missing_bundle_is_a_clear_error(start_server, tmp_path):
 def test_model_name_flag_overrides_the_manifest(served, start_server, kit):
     server = start_server(served.clf_bundle, "--model-name", "churn-svc", label="model-name")
     frame = kit.churn_frame(2, seed=9)
-    reply = server.post("/v2/models/churn-svc/versions/1/infer", v2_body(frame))
+    reply = server.post("/v2/models/churn-svc/versions/1/infer", kit.v2_columns_body(frame))
     assert reply.status == 200 and reply.json()["model_name"] == "churn-svc", reply.text
     assert server.get("/v2/models/churn-svc").json()["name"] == "churn-svc"
-    assert server.post(INFER, v2_body(frame)).status == 404
+    assert server.post(INFER, kit.v2_columns_body(frame)).status == 404
 
 
 # ====================================================================== SageMaker, console script
