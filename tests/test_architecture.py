@@ -198,7 +198,7 @@ def test_the_rule_test_sees_imports():
 
 #: Modules allowed past MAX_LINES, with why: one connection's HTTP/1.1 state machine reads best
 #: whole (uvicorn's httptools_impl.py, the model for it, is ~570 lines).
-LARGER = {"serving/protocol.py": 500}
+LARGER = {"serving/protocol.py": 480}
 
 
 def test_no_module_is_over_the_size_limit():

@@ -142,6 +142,7 @@ class HttpServer(asyncio.AbstractServer):
             error = self.authorize(path, exchange.headers)
             if error is not None:
                 return error
+            exchange.authorized = True
         if length and not self.budget.reserve(length):
             return self.busy_bodies()
         exchange.reserved = length

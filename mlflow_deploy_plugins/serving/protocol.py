@@ -15,7 +15,6 @@ import httptools
 
 from mlflow_deploy_plugins.serving.errors import (
     BadRequest,
-    ExpectationFailed,
     HeadersTooLarge,
     InternalError,
     PayloadTooLarge,
@@ -34,6 +33,7 @@ from mlflow_deploy_plugins.serving.wire import (
     Response,
     error_response,
     format_peer,
+    head_error,
     remember_header_name,
     render,
     resolve,
@@ -220,35 +220,14 @@ class HttpProtocol(asyncio.Protocol):
         exchange.in_headers = False
         headers = exchange.headers
         parser = self._parser
-        if parser.should_upgrade() and (
-            parser.get_method() == b"CONNECT"
-            or "content-length" in headers
-            or "transfer-encoding" in headers
-        ):
-            # llhttp would skip such a body and parse it as the next request: refuse.
-            self._fail(BadRequest("protocol upgrade not supported"))
-            raise _Abort
-        length = headers.get("content-length")
-        if length is not None:
-            try:
-                length = int(length)
-            except ValueError:
-                self._fail(BadRequest("invalid Content-Length"))
-                raise _Abort from None
-            if length > self._limits.max_body_bytes:
-                self._fail(PayloadTooLarge("request body too large"))
-                raise _Abort
-        expect = headers.get("expect")
-        if expect is not None and expect.lower() != "100-continue":
-            self._fail(ExpectationFailed("unsupported Expect"))
-            raise _Abort
-        if length or "transfer-encoding" in headers:
+        error, length = head_error(parser, headers, self._limits.max_body_bytes)
+        if error is None and (length or "transfer-encoding" in headers):
             # Token and body budget before any body byte is accepted (or 100 Continue sent).
             error = self._server.preflight(exchange, length or 0)
-            if error is not None:
-                self._fail(error)
-                raise _Abort
-        if expect is not None and parser.get_http_version() != "1.0":
+        if error is not None:
+            self._fail(error)
+            raise _Abort
+        if "expect" in headers and parser.get_http_version() != "1.0":
             if self._queue:
                 self._continue = True  # after the responses the client is owed first
             else:
@@ -308,6 +287,7 @@ class HttpProtocol(asyncio.Protocol):
             b"".join(parts) if parts else exchange.body,
             self._remote,
             rid,
+            exchange.authorized,
         )
         try:
             result = self._handler(request)

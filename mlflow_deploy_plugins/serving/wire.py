@@ -15,7 +15,14 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from mlflow_deploy_plugins.serving.errors import InternalError, NotReady
+from mlflow_deploy_plugins.serving.errors import (
+    BadRequest,
+    ExpectationFailed,
+    InternalError,
+    NotReady,
+    PayloadTooLarge,
+    ServingError,
+)
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 _logger = logging.getLogger(__name__)
@@ -32,6 +39,8 @@ class Request:
     body: bytes
     remote: str  # "127.0.0.1:54321"
     request_id: str  # X-Request-Id from the client, else generated
+    #: The HTTP layer checked the bearer token before reading the body (the app need not again).
+    authorized: bool = False
 
 
 @dataclass(slots=True)
@@ -63,6 +72,7 @@ class Exchange:
         "header_stream",
         "header_count",
         "reserved",
+        "authorized",
         "in_headers",
         "t0",
         "request",
@@ -83,6 +93,8 @@ class Exchange:
         self.header_count = 0
         #: Body bytes taken from the server's BodyBudget (released once the body is handed on).
         self.reserved = 0
+        #: The token was checked before the body was read (``HttpServer.preflight``).
+        self.authorized = False
         self.in_headers = True
         self.t0 = t0
         self.request: Request
@@ -99,6 +111,32 @@ class Exchange:
         self.body, self.body_parts = b"", None
         if self.reserved:
             self.release(budget)
+
+
+def head_error(
+    parser: httptools.HttpRequestParser, headers: dict[str, str], max_body_bytes: int
+) -> tuple[ServingError | None, int | None]:
+    """What is wrong with a request's line and headers, before its body: ``(error, length)``,
+    ``length`` being the declared Content-Length (None when absent)."""
+    if parser.should_upgrade() and (
+        parser.get_method() == b"CONNECT"
+        or "content-length" in headers
+        or "transfer-encoding" in headers
+    ):
+        # llhttp would skip such a body and parse it as the next request: refuse.
+        return BadRequest("protocol upgrade not supported"), None
+    length = headers.get("content-length")
+    if length is not None:
+        try:
+            length = int(length)
+        except ValueError:
+            return BadRequest("invalid Content-Length"), None
+        if length > max_body_bytes:
+            return PayloadTooLarge("request body too large"), None
+    expect = headers.get("expect")
+    if expect is not None and expect.lower() != "100-continue":
+        return ExpectationFailed("unsupported Expect"), None
+    return None, length
 
 
 def too_many_headers(limits: HttpLimits) -> str:
