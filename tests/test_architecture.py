@@ -197,8 +197,10 @@ def test_the_rule_test_sees_imports():
 
 
 #: Modules allowed past MAX_LINES, with why: one connection's HTTP/1.1 state machine reads best
-#: whole (uvicorn's httptools_impl.py, the model for it, is ~570 lines).
-LARGER = {"serving/protocol.py": 480}
+#: whole (uvicorn's httptools_impl.py, the model for it, is ~570 lines), and its per-request path
+#: inlines small steps (the body budget) because each call there costs throughput (measured in
+#: docs/benchmarks-serving.md).
+LARGER = {"serving/protocol.py": 505}
 
 
 def test_no_module_is_over_the_size_limit():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +30,12 @@ from mlflow_deploy_plugins.serving.errors import (
     Unauthorized,
     Unprocessable,
 )
-from mlflow_deploy_plugins.serving.http import Request, Response
 from mlflow_deploy_plugins.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
 from mlflow_deploy_plugins.serving.model import ServedModel
+from mlflow_deploy_plugins.serving.results import Pending
 from mlflow_deploy_plugins.serving.settings import ServingSettings
+from mlflow_deploy_plugins.serving.wire import Request, Response, error_response
 
 _logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class ServingApp:
         )
         #: The thread pool large requests run on (see open_offload); None: all on the loop.
         self.offload: ThreadPoolExecutor | None = None
+        #: Bodies this large are decoded and run on ``offload`` (never, until it is open).
+        self._offload_bytes = float("inf")
         self.ready = False
         #: Shutting down: readiness answers 503 so no new traffic comes, but requests already
         #: on their way (e.g. a body still arriving at SIGTERM) are answered, not refused.
@@ -108,9 +110,11 @@ class ServingApp:
         )
         self._model_ready = orjson.dumps({"name": self.name, "ready": True})
         self._max_body = settings.max_body_bytes
+        #: (path, status) -> (requests_total child, request_duration_seconds child).
+        self._metric_children: dict[tuple[str, int], tuple] = {}
 
     # ------------------------------------------------------------------ the handler
-    def handle(self, request: Request) -> Response | asyncio.Future:
+    def handle(self, request: Request) -> Response | Pending | asyncio.Future:
         try:
             return self._route(request)
         except ServingError as e:
@@ -120,12 +124,12 @@ class ServingApp:
         path, method = request.path, request.method
         if path in self._infer_paths:
             self._check(request, "POST")
-            if self.offload is not None and len(request.body) >= self.settings.offload_body_bytes:
+            if len(request.body) >= self._offload_bytes:
                 return self._offloaded(self._infer_v2, request)
             return self._infer_v2(request)
         if path == "/invocations":
             self._check(request, "POST")
-            if self.offload is not None and len(request.body) >= self.settings.offload_body_bytes:
+            if len(request.body) >= self._offload_bytes:
                 return self._offloaded(self._invocations, request)
             return self._invocations(request)
         if path in ("/v2/health/live", "/ping", "/health"):
@@ -195,8 +199,9 @@ class ServingApp:
     def open_offload(self) -> ThreadPoolExecutor:
         """Start the thread pool large requests run on; the caller shuts it down."""
         self.offload = self.batcher.executor = ThreadPoolExecutor(
-            self.settings.offload_threads, "offload", initializer=_mark_offload_thread
+            self.settings.offload_threads, "offload"
         )
+        self._offload_bytes = self.settings.offload_body_bytes
         return self.offload
 
     def _offloaded(self, infer, request: Request) -> asyncio.Future:
@@ -204,7 +209,7 @@ class ServingApp:
 
         def work() -> Response:
             try:
-                return infer(request)
+                return infer(request, offloaded=True)
             except ServingError as e:
                 return _error_response(e, request.path)
 
@@ -240,10 +245,9 @@ class ServingApp:
             return request.body
         return codecs.decode_body(request.body, coding, self._max_body)
 
-    def _infer_v2(self, request: Request) -> asyncio.Future:
-        decoded = codecs.decode_v2(
-            self._body(request), request.headers, self.io, max_elements=self._max_elements
-        )
+    def _infer_v2(self, request: Request, offloaded: bool = False) -> Response | Pending:
+        body = request.body if "content-encoding" not in request.headers else self._body(request)
+        decoded = codecs.decode_v2(body, request.headers, self.io, max_elements=self._max_elements)
         request_id = decoded.id or request.request_id
 
         def respond(outputs) -> Response:
@@ -264,11 +268,12 @@ class ServingApp:
             content_type = codecs.V2_BINARY_CONTENT_TYPE if headers else JSON
             return Response(200, body, content_type, headers)
 
-        return self._submit(request, decoded, respond)
+        return self._submit(request, decoded, respond, offloaded)
 
-    def _invocations(self, request: Request) -> asyncio.Future:
+    def _invocations(self, request: Request, offloaded: bool = False) -> Response | Pending:
+        body = request.body if "content-encoding" not in request.headers else self._body(request)
         decoded = codecs.decode_mlflow(
-            self._body(request),
+            body,
             request.headers.get("content-type"),
             self.io,
             max_elements=self._max_elements,
@@ -284,41 +289,55 @@ class ServingApp:
             )
             return Response(200, body, JSON)
 
-        return self._submit(request, decoded, respond)
+        return self._submit(request, decoded, respond, offloaded)
 
-    def _submit(self, request: Request, decoded, respond) -> asyncio.Future:
-        """Queue ``decoded`` on the batcher; the future gets ``respond(outputs)`` or the error's
-        response (a model failure or a ServingError while encoding). On the offload thread
-        the model runs right there and the response is returned."""
-        if _on_offload_thread.active:
+    def _submit(self, request: Request, decoded, respond, offloaded: bool) -> Response | Pending:
+        """Queue ``decoded`` on the batcher; the Pending gets ``respond(outputs)`` or the error's
+        response (a model failure, a ServingError while encoding, or a logged 500 for our own
+        bug). ``offloaded``: on the offload pool, the model runs right there and the response
+        is returned."""
+        if offloaded:
             try:
                 outputs = self.model.run(decoded.feed)
             except Exception as e:
                 return _error_response(_model_error(e), request.path)
             return respond(outputs)
-        future = asyncio.get_running_loop().create_future()
+        reply = Pending()
 
         def done(outputs, error):
-            if future.done():
+            if reply.response is not None:
                 return
             if error is not None:
-                future.set_result(_error_response(_model_error(error), request.path))
+                reply.set(_error_response(_model_error(error), request.path))
                 return
             try:
-                future.set_result(respond(outputs))
+                response = respond(outputs)
             except ServingError as e:
-                future.set_result(_error_response(e, request.path))
-            except Exception as e:  # our bug: http.py answers a generic 500 and logs it
-                future.set_exception(e)
+                response = _error_response(e, request.path)
+            except Exception as e:  # our bug: a generic 500, the details in the log
+                response = error_response(e, request.request_id)
+            reply.set(response)
 
         self.batcher.submit(decoded.feed, decoded.n_rows, done)
-        return future
+        return reply
 
     def _log_payload(self, request_id, decoded, outputs) -> None:
         if self.payload_log is not None:
             self.payload_log.submit(request_id, decoded.columns, outputs)
 
     # ------------------------------------------------------------------ metadata, logs
+    def _children_for(self, key: tuple[str, int]) -> tuple:
+        """The request counter and duration histogram of ``(path, status)``; kept for the next
+        response unless the path is one of no route (clients choose those: never kept)."""
+        route = _route_label(key[0], self)
+        children = (
+            self.metrics.requests_total.labels(route, str(key[1])),
+            self.metrics.request_duration_seconds.labels(route),
+        )
+        if route != "other" and len(self._metric_children) < 256:
+            self._metric_children[key] = children
+        return children
+
     def _model_metadata(self) -> dict:
         return {
             "name": self.name,
@@ -351,9 +370,12 @@ class ServingApp:
         }
 
     def on_response(self, request: Request, response: Response, duration_s: float) -> None:
-        route = _route_label(request.path, self)
-        self.metrics.requests_total.labels(route, str(response.status)).inc()
-        self.metrics.request_duration_seconds.labels(route).observe(duration_s)
+        key = (request.path, response.status)
+        children = self._metric_children.get(key)
+        if children is None:
+            children = self._children_for(key)
+        children[0].inc()
+        children[1].observe(duration_s)
         if self.access_log is not None:
             self.access_log.record(
                 request.method,
@@ -364,17 +386,6 @@ class ServingApp:
                 request.request_id,
                 request.remote,
             )
-
-
-class _OffloadThread(threading.local):
-    active = False
-
-
-_on_offload_thread = _OffloadThread()
-
-
-def _mark_offload_thread() -> None:
-    _on_offload_thread.active = True
 
 
 def _unauthorized() -> Unauthorized:

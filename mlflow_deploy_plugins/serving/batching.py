@@ -20,6 +20,8 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from mlflow_deploy_plugins.serving.results import answering_together
+
 _logger = logging.getLogger(__name__)
 
 #: callback(outputs, error): outputs is a list of arrays (this request's rows) or None.
@@ -95,8 +97,9 @@ class Batcher:
         groups: dict[tuple, list] = {}
         for item in pending:
             groups.setdefault(_signature(item[0]), []).append(item)
-        for group in groups.values():
-            self._run_group(group)
+        with answering_together():  # a connection's answers in this flush: one write
+            for group in groups.values():
+                self._run_group(group)
 
     def _run_group(self, group: list) -> None:
         if self._on_batch is not None:

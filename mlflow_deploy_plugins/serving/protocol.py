@@ -21,6 +21,7 @@ from mlflow_deploy_plugins.serving.errors import (
     RequestTimeout,
     ServingError,
 )
+from mlflow_deploy_plugins.serving.results import Pending, settle
 from mlflow_deploy_plugins.serving.wire import (
     CONN_CLOSE,
     CONN_KEEP_ALIVE,
@@ -36,7 +37,6 @@ from mlflow_deploy_plugins.serving.wire import (
     head_error,
     remember_header_name,
     render,
-    resolve,
     split_url,
     too_many_headers,
     valid_request_id,
@@ -79,6 +79,8 @@ class HttpProtocol(asyncio.Protocol):
         "_lingering",
         "_in_request",
         "_fresh",
+        "_parsing",
+        "_answered",
         "_continue",
         "_paused",
         "_deadline",
@@ -105,6 +107,8 @@ class HttpProtocol(asyncio.Protocol):
         self._lingering = False
         self._in_request = False
         self._fresh = False  # the current request began in the data being parsed
+        self._parsing = False  # inside data_received: a Pending set now is flushed after it
+        self._answered = False  # a Pending was set while parsing
         self._continue = False  # a 100 Continue waits for earlier responses
         self._paused = 0
         self._deadline = 0.0
@@ -137,33 +141,41 @@ class HttpProtocol(asyncio.Protocol):
         if self._no_more:
             return  # draining a connection we are closing
         self._fresh = False
+        self._parsing = True
         parser = self._parser
-        while True:
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                # Upgrade is ignored (served as plain HTTP/1.1): parse what follows the request.
-                if self._no_more:
+        try:
+            while True:
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserUpgrade as exc:
+                    # Upgrade is ignored (served as plain HTTP/1.1): parse what follows it.
+                    if self._no_more:
+                        return
+                    data = data[exc.args[0] :]
+                    if data:
+                        continue
+                except httptools.HttpParserCallbackError as exc:
+                    if not self._no_more:  # not one of our own aborts: a bug, not the client's
+                        _logger.error("HTTP callback failed", exc_info=exc.__context__ or exc)
+                        self._fail(InternalError(INTERNAL_ERROR_MESSAGE))
                     return
-                data = data[exc.args[0] :]
-                if data:
-                    continue
-            except httptools.HttpParserCallbackError as exc:
-                if not self._no_more:  # not one of our own aborts: a bug, not the client's fault
-                    _logger.error("HTTP callback failed", exc_info=exc.__context__ or exc)
-                    self._fail(InternalError(INTERNAL_ERROR_MESSAGE))
-                return
-            except httptools.HttpParserError:
-                if not self._no_more:
-                    self._fail(BadRequest("malformed HTTP request"))
-                return
-            break
-        exchange = self._exchange
-        if exchange.in_headers and not self._fresh:
-            # httptools buffers a header line until it ends: bound what a client streams into it.
-            exchange.header_stream += len(data)
-            if exchange.header_stream > self._limits.max_header_bytes:
-                self._fail(HeadersTooLarge("request headers too large"))
+                except httptools.HttpParserError:
+                    if not self._no_more:
+                        self._fail(BadRequest("malformed HTTP request"))
+                    return
+                break
+            exchange = self._exchange
+            if exchange.in_headers and not self._fresh:
+                # httptools buffers a header line until it ends: bound what a client streams.
+                exchange.header_stream += len(data)
+                if exchange.header_stream > self._limits.max_header_bytes:
+                    self._fail(HeadersTooLarge("request headers too large"))
+        finally:
+            self._parsing = False
+            if self._answered:  # the batcher answered requests of ours while we parsed
+                self._answered = False
+                if not self._closed:
+                    self._flush()
 
     def eof_received(self) -> bool:
         self._no_more = True
@@ -223,7 +235,13 @@ class HttpProtocol(asyncio.Protocol):
         error, length = head_error(parser, headers, self._limits.max_body_bytes)
         if error is None and (length or "transfer-encoding" in headers):
             # Token and body budget before any body byte is accepted (or 100 Continue sent).
-            error = self._server.preflight(exchange, length or 0)
+            server = self._server
+            budget = server.budget
+            if length and server.authorize is None and budget.in_use + length <= budget.limit:
+                budget.in_use += length  # BodyBudget.reserve, inlined: the usual request
+                exchange.reserved = length
+            else:
+                error = server.preflight(exchange, length or 0)
         if error is not None:
             self._fail(error)
             raise _Abort
@@ -277,8 +295,12 @@ class HttpProtocol(asyncio.Protocol):
         if rid is None or not valid_request_id(rid):
             rid = server.next_request_id()
         parts = exchange.body_parts
-        if exchange.reserved:
-            exchange.release(server.budget)
+        reserved = exchange.reserved
+        if reserved:  # Exchange.release, inlined
+            budget = server.budget
+            budget.in_use -= reserved
+            budget.freed += reserved
+            exchange.reserved = 0
         request = Request(
             method,
             path,
@@ -293,10 +315,8 @@ class HttpProtocol(asyncio.Protocol):
             result = self._handler(request)
         except Exception as exc:
             result = error_response(exc, rid)
-        if type(result) is not Response and (
-            not isinstance(result, asyncio.Future) or result.done()
-        ):
-            result = resolve(result, rid)
+        if type(result) is not Response and (type(result) is not Pending or result.response):
+            result = settle(result, rid)
         queue = self._queue
         if not queue and type(result) is Response:
             self._write(request, result, conn, exchange.t0)
@@ -307,7 +327,7 @@ class HttpProtocol(asyncio.Protocol):
         queue.append(exchange)
         server.in_flight += 1
         if type(result) is not Response:
-            result.add_done_callback(self._on_future_done)
+            result.then(self._on_answer)
         if len(queue) >= self._limits.max_pipelined:
             self._pause(_PAUSE_PIPELINE)
         self._deadline = 0.0  # waiting on the app, not on the client
@@ -330,10 +350,12 @@ class HttpProtocol(asyncio.Protocol):
         if conn is CONN_CLOSE:
             self._close_gracefully()
 
-    def _on_future_done(self, future: asyncio.Future[Response]) -> None:
+    def _on_answer(self) -> None:
+        """A Pending response of ours was set (by the batcher, or a Future's callback)."""
         if self._closed:
-            if not future.cancelled():
-                future.exception()  # retrieved: no "exception was never retrieved" noise
+            return
+        if self._parsing:  # never re-enter the parser's callbacks: flush once parsing ends
+            self._answered = True
             return
         self._flush()
 
@@ -346,10 +368,10 @@ class HttpProtocol(asyncio.Protocol):
         while queue:
             exchange = queue[0]
             request, result = exchange.request, exchange.result
-            if type(result) is not Response:
-                if not result.done():
+            if type(result) is Pending:
+                result = result.response
+                if result is None:
                     break
-                result = resolve(result, request.request_id)
             queue.popleft()
             server.in_flight -= 1
             conn = exchange.conn

@@ -4,13 +4,13 @@ or read a request's target."""
 
 from __future__ import annotations
 
-import asyncio
 import http
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from functools import lru_cache
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -19,7 +19,6 @@ from mlflow_deploy_plugins.serving.errors import (
     BadRequest,
     ExpectationFailed,
     InternalError,
-    NotReady,
     PayloadTooLarge,
     ServingError,
 )
@@ -98,7 +97,8 @@ class Exchange:
         self.in_headers = True
         self.t0 = t0
         self.request: Request
-        self.result: Response | asyncio.Future[Response]
+        #: A Response, or a results.Pending one.
+        self.result: Response | Any
         self.conn: bytes
 
     def release(self, budget: BodyBudget) -> None:
@@ -143,7 +143,8 @@ def too_many_headers(limits: HttpLimits) -> str:
     return f"too many request headers (max_header_count={limits.max_header_count})"
 
 
-Handler = Callable[[Request], "Response | asyncio.Future[Response]"]
+#: Returns a Response, a ``results.Pending`` or an asyncio Future resolving to a Response.
+Handler = Callable[[Request], Any]
 #: Access-log hook: ``(request, response, seconds from the request's first byte to its write)``.
 OnResponse = Callable[[Request, Response, float], None]
 
@@ -371,28 +372,6 @@ def error_response(exc: BaseException, request_id: str) -> Response:
 def internal_error(request_id: str) -> Response:
     """A generic 500: the details go to the log, never to the client."""
     return error_response(InternalError(INTERNAL_ERROR_MESSAGE), request_id)
-
-
-def resolve(result: object, request_id: str) -> Response:
-    """A handler's result as a Response, once it is not a pending Future any more.
-
-    A cancelled Future is a 503 (the app is going away), a failed one goes through
-    :func:`error_response`, and anything but a Response is our bug: a logged 500.
-    """
-    if isinstance(result, asyncio.Future):
-        if result.cancelled():
-            return error_response(NotReady("service unavailable"), request_id)
-        exc = result.exception()
-        if exc is not None:
-            return error_response(exc, request_id)
-        result = result.result()
-        what = "handler future gave"
-    else:
-        what = "handler returned"
-    if isinstance(result, Response):
-        return result
-    _logger.error("%s %s, not a Response (request_id=%s)", what, type(result), request_id)
-    return internal_error(request_id)
 
 
 # --- reading requests --------------------------------------------------------------------------

@@ -969,3 +969,15 @@ def test_concurrent_clients_get_exactly_their_rows(clf_server, served, kit):
     # fewer onnxruntime calls than requests: concurrent requests were merged into batches
     assert count < sent, f"{sent} requests ran as {count} onnxruntime calls: nothing was merged"
     assert clf_server.alive()
+
+
+def test_served_model_refuses_a_feed_missing_an_input(served):
+    # ServedModel.run calls onnxruntime's session without the Python wrapper's checks (they
+    # cost on every batch): a missing input must still be refused by name, never run.
+    from mlflow_deploy_plugins.serving.model import ServedModel
+
+    model = ServedModel(served.clf_bundle)
+    assert len(model.input_names) > 1
+    feed = {name: np.zeros((1, 1)) for name in model.input_names[1:]}
+    with pytest.raises(ValueError, match=re.escape(model.input_names[0])):
+        model.run(feed)

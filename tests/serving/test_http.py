@@ -18,6 +18,10 @@ from mlflow_deploy_plugins.serving.http import (
     shutdown,
     start_server,
 )
+from mlflow_deploy_plugins.serving.results import Pending, answering_together
+
+#: Pendings of /gather requests not answered yet (the batcher's role in these tests).
+_gathered: list[tuple[Pending, str]] = []
 
 LIMITS = HttpLimits(
     max_body_bytes=1024, max_header_bytes=2048, keepalive_timeout_s=5.0, request_timeout_s=5.0
@@ -68,6 +72,23 @@ def app(request: Request) -> Response | asyncio.Future[Response]:
         future = loop.create_future()
         loop.call_soon(future.set_exception, ValueError("secret internal detail"))
         return future
+    if request.path == "/pending":  # answered later, as the batcher does
+        pending = Pending()
+        body = json.dumps({"request_id": request.request_id}).encode()
+        asyncio.get_running_loop().call_later(0.02, pending.set, Response(200, body))
+        return pending
+    if request.path == "/gather":
+        # Held until the n-th arrives, then all answered at once, newest first: for pipelined
+        # requests that is while the connection is still parsing the data they came in.
+        pending = Pending()
+        _gathered.append((pending, request.request_id))
+        if len(_gathered) == int(request.query.partition("=")[2]):
+            batch = _gathered[::-1]
+            _gathered.clear()
+            with answering_together():
+                for held, rid in batch:
+                    held.set(Response(200, json.dumps({"request_id": rid}).encode()))
+        return pending
     if request.path == "/bad-header":
         return Response(200, b"{}", headers=[("X-Evil", "a\r\nSet-Cookie: x=1")])
     return Response(404, b'{"error": "not found"}')
@@ -223,6 +244,51 @@ def test_pipelined_responses_in_request_order(serve):
     assert json.loads(second[2])["delay"] == 0
     assert json.loads(third[2])["body"] == "third"
     assert wait_for(lambda: in_flight(served.server) == 0)
+
+
+def test_pending_responses_answered_later_keep_request_order(serve):
+    client = serve().client()
+    client.send(get("/pending", "X-Request-Id: a\r\n") + get("/echo", "X-Request-Id: b\r\n"))
+    first, second = client.read_response(), client.read_response()
+    assert (first[0], json.loads(first[2])["request_id"]) == (200, "a")
+    assert (second[0], json.loads(second[2])["request_id"]) == (200, "b")
+
+
+def test_pending_answered_while_the_connection_parses(serve):
+    # The third request's handler answers all three while their bytes are still being
+    # parsed (a batch filled by the last one runs at once): nothing is written from inside
+    # the parser, and the responses still go out in request order.
+    served = serve()
+    client = served.client()
+    ids = ("r1", "r2", "r3")
+    client.send(b"".join(get("/gather?n=3", f"X-Request-Id: {rid}\r\n") for rid in ids))
+    got = [json.loads(client.read_response()[2])["request_id"] for _ in ids]
+    assert got == list(ids)
+    assert wait_for(lambda: in_flight(served.server) == 0)
+    client.send(get("/echo"))  # the connection still serves
+    assert client.read_response()[0] == 200
+
+
+def test_answering_together_calls_each_connection_once():
+    calls = []
+
+    def other_connection():
+        calls.append("other")
+
+    def connection():  # one connection with two requests in the batch
+        calls.append("conn")
+
+    first, second, third = Pending(), Pending(), Pending()
+    first.then(other_connection)
+    second.then(connection)
+    third.then(connection)
+    with answering_together():
+        for pending in (first, second, third):
+            pending.set(Response(200))
+        assert calls == []  # held until the batch is done
+    assert calls == ["other", "conn"]
+    first.set(Response(500))  # the first answer wins
+    assert first.response.status == 200
 
 
 def test_chunked_request_body(serve):
