@@ -18,6 +18,10 @@ IDEMPOTENCY_KEY = PREFIX + "idempotency_key"
 OPTIONS_HASH = PREFIX + "options_hash"
 CONVERTER = PREFIX + "converter"
 RUN_ID = PREFIX + "run_id"
+PROMOTED_BY = PREFIX + "promoted_by"  # promote | webhook | watch (registry/ownership.py)
+PROMOTED_AT = PREFIX + "promoted_at"  # UTC ISO 8601
+# On the ONNX twin registered model, one record per slot (registry/ownership.py):
+# "mlflow_deploy.alias.<alias>.{source_version,version,set_by,set_at}" (".stage.<stage>." too)
 
 # On both
 PARITY_PREFIX = PREFIX + "parity."  # parity.passed, parity.rows, parity.<role>.<figure>

@@ -23,10 +23,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
+from mlflow_deploy_plugins.registry import ownership
 from mlflow_deploy_plugins.registry import promote as promote_module
 from mlflow_deploy_plugins.registry.audit import AuditLog, AuditRecord
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, ModelRule
-from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, decide
+from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, explain
 from mlflow_deploy_plugins.registry.gateway import RegistryGateway, alias_version, error_message
 from mlflow_deploy_plugins.registry.scheduler import OrderedScheduler
 from mlflow_deploy_plugins.registry.triggers import Outcome, Trigger
@@ -89,7 +90,9 @@ def read_slot_state(
         twin_versions = tuple(str(mv.version) for mv in in_stage)
         twin_source = in_stage[0].tags.get(tag_keys.SOURCE_VERSION) if in_stage else None
     deployed = tuple(None if twin is None else twin.tags.get(tag) for tag in deployment_tags)
-    return SlotState(current, twin_versions, twin_source, deployed)
+    newest = twin_versions[0] if twin_versions else None
+    owner = ownership.slot_owner(None if twin is None else twin.tags, slot.kind, slot.label, newest)
+    return SlotState(current, twin_versions, twin_source, deployed, twin_set_by=owner)
 
 
 class Pipeline:
@@ -192,22 +195,22 @@ class Pipeline:
                 source_mv = self.client.get_model_version(slot.model, current)
                 failed = source_mv.tags.get(tag_keys.STATUS) == tag_keys.STATUS_FAILED
                 state = replace(state, source_failed=failed)
-            action = decide(
+            action, reason = explain(
                 state,
                 remove_on_delete=self.config.remove_alias_on_delete,
                 retry_failed=trigger.explicit,
             )
+            _logger.info("%s (%s): %s because %s", slot, trigger.event, action.value, reason)
             if action is Action.PROMOTE:
                 return self._promote(trigger, rule, state, source_mv, twin_name, twin)
             if action is Action.REMOVE:
                 return self._remove(trigger, state, twin_name)
             if action is Action.KEEP:
-                reason = "remove_alias_on_delete is false"
                 return self._log(Outcome(slot, "skipped", None, state.twin_version, reason))
             if action is Action.SKIP_FAILED:
                 self._warn_failed_once(trigger, source_mv)
                 return Outcome(slot, "skipped", current, state.twin_version, "failed before")
-            return Outcome(slot, "up_to_date", current, state.twin_version)
+            return Outcome(slot, "up_to_date", current, state.twin_version, reason)
         finally:
             self._finished[key] = time.monotonic()
 
@@ -247,6 +250,8 @@ class Pipeline:
                 stage=slot.label if slot.kind == "stage" else None,
                 onnx_name=twin_name,
                 client=self.client,
+                alias_source=False,  # the source's alias is what triggered this
+                promoted_by=ownership.path_of(trigger.event),
                 **rule.promote,
             )
         except Exception as e:
@@ -311,6 +316,9 @@ class Pipeline:
         else:
             for version in state.twin_versions:
                 self.client.transition_model_version_stage(twin_name, version, "Archived")
+        prefix = ownership.record_prefix(slot.kind, slot.label)
+        for key in (ownership.SOURCE_VERSION, ownership.TWIN_VERSION, ownership.SET_BY):
+            self.registry.delete_model_tag(twin_name, prefix + key)
         return self._finish(record, t0)
 
     # ----------------------------------------------------------------------- writes
