@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from mlflow_deploy_plugins.core import serialization
 from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
 from mlflow_deploy_plugins.core.manifest import MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, Manifest
 from mlflow_deploy_plugins.core.session import file_sha256
@@ -93,6 +94,7 @@ def build_bundle(
         _logger.info(
             "%s is not an ONNX model of ours: converting through the parity gate", model_uri
         )
+        _warn_if_pickle(model_uri, mlmodel, local)
         result = convert(model_uri, **convert_kwargs)
         import onnx
 
@@ -145,6 +147,22 @@ def build_bundle(
         manifest.version,
     )
     return Bundle(output_dir, manifest)
+
+
+def _warn_if_pickle(model_uri: str, mlmodel, local: str) -> None:
+    """Name the format before a conversion unpickles the model (the person asked for it)."""
+    from mlflow_deploy_plugins.onnx.convert import CONVERTERS
+
+    flavor = next((f for f in CONVERTERS if f in mlmodel.flavors), None)
+    if flavor is None:
+        return  # conversion refuses it without loading anything
+    conf = mlmodel.flavors[flavor]
+    data_dir = os.path.join(local, str(conf.get("model_data", "data")))
+    files = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+    fmt = serialization.serialization_format(flavor, conf, files)
+    message = serialization.pickle_warning(model_uri, flavor, fmt)
+    if message:
+        _logger.warning(message)
 
 
 def _check_recorded_sha256(model_uri: str, conf: dict, model_file: str) -> None:

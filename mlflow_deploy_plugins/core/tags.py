@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow_deploy_plugins.core.constants import TAG_PREFIX as PREFIX
 
 # On the source version
-STATUS = PREFIX + "status"  # converted | failed
+STATUS = PREFIX + "status"  # converted | failed | refused (automation: untrusted pickle)
 ERROR = PREFIX + "error"  # readable reason of the last failure
 ONNX_MODEL = PREFIX + "onnx_model"
 ONNX_VERSION = PREFIX + "onnx_version"
@@ -47,6 +47,7 @@ DRIFT_FAILED = "failed"
 
 STATUS_CONVERTED = "converted"
 STATUS_FAILED = "failed"
+STATUS_REFUSED = "refused"
 
 #: MLflow limits tag values to 5000 characters (8000 on newer servers): keep errors readable.
 MAX_VALUE = 5000

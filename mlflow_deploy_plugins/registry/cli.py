@@ -26,14 +26,15 @@ _SELECTION_OPTIONS = [
         "config_path",
         type=click.Path(exists=True, dir_okay=False),
         default=None,
-        help="Automation config (YAML or TOML): models, aliases/stages, deployments. "
-        "Default: every registered model, alias 'champion'.",
+        help="Automation config (YAML or TOML): models, aliases/stages, trust_pickle, "
+        "deployments. Without it, --model names the models (alias 'champion', no pickle).",
     ),
     click.option(
         "--model",
         "models",
         multiple=True,
-        help="Registered model name or glob pattern (repeatable); replaces the config's models.",
+        help="Registered model name or glob pattern (repeatable; '*' for every model); "
+        "replaces the config's models.",
     ),
     click.option(
         "--alias",
@@ -74,7 +75,7 @@ def _selection_options(func):
 def _load(config_path, models, aliases, stages):
     from mlflow_deploy_plugins.registry.automation_config import load_config
 
-    return load_config(config_path).with_overrides(models, aliases, stages)
+    return load_config(config_path).with_overrides(models, aliases, stages).check_scope()
 
 
 def _fail(error: Exception) -> NoReturn:

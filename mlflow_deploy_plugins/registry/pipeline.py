@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
-from mlflow_deploy_plugins.registry import ownership
+from mlflow_deploy_plugins.registry import ownership, trust
 from mlflow_deploy_plugins.registry import promote as promote_module
 from mlflow_deploy_plugins.registry.audit import AuditLog, AuditRecord
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, ModelRule
@@ -36,7 +36,7 @@ from mlflow_deploy_plugins.targets.deploy import deploy_model
 _logger = logging.getLogger(__name__)
 
 #: Outcomes that did work (and left an audit run); the others only leave a log line.
-WORK_RESULTS = ("converted", "reused", "removed", "failed")
+WORK_RESULTS = ("converted", "reused", "removed", "failed", "refused")
 
 
 def preload_converters() -> None:
@@ -252,8 +252,13 @@ class Pipeline:
                 client=self.client,
                 alias_source=False,  # the source's alias is what triggered this
                 promoted_by=ownership.path_of(trigger.event),
+                check_source=lambda uri: trust.check_trusted(
+                    uri, rule.trust_pickle, rule.trust_key
+                ),
                 **rule.promote,
             )
+        except trust.UntrustedModelError as e:
+            return self._refuse(record, t0, e)
         except Exception as e:
             # promote() tagged the source when the conversion itself failed; a refusal before any
             # work (e.g. the twin's name is taken) is tagged here so it is never silent.
@@ -306,6 +311,21 @@ class Pipeline:
             )
             self.registry.delete_version_tag(slot.model, current, tag_keys.ERROR)
         return self._finish(record, t0, deployments=tuple(deployed))
+
+    def _refuse(self, record: AuditRecord, t0: float, error: Exception) -> Outcome:
+        """An untrusted format: audited, the reason on the source, no retry until it changes.
+
+        The source is tagged ``refused``, not ``failed``: once the config trusts the model, the
+        next pass (a restart) converts it without waiting for the alias to be set again.
+        """
+        slot = Slot(record.source_model, record.kind, record.label)
+        self.registry.set_version_tags(
+            slot.model,
+            record.source_version,
+            {tag_keys.STATUS: tag_keys.STATUS_REFUSED, tag_keys.ERROR: error_message(error)},
+            best_effort=True,
+        )
+        return self._finish(record, t0, error=error, result="refused")
 
     def _remove(self, trigger: Trigger, state: SlotState, twin_name: str) -> Outcome:
         slot = trigger.slot
@@ -363,11 +383,13 @@ class Pipeline:
             delivery_ids=trigger.delivery_ids,
         )
 
-    def _finish(self, record: AuditRecord, t0: float, *, error=None, deployments=()) -> Outcome:
+    def _finish(
+        self, record: AuditRecord, t0: float, *, error=None, deployments=(), result="failed"
+    ) -> Outcome:
         record.timings["total"] = time.monotonic() - t0
         record.ended_at = time.time()
         if error is not None:
-            record.result = "failed"
+            record.result = result
             record.error = error_message(error)
         self.audit.record(record)
         slot = Slot(record.source_model, record.kind, record.label)
@@ -383,5 +405,6 @@ class Pipeline:
 
     @staticmethod
     def _log(outcome: Outcome) -> Outcome:
-        _logger.log(logging.ERROR if outcome.result == "failed" else logging.INFO, outcome)
+        level = {"failed": logging.ERROR, "refused": logging.WARNING}.get(outcome.result)
+        _logger.log(level or logging.INFO, outcome)
         return outcome

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
@@ -27,6 +28,7 @@ from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions
 from mlflow_deploy_plugins.registry import ownership
 from mlflow_deploy_plugins.registry.conversion_run import log_conversion_run
 from mlflow_deploy_plugins.registry.gateway import RegistryGateway, alias_version, is_already_exists
+from mlflow_deploy_plugins.registry.trust import warn_if_pickle
 
 _logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ def promote(
     client: MlflowClient | None = None,
     alias_source: bool = True,
     promoted_by: str = ownership.BY_PROMOTE,
+    check_source: Callable[[str], object] | None = None,
 ) -> PromotionResult:
     """Convert a registered model version to ONNX, gate it on parity, register and alias it.
 
@@ -111,6 +114,9 @@ def promote(
             deleted alias.
         promoted_by: the path recorded on the twin (``promote``; the automation passes
             ``webhook`` or ``watch``). What ``promote`` set, the automation never takes away.
+        check_source: called with the source URI just before the model is loaded (not when an
+            earlier conversion is re-used); the automation refuses untrusted formats there.
+            Default: log a warning naming the format when it is pickle or cloudpickle.
 
     Returns:
         PromotionResult naming the ONNX version and whether it was re-used.
@@ -162,6 +168,7 @@ def promote(
         )
 
     source_uri = f"models:/{name}/{version}"
+    (check_source or warn_if_pickle)(source_uri)
     try:
         result = convert(
             source_uri,

@@ -134,7 +134,9 @@ class Reconciler:
     def _note(self, trigger: Trigger):
         def done(future: Future) -> None:
             outcome: Outcome = future.result()
-            if outcome.result == "skipped":  # a version that failed before: wait for a change
+            # a version that failed before, or a format the config does not trust: wait for a
+            # change (a restart with a new config starts with nothing quiet)
+            if outcome.result in ("skipped", "refused"):
                 with self._lock:
                     self._quiet.add((trigger.slot, outcome.source_version))
 

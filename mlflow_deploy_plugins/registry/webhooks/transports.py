@@ -179,7 +179,8 @@ def make_asgi_app(
 def app_from_environment() -> AsgiApp:
     """The ASGI app configured from ``MLFLOW_DEPLOY_WEBHOOK_SECRET`` and
     ``MLFLOW_DEPLOY_AUTOMATION_CONFIG`` (``mlflow_deploy_plugins.registry.webhooks:app``)."""
-    return make_asgi_app(load_config(os.environ.get(CONFIG_ENV)), os.environ.get(SECRET_ENV, ""))
+    config = load_config(os.environ.get(CONFIG_ENV)).check_scope()
+    return make_asgi_app(config, os.environ.get(SECRET_ENV, ""))
 
 
 async def _lifespan(service: AutomationService, receive, send) -> None:
