@@ -15,6 +15,7 @@ from mlflow_deploy_plugins.console import fail, setup_logging
 from mlflow_deploy_plugins.registry.defaults import (
     DEFAULT_EVENTS,
     DEFAULT_WEBHOOK_NAME,
+    DELIVERY_LOG_ENV,
     SECRET_ENV,
 )
 
@@ -110,8 +111,17 @@ def webhooks_group() -> None:
     required=True,
     help=f"Webhook secret (prefer the {SECRET_ENV} environment variable).",
 )
+@click.option(
+    "--delivery-log",
+    envvar=DELIVERY_LOG_ENV,
+    default=None,
+    help="File keeping delivery ids across restarts (a replay inside the window is refused "
+    "after a restart too). Default: ~/.local/state/mlflow-deploy/webhook-deliveries.txt.",
+)
 @_selection_options
-def serve_command(host, port, secret, config_path, models, aliases, stages, interval, workers):
+def serve_command(
+    host, port, secret, delivery_log, config_path, models, aliases, stages, interval, workers
+):
     """Run the webhook receiver (and a reconcile pass at start and every --interval)."""
     from mlflow.exceptions import MlflowException
 
@@ -120,7 +130,15 @@ def serve_command(host, port, secret, config_path, models, aliases, stages, inte
     _ensure_logging()
     try:
         config = _load(config_path, models, aliases, stages)
-        serve(config, secret, host=host, port=port, interval=interval, workers=workers)
+        serve(
+            config,
+            secret,
+            host=host,
+            port=port,
+            interval=interval,
+            workers=workers,
+            delivery_log=delivery_log,
+        )
     except MlflowException as e:
         _fail(e)
 
