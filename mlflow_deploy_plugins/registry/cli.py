@@ -208,12 +208,14 @@ def register_command(url, secret, events, name, send_test):
 
 @click.command("watch")
 @_selection_options
-@click.option("--once", is_flag=True, help="One pass, wait for its work, exit (1 on a failure).")
+@click.option(
+    "--once", is_flag=True, help="One pass, wait for its work, exit (1 on a failure or refusal)."
+)
 def watch_command(config_path, models, aliases, stages, interval, workers, once):
     """Poll the registry and promote (and deploy) what moved: for backends without webhooks.
 
     \b
-    mlflow-deploy watch --alias champion [--stage Production] --interval 30
+    mlflow-deploy watch --model churn --alias champion [--stage Production] --interval 30
     mlflow-deploy watch --config automation.yaml --once        # cron / CI
 
     State lives in the registry (tags, aliases) and the audit runs: a restart does no work twice.
