@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlflow_deploy_plugins.errors import InvalidInputError
 
+# the receiver's logger: its rejection reports read (and filter) as the receiver's lines
 _logger = logging.getLogger("mlflow_deploy_plugins.registry.webhooks.receiver")
 
 #: Deliveries signed longer ago (or further ahead) than this are refused as replays.
