@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from mlflow_deploy_plugins.core import serialization
 from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
 from mlflow_deploy_plugins.core.manifest import MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, Manifest
 from mlflow_deploy_plugins.core.session import file_sha256
@@ -75,14 +76,25 @@ def build_bundle(
     if FLAVOR_NAME in mlmodel.flavors:
         conf = mlmodel.flavors[FLAVOR_NAME]
         shutil.copyfile(os.path.join(local, conf["data"]), target)
+        try:  # the copy is what gets served: check it, not the download it came from
+            _check_recorded_sha256(model_uri, conf, target)
+        except InvalidInputError:
+            os.remove(target)
+            raise
         io = conf["io"]
         source = conf.get("source", {})
-        onnx_model = {"name": reg_name, "version": reg_version, "model_uri": model_uri}
+        onnx_model = {
+            "name": reg_name,
+            "version": reg_version,
+            "model_uri": model_uri,
+            "run_id": mlmodel.run_id,
+        }
         parity = conf.get("parity", {})
     else:
         _logger.info(
             "%s is not an ONNX model of ours: converting through the parity gate", model_uri
         )
+        _warn_if_pickle(model_uri, mlmodel, local)
         result = convert(model_uri, **convert_kwargs)
         import onnx
 
@@ -135,3 +147,42 @@ def build_bundle(
         manifest.version,
     )
     return Bundle(output_dir, manifest)
+
+
+def _warn_if_pickle(model_uri: str, mlmodel, local: str) -> None:
+    """Name the format before a conversion unpickles the model (the person asked for it)."""
+    from mlflow_deploy_plugins.onnx.convert import CONVERTERS
+
+    flavor = next((f for f in CONVERTERS if f in mlmodel.flavors), None)
+    if flavor is None:
+        return  # conversion refuses it without loading anything
+    conf = mlmodel.flavors[flavor]
+    data_dir = os.path.join(local, str(conf.get("model_data", "data")))
+    files = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+    fmt = serialization.serialization_format(flavor, conf, files)
+    message = serialization.pickle_warning(model_uri, flavor, fmt)
+    if message:
+        _logger.warning(message)
+
+
+def _check_recorded_sha256(model_uri: str, conf: dict, model_file: str) -> None:
+    """Refuse a model file that is not the one the parity gate verified (tampered store).
+
+    The flavor records the sha256 of ``model.onnx`` when it is saved; the copy about to be
+    served must have the same digest. A flavor without a recorded digest is refused too: there
+    is nothing to check it against.
+    """
+    recorded = conf.get("sha256")
+    if not recorded:
+        raise InvalidInputError(
+            f"{model_uri}: its MLmodel records no sha256 for {conf.get('data', MODEL_FILE)}, so "
+            "the model file cannot be checked; promote the source version again to re-create it"
+        )
+    digest = file_sha256(model_file)
+    if digest != recorded:
+        raise InvalidInputError(
+            f"{model_uri}: {conf.get('data', MODEL_FILE)} has sha256 {digest}, but the MLmodel "
+            f"records {recorded}: the artifact was modified after it passed the parity gate. "
+            "Refusing to build a bundle from it; restore the artifact or promote the source "
+            "version again"
+        )

@@ -140,6 +140,12 @@ def convert(model_uri, output, sample, atol, rtol, min_label_agreement, quantize
     default=None,
     help="Experiment for the conversion run [default: the source run's].",
 )
+@click.option(
+    "--alias-source/--no-alias-source",
+    default=True,
+    show_default=True,
+    help="Also set the alias on the source version (after the ONNX version has it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_tolerance_options
 def promote(
@@ -149,6 +155,7 @@ def promote(
     stage,
     onnx_name,
     experiment,
+    alias_source,
     as_json,
     sample,
     atol,
@@ -180,6 +187,7 @@ def promote(
             min_label_agreement=min_label_agreement,
             quantize=quantize,
             experiment_name=experiment,
+            alias_source=alias_source,
         )
     except MlflowException as e:
         fail(e)

@@ -204,3 +204,29 @@ def float32_trap_data(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     x = np.r_[rng.normal(size=300).astype(np.float32), cluster].astype(np.float64)
     y = np.r_[rng.integers(0, 2, 300), np.arange(200) % 2]
     return pd.DataFrame({"x": x}), y
+
+
+def plant_pickle_payload(store, model_id: str, model, marker, pickled: str = "model.pkl") -> None:
+    """Replace the stored ``pickled`` file of logged model ``model_id`` under ``store`` with a
+    pickle that writes ``marker`` when loaded (a real ``__reduce__`` payload), then returns
+    ``model`` itself.
+
+    What a registry user (or anyone with write access to the artifact store) can do: the model
+    still converts and predicts, and the marker file proves code from the file ran.
+    """
+    import pickle
+    from pathlib import Path
+
+    class Payload:
+        def __reduce__(self):
+            inner = pickle.dumps(model)
+            code = f"(open({str(marker)!r}, 'w').write('ran'), __import__('pickle').loads({inner!r}))[1]"
+            return (eval, (code,))
+
+    planted = 0
+    for path in Path(store).rglob(pickled):
+        if model_id not in str(path):
+            continue
+        path.write_bytes(pickle.dumps(Payload()))
+        planted += 1
+    assert planted, f"no {pickled} under {store}"

@@ -89,6 +89,7 @@ def test_bundle_from_onnx_twin_copies_it(registry, tmp_path):
         "name": "churn-onnx",
         "version": "1",
         "model_uri": "models:/churn-onnx@champion",
+        "run_id": MlflowClient().get_model_version("churn-onnx", "1").run_id,
     }
     assert raw["parity"]["passed"] is True
     assert raw["settings"] == {}
@@ -174,3 +175,65 @@ def test_unknown_model_uri_is_model_not_found(registry, tmp_path, uri):
     with pytest.raises(ModelNotFoundError, match=re.escape(uri)):
         build_bundle(uri, str(out))
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ integrity (issue 12)
+def _artifact_file(store: Path, uri: str) -> tuple[Path, str]:
+    """The model file of ``uri`` inside the artifact store itself, and its recorded sha256."""
+    local = mlflow.artifacts.download_artifacts(uri)
+    conf = mlflow.models.Model.load(local).flavors["mlflow_deploy_plugins"]
+    recorded = conf["sha256"]
+    for path in store.rglob(conf["data"]):
+        if hashlib.sha256(path.read_bytes()).hexdigest() == recorded:
+            return path, recorded
+    raise AssertionError(f"no stored file of {uri} under {store}")
+
+
+def test_bundle_records_the_registry_version_and_its_runs(registry, tmp_path):
+    bundle = build_bundle("models:/churn-onnx@champion", str(tmp_path / "b"))
+    client = MlflowClient()
+    twin = client.get_model_version("churn-onnx", "1")
+    source = client.get_model_version("churn", "1")
+    assert bundle.manifest.onnx_model["version"] == "1"
+    assert bundle.manifest.onnx_model["run_id"] == twin.run_id
+    assert bundle.manifest.source["model_version"] == "1"
+    assert bundle.manifest.source["run_id"] == source.run_id
+
+
+def test_tampered_registry_artifact_is_refused(tmp_path, monkeypatch):
+    """Overwriting model.onnx in the artifact store: no bundle, an error naming both hashes."""
+    store = tmp_path / "store"
+    store.mkdir()
+    with tracking_store(store):
+        frame, target = mixed_data(200)
+        frame = frame[COLUMNS]
+        model = mixed_pipeline(
+            GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0),
+            numeric=COLUMNS[:3],
+            categorical=COLUMNS[3:],
+        ).fit(frame, target)
+        register_sklearn(model, "tamper", frame.head(5))
+        promote("tamper", "1", "champion", sample=frame)
+        stored, recorded = _artifact_file(store, "models:/tamper-onnx/1")
+        assert stored.is_file()
+        # a different, valid ONNX model: what an attacker with write access to the store drops
+        other = mixed_pipeline(
+            GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0),
+            numeric=COLUMNS[:3],
+            categorical=COLUMNS[3:],
+        ).fit(frame, 1 - target)
+        register_sklearn(other, "other", frame.head(5))
+        promote("other", "1", "champion", sample=frame)
+        other_file, _ = _artifact_file(store, "models:/other-onnx/1")
+        stored.write_bytes(other_file.read_bytes())
+        tampered = hashlib.sha256(stored.read_bytes()).hexdigest()
+        assert tampered != recorded
+        out = tmp_path / "bundle"
+
+        with pytest.raises(InvalidInputError) as info:
+            build_bundle("models:/tamper-onnx@champion", str(out))
+
+        message = info.value.message
+        assert recorded in message and tampered in message
+        assert "models:/tamper-onnx@champion" in message
+        assert not (out / "model.onnx").exists() and not (out / "bundle.json").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow_deploy_plugins.core.constants import TAG_PREFIX as PREFIX
 
 # On the source version
-STATUS = PREFIX + "status"  # converted | failed
+STATUS = PREFIX + "status"  # converted | failed | refused (automation: untrusted pickle)
 ERROR = PREFIX + "error"  # readable reason of the last failure
 ONNX_MODEL = PREFIX + "onnx_model"
 ONNX_VERSION = PREFIX + "onnx_version"
@@ -18,6 +18,10 @@ IDEMPOTENCY_KEY = PREFIX + "idempotency_key"
 OPTIONS_HASH = PREFIX + "options_hash"
 CONVERTER = PREFIX + "converter"
 RUN_ID = PREFIX + "run_id"
+PROMOTED_BY = PREFIX + "promoted_by"  # promote | webhook | watch (registry/ownership.py)
+PROMOTED_AT = PREFIX + "promoted_at"  # UTC ISO 8601
+# On the ONNX twin registered model, one record per slot (registry/ownership.py):
+# "mlflow_deploy.alias.<alias>.{source_version,version,set_by,set_at}" (".stage.<stage>." too)
 
 # On both
 PARITY_PREFIX = PREFIX + "parity."  # parity.passed, parity.rows, parity.<role>.<figure>
@@ -43,6 +47,7 @@ DRIFT_FAILED = "failed"
 
 STATUS_CONVERTED = "converted"
 STATUS_FAILED = "failed"
+STATUS_REFUSED = "refused"
 
 #: MLflow limits tag values to 5000 characters (8000 on newer servers): keep errors readable.
 MAX_VALUE = 5000

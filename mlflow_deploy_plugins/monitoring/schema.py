@@ -149,17 +149,22 @@ def conform(
     A numeric column holding strings (or a categorical one holding numbers) is an error naming
     the columns unless ``coerce``: then unparsable numbers become NaN and numbers become text.
     Categorical predictions take the dtype of ``like`` (the reference) when that loses nothing,
-    so a label logged as 0/1 compares with a reference holding False/True. Columns in
+    so a label logged as 0/1 compares with a reference holding False/True. A predicted label is
+    categorical whatever its dtype (int, bool or text classes): only a label whose values cannot
+    be the reference's classes (e.g. 0.5, or text against numbers) is refused. Columns in
     ``compared`` (default: all) must hold at least one value.
     """
     out = {}
     changed = []
     for column in expected.names:
         series = frame[column]
+        like_column = None if like is None else like.get(column)
         if expected.kinds[column] == NUMERICAL:
             series, ok = _as_numeric(series, coerce)
+        elif column in expected.predictions:  # a predicted label: int, bool or text classes
+            series, ok = _as_label(series, like_column)
         else:
-            series, ok = _as_categorical(series, coerce, None if like is None else like.get(column))
+            series, ok = _as_categorical(series, coerce, like_column)
         if not ok:
             changed.append(f"{column} ({_describe(frame[column])})")
         out[column] = series
@@ -210,6 +215,36 @@ def _as_categorical(
         return series, True
     if pd.api.types.is_numeric_dtype(dtype):
         return (_numbers_as_text(series), True) if coerce else (series, False)
+    return series, True
+
+
+def _as_label(series: pd.Series, like: pd.Series | None) -> tuple[pd.Series, bool]:
+    """A predicted label column, typed like the reference's labels (which may be any dtype)."""
+    values = series.dropna()
+    if pd.api.types.is_float_dtype(series.dtype):  # integers read back as float (NaN, CSV)
+        if not (values == values.round()).all():
+            return series, False
+        series = series.astype("Int64")
+    if like is None or like.dtype == series.dtype:
+        return series, True
+    if pd.api.types.is_bool_dtype(like.dtype) or pd.api.types.is_float_dtype(like.dtype):
+        aligned = _align(series, like)
+        return (series, False) if aligned is None else (aligned, True)
+    if pd.api.types.is_integer_dtype(like.dtype):
+        if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_integer_dtype(series.dtype):
+            return series.astype(like.dtype if not series.isna().any() else "Int64"), True
+        numbers = pd.to_numeric(series, errors="coerce")  # "0"/"1" read as text
+        if (
+            numbers[series.notna()].notna().all()
+            and (numbers.dropna() == numbers.dropna().round()).all()
+        ):
+            return numbers.astype("Int64"), True
+        return series, False
+    # text classes in the reference: numbers and booleans compare as their text
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        if values.map(lambda v: str(v) in set(like.dropna().astype(str))).all():
+            return series.map(lambda v: None if pd.isna(v) else str(v)), True
+        return series, False
     return series, True
 
 

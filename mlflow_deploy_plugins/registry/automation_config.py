@@ -75,6 +75,10 @@ class ModelRule:
     onnx_name: str = DEFAULT_ONNX_NAME
     promote: dict[str, Any] = field(default_factory=dict)
     deploy: tuple[DeploySpec, ...] = ()
+    #: Convert pickle/cloudpickle models of this rule (loading them runs code from the file).
+    trust_pickle: bool = False
+    #: The config key that set ``trust_pickle`` (named in refusals: what to change).
+    trust_key: str = "trust_pickle"
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.pattern)
@@ -110,6 +114,17 @@ class AutomationConfig:
     rules: tuple[ModelRule, ...]
     remove_alias_on_delete: bool = True
     audit_experiment: str = DEFAULT_AUDIT_EXPERIMENT
+    trust_pickle: bool = False
+
+    def check_scope(self) -> AutomationConfig:
+        """Refuse a config that names no model: the scope is an explicit list (``"*"`` too)."""
+        if not self.rules:
+            raise InvalidInputError(
+                "The automation watches no model: list them under 'models:' in the config file "
+                "or pass --model NAME (repeatable, glob patterns allowed); '*' (quoted) watches "
+                "every registered model and has to be written out"
+            )
+        return self
 
     def rule_for(self, name: str) -> ModelRule | None:
         """The rule for source model ``name``; None when not configured or when it is a twin."""
@@ -144,8 +159,8 @@ class AutomationConfig:
 
 
 def default_config() -> AutomationConfig:
-    """No config file: every registered model, alias ``champion``."""
-    return AutomationConfig((ModelRule("*", DEFAULT_ALIASES, ()),))
+    """No config file: no model yet (``--model`` names them), alias ``champion``, no pickle."""
+    return AutomationConfig(())
 
 
 def load_config(path: str | Path | None) -> AutomationConfig:
@@ -176,7 +191,14 @@ def parse_config(data: Any, source: str = "config") -> AutomationConfig:
         raise InvalidInputError(f"{where}the top level must be a mapping")
     _reject_unknown(
         data,
-        {"models", "aliases", "stages", "remove_alias_on_delete", "audit_experiment"},
+        {
+            "models",
+            "aliases",
+            "stages",
+            "remove_alias_on_delete",
+            "audit_experiment",
+            "trust_pickle",
+        },
         "",
         where,
     )
@@ -188,13 +210,20 @@ def parse_config(data: Any, source: str = "config") -> AutomationConfig:
     audit = data.get("audit_experiment", DEFAULT_AUDIT_EXPERIMENT)
     if not isinstance(audit, str) or not audit.strip():
         raise InvalidInputError(f"{where}audit_experiment: must be a non-empty string")
-    models = data.get("models", ["*"])
+    trust = _flag(data, "trust_pickle", False, "trust_pickle", where)
+    if "models" not in data:
+        raise InvalidInputError(
+            f"{where}models: required: the list of registered models (names or glob patterns) "
+            "the automation may convert; write '*' (quoted) to mean every model"
+        )
+    models = data["models"]
     if not isinstance(models, list) or not models:
         raise InvalidInputError(f"{where}models: must be a non-empty list of names or mappings")
     rules = tuple(
-        _rule(entry, f"models[{i}]", aliases, stages, where) for i, entry in enumerate(models)
+        _rule(entry, f"models[{i}]", aliases, stages, where, trust)
+        for i, entry in enumerate(models)
     )
-    return AutomationConfig(rules, remove, audit)
+    return AutomationConfig(rules, remove, audit, trust)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -215,13 +244,23 @@ def _parse_toml(text: str, path: Path) -> Any:
         raise InvalidInputError(f"{path}: not valid TOML: {e}") from e
 
 
-def _rule(entry, key, default_aliases, default_stages, where) -> ModelRule:
+def _flag(mapping: Mapping, name: str, default: bool, key: str, where: str) -> bool:
+    value = mapping.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{where}{key}: must be true or false, got {value!r}")
+    return value
+
+
+def _rule(entry, key, default_aliases, default_stages, where, trust_default=False) -> ModelRule:
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, Mapping):
         raise InvalidInputError(f"{where}{key}: must be a model name or a mapping with 'name'")
     _reject_unknown(
-        entry, {"name", "aliases", "stages", "onnx_name", "promote", "deploy"}, key, where
+        entry,
+        {"name", "aliases", "stages", "onnx_name", "promote", "deploy", "trust_pickle"},
+        key,
+        where,
     )
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -243,7 +282,10 @@ def _rule(entry, key, default_aliases, default_stages, where) -> ModelRule:
     if not isinstance(deploy, list):
         raise InvalidInputError(f"{where}{key}.deploy: must be a mapping or a list of mappings")
     specs = tuple(_deploy(d, f"{key}.deploy[{i}]", where) for i, d in enumerate(deploy))
-    return ModelRule(name.strip(), aliases, stages, onnx_name, promote, specs)
+    own = "trust_pickle" in entry
+    trust = _flag(entry, "trust_pickle", trust_default, f"{key}.trust_pickle", where)
+    trust_key = f"{key}.trust_pickle" if own else "trust_pickle"
+    return ModelRule(name.strip(), aliases, stages, onnx_name, promote, specs, trust, trust_key)
 
 
 def _promote(value, key, where) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from mlflow_deploy_plugins.console import fail, setup_logging
 from mlflow_deploy_plugins.registry.defaults import (
     DEFAULT_EVENTS,
     DEFAULT_WEBHOOK_NAME,
+    DELIVERY_LOG_ENV,
     SECRET_ENV,
 )
 
@@ -26,14 +27,15 @@ _SELECTION_OPTIONS = [
         "config_path",
         type=click.Path(exists=True, dir_okay=False),
         default=None,
-        help="Automation config (YAML or TOML): models, aliases/stages, deployments. "
-        "Default: every registered model, alias 'champion'.",
+        help="Automation config (YAML or TOML): models, aliases/stages, trust_pickle, "
+        "deployments. Without it, --model names the models (alias 'champion', no pickle).",
     ),
     click.option(
         "--model",
         "models",
         multiple=True,
-        help="Registered model name or glob pattern (repeatable); replaces the config's models.",
+        help="Registered model name or glob pattern (repeatable; '*' for every model); "
+        "replaces the config's models.",
     ),
     click.option(
         "--alias",
@@ -74,7 +76,7 @@ def _selection_options(func):
 def _load(config_path, models, aliases, stages):
     from mlflow_deploy_plugins.registry.automation_config import load_config
 
-    return load_config(config_path).with_overrides(models, aliases, stages)
+    return load_config(config_path).with_overrides(models, aliases, stages).check_scope()
 
 
 def _fail(error: Exception) -> NoReturn:
@@ -109,8 +111,17 @@ def webhooks_group() -> None:
     required=True,
     help=f"Webhook secret (prefer the {SECRET_ENV} environment variable).",
 )
+@click.option(
+    "--delivery-log",
+    envvar=DELIVERY_LOG_ENV,
+    default=None,
+    help="File keeping delivery ids across restarts (a replay inside the window is refused "
+    "after a restart too). Default: ~/.local/state/mlflow-deploy/webhook-deliveries.txt.",
+)
 @_selection_options
-def serve_command(host, port, secret, config_path, models, aliases, stages, interval, workers):
+def serve_command(
+    host, port, secret, delivery_log, config_path, models, aliases, stages, interval, workers
+):
     """Run the webhook receiver (and a reconcile pass at start and every --interval)."""
     from mlflow.exceptions import MlflowException
 
@@ -119,7 +130,15 @@ def serve_command(host, port, secret, config_path, models, aliases, stages, inte
     _ensure_logging()
     try:
         config = _load(config_path, models, aliases, stages)
-        serve(config, secret, host=host, port=port, interval=interval, workers=workers)
+        serve(
+            config,
+            secret,
+            host=host,
+            port=port,
+            interval=interval,
+            workers=workers,
+            delivery_log=delivery_log,
+        )
     except MlflowException as e:
         _fail(e)
 
@@ -189,12 +208,14 @@ def register_command(url, secret, events, name, send_test):
 
 @click.command("watch")
 @_selection_options
-@click.option("--once", is_flag=True, help="One pass, wait for its work, exit (1 on a failure).")
+@click.option(
+    "--once", is_flag=True, help="One pass, wait for its work, exit (1 on a failure or refusal)."
+)
 def watch_command(config_path, models, aliases, stages, interval, workers, once):
     """Poll the registry and promote (and deploy) what moved: for backends without webhooks.
 
     \b
-    mlflow-deploy watch --alias champion [--stage Production] --interval 30
+    mlflow-deploy watch --model churn --alias champion [--stage Production] --interval 30
     mlflow-deploy watch --config automation.yaml --once        # cron / CI
 
     State lives in the registry (tags, aliases) and the audit runs: a restart does no work twice.

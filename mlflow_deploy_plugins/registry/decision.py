@@ -9,6 +9,8 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from mlflow_deploy_plugins.registry.ownership import AUTOMATION, BY_PERSON
+
 _logger = logging.getLogger(__name__)
 
 
@@ -36,6 +38,8 @@ class SlotState:
         twin_source_version: the source version the newest of them was converted from.
         deployed_versions: per configured deployment, the twin version it serves (None: none).
         source_failed: the source version's last promotion attempt failed.
+        twin_set_by: who set the twin's slot as it is now (``registry/ownership.py``):
+            ``webhook``/``watch`` (the automation), ``promote`` or ``person``.
     """
 
     source_version: str | None
@@ -43,6 +47,7 @@ class SlotState:
     twin_source_version: str | None = None
     deployed_versions: tuple[str | None, ...] = ()
     source_failed: bool = False
+    twin_set_by: str = BY_PERSON
 
     @property
     def twin_version(self) -> str | None:
@@ -57,7 +62,8 @@ class Action(enum.Enum):
     PROMOTE = "promote"
     #: The source's alias/stage is gone: take the twin's away too.
     REMOVE = "remove"
-    #: The source's alias/stage is gone, but ``remove_alias_on_delete`` keeps the twin's.
+    #: The source's alias/stage is gone, but the twin's stays: ``remove_alias_on_delete`` is
+    #: false, or a person or ``promote()`` set it (the automation only undoes its own work).
     KEEP = "keep"
     #: This version failed before and nobody set the alias again: do not retry on every event.
     SKIP_FAILED = "skip_failed"
@@ -71,7 +77,14 @@ class Action(enum.Enum):
 
 
 def decide(state: SlotState, *, remove_on_delete: bool, retry_failed: bool = False) -> Action:
-    """The action that brings a slot's twin in line with its source.
+    """The action that brings a slot's twin in line with its source (see :func:`explain`)."""
+    return explain(state, remove_on_delete=remove_on_delete, retry_failed=retry_failed)[0]
+
+
+def explain(
+    state: SlotState, *, remove_on_delete: bool, retry_failed: bool = False
+) -> tuple[Action, str]:
+    """The action that brings a slot's twin in line with its source, and why.
 
     Args:
         state: both sides of the slot, as read from the registry.
@@ -79,16 +92,35 @@ def decide(state: SlotState, *, remove_on_delete: bool, retry_failed: bool = Fal
         retry_failed: promote a version whose last attempt failed (an explicit promotion).
 
     Returns:
-        The one action to take; the latest registry state decides, whatever the event said.
+        The one action to take and its reason; the latest registry state decides, whatever the
+        event said.
     """
-    if state.source_version is None:
+    source, twin = state.source_version, state.twin_version
+    if source is None:
         if not state.twin_versions:
-            return Action.UP_TO_DATE
-        return Action.REMOVE if remove_on_delete else Action.KEEP
-    if state.twin_source_version == state.source_version and all(
-        deployed == state.twin_version for deployed in state.deployed_versions
+            return Action.UP_TO_DATE, "neither side is set"
+        if state.twin_set_by not in AUTOMATION:
+            who = "promote()" if state.twin_set_by == "promote" else "a person"
+            return Action.KEEP, (
+                f"the source is not set, but twin v{twin} was set by {who}, "
+                "not by the automation: never removed"
+            )
+        if not remove_on_delete:
+            return Action.KEEP, "the source is not set; remove_alias_on_delete is false"
+        return Action.REMOVE, (
+            f"the source is not set any more; twin v{twin} was set by the automation "
+            f"({state.twin_set_by})"
+        )
+    if state.twin_source_version == source and all(
+        deployed == twin for deployed in state.deployed_versions
     ):
-        return Action.UP_TO_DATE
+        return Action.UP_TO_DATE, f"twin v{twin} follows source v{source}"
     if state.source_failed and not retry_failed:
-        return Action.SKIP_FAILED
-    return Action.PROMOTE
+        return Action.SKIP_FAILED, f"source v{source} failed before and was not promoted again"
+    if twin is None:
+        return Action.PROMOTE, f"source v{source} has no twin in this slot"
+    if state.twin_source_version != source:
+        return Action.PROMOTE, (
+            f"twin v{twin} follows source v{state.twin_source_version}, the source is at v{source}"
+        )
+    return Action.PROMOTE, f"a deployment does not serve twin v{twin} yet"

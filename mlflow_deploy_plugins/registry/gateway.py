@@ -195,6 +195,11 @@ class RegistryGateway:
         with contextlib.suppress(MlflowException):
             self.client.delete_model_version_tag(name, str(version), key)
 
+    def delete_model_tag(self, name: str, key: str) -> None:
+        """Remove tag ``key`` from a registered model; a tag that is not there is nothing to do."""
+        with contextlib.suppress(MlflowException):
+            self.client.delete_registered_model_tag(name, key)
+
     def tag_source_failed(self, name: str, version: str, error: object) -> None:
         """Mark a source version failed with the reason (and the parity figures of a failed gate).
 

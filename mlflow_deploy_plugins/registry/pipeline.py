@@ -23,10 +23,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
+from mlflow_deploy_plugins.registry import ownership, trust
 from mlflow_deploy_plugins.registry import promote as promote_module
 from mlflow_deploy_plugins.registry.audit import AuditLog, AuditRecord
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, ModelRule
-from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, decide
+from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, explain
 from mlflow_deploy_plugins.registry.gateway import RegistryGateway, alias_version, error_message
 from mlflow_deploy_plugins.registry.scheduler import OrderedScheduler
 from mlflow_deploy_plugins.registry.triggers import Outcome, Trigger
@@ -35,7 +36,7 @@ from mlflow_deploy_plugins.targets.deploy import deploy_model
 _logger = logging.getLogger(__name__)
 
 #: Outcomes that did work (and left an audit run); the others only leave a log line.
-WORK_RESULTS = ("converted", "reused", "removed", "failed")
+WORK_RESULTS = ("converted", "reused", "removed", "failed", "refused")
 
 
 def preload_converters() -> None:
@@ -89,7 +90,9 @@ def read_slot_state(
         twin_versions = tuple(str(mv.version) for mv in in_stage)
         twin_source = in_stage[0].tags.get(tag_keys.SOURCE_VERSION) if in_stage else None
     deployed = tuple(None if twin is None else twin.tags.get(tag) for tag in deployment_tags)
-    return SlotState(current, twin_versions, twin_source, deployed)
+    newest = twin_versions[0] if twin_versions else None
+    owner = ownership.slot_owner(None if twin is None else twin.tags, slot.kind, slot.label, newest)
+    return SlotState(current, twin_versions, twin_source, deployed, twin_set_by=owner)
 
 
 class Pipeline:
@@ -192,22 +195,22 @@ class Pipeline:
                 source_mv = self.client.get_model_version(slot.model, current)
                 failed = source_mv.tags.get(tag_keys.STATUS) == tag_keys.STATUS_FAILED
                 state = replace(state, source_failed=failed)
-            action = decide(
+            action, reason = explain(
                 state,
                 remove_on_delete=self.config.remove_alias_on_delete,
                 retry_failed=trigger.explicit,
             )
+            _logger.info("%s (%s): %s because %s", slot, trigger.event, action.value, reason)
             if action is Action.PROMOTE:
                 return self._promote(trigger, rule, state, source_mv, twin_name, twin)
             if action is Action.REMOVE:
                 return self._remove(trigger, state, twin_name)
             if action is Action.KEEP:
-                reason = "remove_alias_on_delete is false"
                 return self._log(Outcome(slot, "skipped", None, state.twin_version, reason))
             if action is Action.SKIP_FAILED:
                 self._warn_failed_once(trigger, source_mv)
                 return Outcome(slot, "skipped", current, state.twin_version, "failed before")
-            return Outcome(slot, "up_to_date", current, state.twin_version)
+            return Outcome(slot, "up_to_date", current, state.twin_version, reason)
         finally:
             self._finished[key] = time.monotonic()
 
@@ -247,8 +250,15 @@ class Pipeline:
                 stage=slot.label if slot.kind == "stage" else None,
                 onnx_name=twin_name,
                 client=self.client,
+                alias_source=False,  # the source's alias is what triggered this
+                promoted_by=ownership.path_of(trigger.event),
+                check_source=lambda uri: trust.check_trusted(
+                    uri, rule.trust_pickle, rule.trust_key
+                ),
                 **rule.promote,
             )
+        except trust.UntrustedModelError as e:
+            return self._refuse(record, t0, e)
         except Exception as e:
             # promote() tagged the source when the conversion itself failed; a refusal before any
             # work (e.g. the twin's name is taken) is tagged here so it is never silent.
@@ -302,6 +312,21 @@ class Pipeline:
             self.registry.delete_version_tag(slot.model, current, tag_keys.ERROR)
         return self._finish(record, t0, deployments=tuple(deployed))
 
+    def _refuse(self, record: AuditRecord, t0: float, error: Exception) -> Outcome:
+        """An untrusted format: audited, the reason on the source, no retry until it changes.
+
+        The source is tagged ``refused``, not ``failed``: once the config trusts the model, the
+        next pass (a restart) converts it without waiting for the alias to be set again.
+        """
+        slot = Slot(record.source_model, record.kind, record.label)
+        self.registry.set_version_tags(
+            slot.model,
+            record.source_version,
+            {tag_keys.STATUS: tag_keys.STATUS_REFUSED, tag_keys.ERROR: error_message(error)},
+            best_effort=True,
+        )
+        return self._finish(record, t0, error=error, result="refused")
+
     def _remove(self, trigger: Trigger, state: SlotState, twin_name: str) -> Outcome:
         slot = trigger.slot
         t0 = time.monotonic()
@@ -311,6 +336,9 @@ class Pipeline:
         else:
             for version in state.twin_versions:
                 self.client.transition_model_version_stage(twin_name, version, "Archived")
+        prefix = ownership.record_prefix(slot.kind, slot.label)
+        for key in (ownership.SOURCE_VERSION, ownership.TWIN_VERSION, ownership.SET_BY):
+            self.registry.delete_model_tag(twin_name, prefix + key)
         return self._finish(record, t0)
 
     # ----------------------------------------------------------------------- writes
@@ -355,11 +383,13 @@ class Pipeline:
             delivery_ids=trigger.delivery_ids,
         )
 
-    def _finish(self, record: AuditRecord, t0: float, *, error=None, deployments=()) -> Outcome:
+    def _finish(
+        self, record: AuditRecord, t0: float, *, error=None, deployments=(), result="failed"
+    ) -> Outcome:
         record.timings["total"] = time.monotonic() - t0
         record.ended_at = time.time()
         if error is not None:
-            record.result = "failed"
+            record.result = result
             record.error = error_message(error)
         self.audit.record(record)
         slot = Slot(record.source_model, record.kind, record.label)
@@ -375,5 +405,6 @@ class Pipeline:
 
     @staticmethod
     def _log(outcome: Outcome) -> Outcome:
-        _logger.log(logging.ERROR if outcome.result == "failed" else logging.INFO, outcome)
+        level = {"failed": logging.ERROR, "refused": logging.WARNING}.get(outcome.result)
+        _logger.log(level or logging.INFO, outcome)
         return outcome

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
@@ -24,8 +25,10 @@ from mlflow_deploy_plugins.errors import (
 from mlflow_deploy_plugins.onnx import parity
 from mlflow_deploy_plugins.onnx.convert import DEFAULT_REFERENCE_ROWS, ConversionResult, convert
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions
+from mlflow_deploy_plugins.registry import ownership
 from mlflow_deploy_plugins.registry.conversion_run import log_conversion_run
-from mlflow_deploy_plugins.registry.gateway import RegistryGateway, is_already_exists
+from mlflow_deploy_plugins.registry.gateway import RegistryGateway, alias_version, is_already_exists
+from mlflow_deploy_plugins.registry.trust import warn_if_pickle
 
 _logger = logging.getLogger(__name__)
 
@@ -90,6 +93,9 @@ def promote(
     reference_rows: int = DEFAULT_REFERENCE_ROWS,
     experiment_name: str | None = None,
     client: MlflowClient | None = None,
+    alias_source: bool = True,
+    promoted_by: str = ownership.BY_PROMOTE,
+    check_source: Callable[[str], object] | None = None,
 ) -> PromotionResult:
     """Convert a registered model version to ONNX, gate it on parity, register and alias it.
 
@@ -103,6 +109,14 @@ def promote(
         atol, rtol, min_label_agreement: parity tolerances.
         quantize: dynamic int8 quantisation (checked by the gate too).
         experiment_name: where the conversion run is logged (default: the source run's).
+        alias_source: also set ``alias`` on the source version (once the twin has it), so the
+            registry reads the same from both sides and the automation sees a promotion, not a
+            deleted alias.
+        promoted_by: the path recorded on the twin (``promote``; the automation passes
+            ``webhook`` or ``watch``). What ``promote`` set, the automation never takes away.
+        check_source: called with the source URI just before the model is loaded (not when an
+            earlier conversion is re-used); the automation refuses untrusted formats there.
+            Default: log a warning naming the format when it is pickle or cloudpickle.
 
     Returns:
         PromotionResult naming the ONNX version and whether it was re-used.
@@ -138,7 +152,9 @@ def promote(
             onnx_name,
             existing.version,
         )
-        _move(registry.client, onnx_name, existing.version, alias, stage)
+        _move(registry, name, version, onnx_name, existing.version, alias, stage, promoted_by)
+        if alias_source:
+            _alias_source(registry, name, version, alias)
         return PromotionResult(
             name,
             version,
@@ -152,6 +168,7 @@ def promote(
         )
 
     source_uri = f"models:/{name}/{version}"
+    (check_source or warn_if_pickle)(source_uri)
     try:
         result = convert(
             source_uri,
@@ -207,13 +224,15 @@ def promote(
             onnx_name, onnx_version, {tag_keys.STATUS: tag_keys.STATUS_CONVERTED}
         )
         _tag_source_converted(registry, name, version, onnx_name, onnx_version, result)
-        _move(registry.client, onnx_name, onnx_version, alias, stage)
+        _move(registry, name, version, onnx_name, onnx_version, alias, stage, promoted_by)
     except Exception as e:
         _undo_version(registry, onnx_name, onnx_version, e)
         registry.tag_source_failed(name, version, e)
         if isinstance(e, MlflowException):
             raise
         raise DeployPluginError(f"Promotion of {name} v{version} failed: {e}") from e
+    if alias_source:
+        _alias_source(registry, name, version, alias)
     out = PromotionResult(
         name,
         version,
@@ -311,11 +330,40 @@ def _parity_from_tags(tags: dict) -> dict:
     return out
 
 
-def _move(client, onnx_name, onnx_version, alias, stage) -> None:
+def _move(
+    registry: RegistryGateway,
+    name: str,
+    version: str,
+    onnx_name: str,
+    onnx_version: str,
+    alias: str | None,
+    stage: str | None,
+    promoted_by: str,
+) -> None:
+    """Record who promotes (tags first), then move the twin's stage and alias."""
+    client = registry.client
+    registry.set_version_tags(onnx_name, onnx_version, ownership.version_tags(version, promoted_by))
+    for kind, label in (("stage", stage), ("alias", alias)):
+        if label is not None:
+            record = ownership.record_tags(kind, label, version, onnx_version, promoted_by)
+            for key, value in record.items():
+                client.set_registered_model_tag(onnx_name, key, value)
     if stage is not None:
         client.transition_model_version_stage(onnx_name, onnx_version, stage)
     if alias is not None:
         client.set_registered_model_alias(onnx_name, alias, onnx_version)
+
+
+def _alias_source(registry: RegistryGateway, name: str, version: str, alias: str | None) -> None:
+    """Point the source's ``alias`` at ``version`` too (after the twin's: never ahead of it)."""
+    if alias is None:
+        return
+    if alias_version(registry.registered_model(name), alias) == str(version):
+        return  # already there: no second alias event for the automation
+    registry.client.set_registered_model_alias(name, alias, version)
+    _logger.info(
+        "Set alias '%s' on the source %s v%s too (alias_source=True)", alias, name, version
+    )
 
 
 def _tag_source_converted(

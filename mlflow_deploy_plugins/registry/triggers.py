@@ -40,7 +40,8 @@ class Outcome:
     """What the pipeline did for one trigger."""
 
     slot: Slot
-    result: str  # converted | reused | removed | failed | up_to_date | covered | skipped | ignored
+    # converted | reused | removed | failed | refused | up_to_date | covered | skipped | ignored
+    result: str
     source_version: str | None = None
     onnx_version: str | None = None
     reason: str | None = None
@@ -48,7 +49,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.result != "failed"
+        return self.result not in ("failed", "refused")
 
     def __str__(self) -> str:
         parts = [f"{self.slot}: {self.result}"]

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig
-from mlflow_deploy_plugins.registry.decision import Slot, SlotState, decide
+from mlflow_deploy_plugins.registry.decision import Slot, SlotState, explain
 from mlflow_deploy_plugins.registry.gateway import RegistryGateway
 from mlflow_deploy_plugins.registry.pipeline import Pipeline, preload_converters, read_slot_state
 from mlflow_deploy_plugins.registry.triggers import Outcome, Trigger
@@ -43,6 +43,7 @@ class Reconciler:
         self._seen: dict[Slot, str | None] = {}  # source version per slot at the last pass
         self._twin_source: dict[tuple[str, str], str | None] = {}  # (twin, version) -> source v
         self._quiet: set[tuple[Slot, str | None]] = set()  # skipped: wait for a change
+        self._said: dict[Slot, str] = {}  # the last decision logged per slot: log changes only
         self._lock = threading.Lock()
 
     @property
@@ -110,7 +111,14 @@ class Reconciler:
             if changed:
                 self._quiet.discard((slot, current))
             quiet = (slot, current) in self._quiet
-        action = decide(state, remove_on_delete=self.pipeline.config.remove_alias_on_delete)
+        action, reason = explain(
+            state, remove_on_delete=self.pipeline.config.remove_alias_on_delete
+        )
+        said = f"{action.value} because {reason}"
+        with self._lock:  # every pass decides again: log a slot's decision when it changes
+            changed_decision, self._said[slot] = self._said.get(slot) != said, said
+        if changed_decision:
+            _logger.info("%s (%s pass): %s", slot, self.event, said)
         if quiet or not action.needs_work:
             return None
         return Trigger(slot, self.event, current, explicit=changed)
@@ -126,7 +134,9 @@ class Reconciler:
     def _note(self, trigger: Trigger):
         def done(future: Future) -> None:
             outcome: Outcome = future.result()
-            if outcome.result == "skipped":  # a version that failed before: wait for a change
+            # a version that failed before, or a format the config does not trust: wait for a
+            # change (a restart with a new config starts with nothing quiet)
+            if outcome.result in ("skipped", "refused"):
                 with self._lock:
                     self._quiet.add((trigger.slot, outcome.source_version))
 

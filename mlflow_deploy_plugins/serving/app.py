@@ -153,7 +153,9 @@ class ServingApp:
             return Response(200, self._server_metadata, JSON)
         if path == "/version":  # as `mlflow models serve`: the version as the body's text
             _allow(method, "GET", "HEAD")
-            return Response(200, __version__.encode(), "text/plain; charset=utf-8")
+            return Response(
+                200, __version__.encode(), "text/plain; charset=utf-8", self.model.lineage_headers
+            )
         if path == "/metrics":
             _allow(method, "GET", "HEAD")
             self.metrics.inflight_requests.set(self.in_flight())

@@ -49,6 +49,32 @@ class ServedModel:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def lineage_headers(self) -> list[tuple[str, str]]:
+        """Where the served file came from, as ``/version`` reports it (``X-Model-*`` headers).
+
+        The body of ``/version`` stays the runtime's version as text, as ``mlflow models serve``
+        answers it; the registry version and the runs come from the manifest.
+        """
+        source, onnx = self.manifest.source, self.manifest.onnx_model
+        fields = {
+            "X-Model-Name": self.manifest.name,
+            "X-Model-Version": self.manifest.version,
+            "X-Model-Sha256": self.manifest.sha256,
+            "X-Model-Registered-Name": onnx.get("name"),
+            "X-Model-Registered-Version": onnx.get("version"),
+            "X-Model-Run-Id": onnx.get("run_id"),
+            "X-Model-Source-Name": source.get("model_name"),
+            "X-Model-Source-Version": source.get("model_version"),
+            "X-Model-Source-Run-Id": source.get("run_id"),
+        }
+        # header values are one line of visible ASCII: anything else is left out, not sent
+        return [
+            (k, str(v))
+            for k, v in fields.items()
+            if v not in (None, "") and str(v).isprintable() and str(v).isascii()
+        ]
+
     def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in ``self.output_names`` order."""
         if len(feed) != self._n_inputs:

@@ -34,7 +34,14 @@ from conftest_automation import (
     wait_for,
     wait_http,
 )
-from helpers import ClipTransformer, fresh_store_uri, numeric_pipeline, register_sklearn
+from helpers import (
+    ClipTransformer,
+    fresh_store_uri,
+    log_sklearn,
+    numeric_pipeline,
+    plant_pickle_payload,
+    register_sklearn,
+)
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline as sklearn_pipeline
@@ -138,6 +145,7 @@ models:
         ),
     }
     args = ["serve", "--port", str(port), "--config", str(root / "automation.yaml")]
+    args += ["--delivery-log", str(root / "deliveries.txt")]
     proc = start_process([*RECEIVER_CMD, *args, "--interval", "3600"], env, root / "receiver.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -158,7 +166,8 @@ models:
 
 
 def health(receiver) -> dict:
-    return requests.get(f"{receiver.url}/health", timeout=5).json()
+    """The receiver's counters (``/stats``: this host is a local client)."""
+    return requests.get(f"{receiver.url}/stats", timeout=5).json()
 
 
 def register(name: str, numeric_xy, broken: bool = False) -> str:
@@ -264,7 +273,7 @@ def test_bad_deliveries_are_refused_and_change_nothing(receiver):
     assert after["duplicate"] - before.get("duplicate", 0) == 1
     assert len(audit_runs()) == before_runs
     log = process_log(receiver)
-    assert "Rejected a webhook delivery: unsigned delivery" in log
+    assert "Rejected 1 webhook delivery since the last report" in log and "unsigned" in log
     assert "Ignoring budget_policy.exceeded" in log and "unknown event" in log
 
 
@@ -295,6 +304,120 @@ def test_a_failing_conversion_tags_the_source_and_the_receiver_stays_healthy(rec
     register("it-after", numeric_xy)
     client.set_registered_model_alias("it-after", "champion", "1")
     follow("it-after", "1", "a promotion after the failure")
+
+
+class RestartableReceiver:
+    """``webhooks serve`` on a fixed port (so the MLflow webhook keeps pointing at it), started
+    and stopped as an operator restarts it; each run has its own log."""
+
+    def __init__(self, root: Path, server: str, config: str):
+        self.root, self.port, self.runs = root, free_port(), 0
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = root / "automation.yaml"
+        self.config.write_text(config)
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": server}
+        self.env["MLFLOW_DEPLOY_WEBHOOK_SECRET"] = SECRET
+        self.proc = None
+
+    def start(self) -> None:
+        self.runs += 1
+        args = ["serve", "--port", str(self.port), "--config", str(self.config)]
+        args += ["--interval", "3600", "--delivery-log", str(self.root / "deliveries.txt")]
+        self.proc = start_process(
+            [*RECEIVER_CMD, *args], self.env, self.root / f"receiver-{self.runs}.log"
+        )
+        wait_http(f"{self.url}/health", self.proc, 60)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            assert stop_process(self.proc) == 0, process_log(self.proc)[-4000:]
+            self.proc = None
+
+    def log(self) -> str:
+        return process_log(self.proc)
+
+    def wait_logged(self, text: str) -> None:
+        wait_for(lambda: text in self.log(), PROMOTION_TIMEOUT_S, what=repr(text))
+
+
+@pytest.fixture
+def restartable(mlflow_server, tmp_path):
+    """A second receiver for models ``rs-*`` (the module's receiver ignores them)."""
+    receiver = RestartableReceiver(tmp_path, mlflow_server, "models: ['rs-*']\n")
+    receiver.start()
+    name = f"mlflow-deploy-restart-{RUN}"
+    result = CliRunner().invoke(
+        webhooks_group,
+        ["register", "--url", f"{receiver.url}/webhook", "--name", name],
+        env={"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DEPLOY_WEBHOOK_SECRET": SECRET},
+    )
+    assert result.exit_code == 0, result.output
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+        client = MlflowClient()
+        for webhook in client.list_webhooks():
+            if webhook.name == name:
+                client.delete_webhook(webhook.webhook_id)
+
+
+def test_manual_promote_survives_receiver_restarts_and_pickle_needs_trust(
+    restartable, numeric_xy, tmp_path_factory
+):
+    from mlflow_deploy_plugins import promote
+
+    client = MlflowClient()
+    x, _, y = numeric_xy
+    model = numeric_pipeline(LogisticRegression(max_iter=200)).fit(x, y)
+
+    # 1. a person promotes by hand, on the twin only; the receiver restarts: the alias stays
+    register_sklearn(model, "rs-manual", x.head(20))
+    promote("rs-manual", 1, "champion", sample=x, alias_source=False)
+    assert alias_version("rs-manual-onnx", "champion") == "1"
+    replayed = signed_delivery(
+        SECRET, {"entity": "budget_policy", "action": "exceeded", "data": {}}
+    )
+    first = requests.post(f"{restartable.url}/webhook", data=replayed[1], headers=replayed[0])
+    assert first.status_code == 200 and first.json()["status"] == "ignored"
+    restartable.stop()
+    restartable.start()
+    restartable.wait_logged("rs-manual@champion (reconcile pass): keep because")
+    assert "was set by promote()" in restartable.log()
+    assert alias_version("rs-manual-onnx", "champion") == "1"
+    # the delivery id outlived the restart: a replay inside the window is refused
+    again = requests.post(f"{restartable.url}/webhook", data=replayed[1], headers=replayed[0])
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+
+    # 2. a pickle model with a payload: refused through the webhook by default...
+    marker = tmp_path_factory.mktemp("payload") / "ran"
+    info = log_sklearn(
+        model, x.head(20), serialization_format="pickle", registered_model_name="rs-pickle"
+    )
+    plant_pickle_payload(tmp_path_factory.getbasetemp(), info.model_id, model, marker)
+    client.set_registered_model_alias("rs-pickle", "champion", "1")
+    tags = wait_for(
+        lambda: (t := client.get_model_version("rs-pickle", "1").tags).get(tag_keys.ERROR) and t,
+        PROMOTION_TIMEOUT_S,
+        what="the refusal tag",
+    )
+    assert (
+        tags[tag_keys.STATUS] == tag_keys.STATUS_REFUSED and "trust_pickle" in tags[tag_keys.ERROR]
+    )
+    refused = finished_audit_runs("rs-pickle", 1)
+    assert [r.data.tags[tag_keys.AUDIT_RESULT] for r in refused] == ["refused"]
+    assert "pickle serialisation" in restartable.log()
+    assert not marker.exists() and alias_version("rs-pickle-onnx", "champion") is None
+
+    # ... and converted once the config trusts it (the restart's reconcile pass picks it up)
+    restartable.stop()
+    restartable.config.write_text(
+        "models:\n  - name: rs-pickle\n    trust_pickle: true\n  - 'rs-*'\n"
+    )
+    restartable.start()
+    follow("rs-pickle", "1", "the trusted pickle model")
+    assert marker.exists(), "trust_pickle: the automation loaded the model"
+    assert alias_version("rs-manual-onnx", "champion") == "1"  # still the person's
 
 
 def _docker_or_skip():

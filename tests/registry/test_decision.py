@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, decide
+from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, decide, explain
 
 PROMOTE, REMOVE, KEEP = Action.PROMOTE, Action.REMOVE, Action.KEEP
 SKIP, UP = Action.SKIP_FAILED, Action.UP_TO_DATE
@@ -29,15 +29,30 @@ SKIP, UP = Action.SKIP_FAILED, Action.UP_TO_DATE
         (SlotState("2", ("1",), "2", source_failed=True), True, False, UP),  # in sync wins
         # the source slot is gone
         (SlotState(None), True, False, UP),
-        (SlotState(None, ("1",), "1"), True, False, REMOVE),
-        (SlotState(None, ("1",), "1"), False, False, KEEP),
-        (SlotState(None, ("4", "3")), True, True, REMOVE),
+        (SlotState(None, ("1",), "1", twin_set_by="webhook"), True, False, REMOVE),
+        (SlotState(None, ("1",), "1", twin_set_by="watch"), False, False, KEEP),
+        (SlotState(None, ("4", "3"), twin_set_by="watch"), True, True, REMOVE),
+        # ... but what a person or promote() set (or a twin from before the records) stays
+        (SlotState(None, ("1",), "1", twin_set_by="promote"), True, False, KEEP),
+        (SlotState(None, ("1",), "1", twin_set_by="person"), True, False, KEEP),
+        (SlotState(None, ("1",), "1"), True, True, KEEP),
     ],
 )
 def test_decision_table(state, remove_on_delete, retry_failed, expected):
     action = decide(state, remove_on_delete=remove_on_delete, retry_failed=retry_failed)
     assert action is expected
     assert action.needs_work is (expected in (PROMOTE, REMOVE))
+
+
+def test_every_decision_has_a_reason_naming_who_set_the_twin():
+    action, reason = explain(
+        SlotState(None, ("3",), "2", twin_set_by="promote"), remove_on_delete=True
+    )
+    assert action is KEEP and "promote()" in reason and "v3" in reason
+    action, reason = explain(SlotState(None, ("3",), "2"), remove_on_delete=True)
+    assert action is KEEP and "a person" in reason
+    action, reason = explain(SlotState("4", ("3",), "2"), remove_on_delete=True)
+    assert action is PROMOTE and "v2" in reason and "v4" in reason
 
 
 def test_twin_version_is_the_newest_in_the_slot():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,6 +42,20 @@ def promote(version, **kwargs):
     return mlflow_deploy_plugins.promote(NAME, version, **kwargs)
 
 
+def test_promote_alias_source_false_leaves_the_source_alias(
+    tracking_uri, mixed_frame, mixed_target
+):
+    model = forest().fit(mixed_frame, mixed_target)
+    register_sklearn(model, NAME, mixed_frame.head(5))
+    register_sklearn(model, NAME, mixed_frame.head(5))
+    MlflowClient().set_registered_model_alias(NAME, "champion", "2")  # the user's alias
+
+    promote(1, sample=mixed_frame, alias_source=False)
+
+    assert alias_version(TWIN, "champion") == "1"
+    assert alias_version(NAME, "champion") == "2"
+
+
 def alias_version(name: str, alias: str) -> str | None:
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
@@ -63,9 +79,18 @@ def test_promote_end_to_end(tracking_uri, mixed_frame, mixed_target):
     assert (result.onnx_name, result.onnx_version, result.reused) == (TWIN, "1", False)
     assert result.model_uri == f"models:/{TWIN}@champion"
     assert result.parity["passed"] is True and result.parity["rows"] == len(mixed_frame)
-    # alias on the ONNX version only; the source's alias is the user's and stays
+    # alias_source=True (default): the same alias on both sides, so the registry reads the same
     assert alias_version(TWIN, "champion") == "1"
-    assert alias_version(NAME, "champion") == "2"
+    assert alias_version(NAME, "champion") == "1"
+    # the twin records which source version, by which path, and when (registry/ownership.py)
+    twin_tags = client.get_registered_model(TWIN).tags
+    assert twin_tags["mlflow_deploy.alias.champion.source_version"] == "1"
+    assert twin_tags["mlflow_deploy.alias.champion.version"] == "1"
+    assert twin_tags["mlflow_deploy.alias.champion.set_by"] == "promote"
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", twin_tags["mlflow_deploy.alias.champion.set_at"]
+    )
+    assert version_tags(TWIN, 1)[tag_keys.PROMOTED_BY] == "promote"
 
     twin_model = client.get_registered_model(TWIN)
     assert (

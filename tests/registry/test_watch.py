@@ -162,3 +162,54 @@ def test_watch_as_a_process_until_sigterm(file_store, tmp_path, numeric_xy):
     log = process_log(proc)
     assert code == 0, log
     assert "churn@champion: converted source v1 ONNX v1" in log
+
+
+# ------------------------------------------------------------------ issue 12: who set the twin
+def test_watch_never_removes_an_alias_promote_set(file_store, numeric_xy):
+    """promote(alias_source=False) sets the twin's alias only; a reconcile pass keeps it."""
+    from mlflow_deploy_plugins import promote
+
+    x, _, _ = numeric_xy
+    version = register(numeric_xy)
+    promote(NAME, version, "champion", sample=x, alias_source=False)
+    assert alias_version(NAME, "champion") is None and alias_version(TWIN, "champion") == "1"
+
+    result = watch_once("--alias", "champion")
+
+    assert result.exit_code == 0, result.output
+    assert alias_version(TWIN, "champion") == "1"
+    assert "removed" not in results()
+
+
+def test_watch_never_touches_a_twin_alias_without_a_record(file_store, numeric_xy):
+    """A twin from before the ownership tags (or an alias set in the UI) is a person's."""
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "champion", register(numeric_xy))
+    assert watch_once("--alias", "champion").exit_code == 0
+    for key in list(client.get_registered_model(TWIN).tags):
+        if key.startswith("mlflow_deploy.alias."):
+            client.delete_registered_model_tag(TWIN, key)
+    client.delete_registered_model_alias(NAME, "champion")
+
+    result = watch_once("--alias", "champion")
+
+    assert result.exit_code == 0, result.output
+    assert alias_version(TWIN, "champion") == "1"
+    assert results() == ["converted"]
+
+
+def test_watch_removes_what_it_set_and_records_the_path(file_store, numeric_xy):
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "champion", register(numeric_xy))
+    assert watch_once("--alias", "champion").exit_code == 0
+    tags = client.get_registered_model(TWIN).tags
+    assert tags["mlflow_deploy.alias.champion.set_by"] == "watch"
+    assert tags["mlflow_deploy.alias.champion.source_version"] == "1"
+    assert version_tags(TWIN, 1)[tag_keys.PROMOTED_BY] == "watch"
+    client.delete_registered_model_alias(NAME, "champion")
+
+    assert watch_once("--alias", "champion").exit_code == 0
+
+    assert alias_version(TWIN, "champion") is None
+    assert results() == ["converted", "removed"]
+    assert "mlflow_deploy.alias.champion.set_by" not in client.get_registered_model(TWIN).tags

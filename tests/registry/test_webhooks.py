@@ -68,10 +68,10 @@ def receiver():
     return WebhookReceiver(RecordingPipeline(), SECRET)
 
 
-def deliver(receiver, headers, body, method="POST"):
-    """(status, decoded JSON body) of one request."""
+def deliver(receiver, headers, body, method="POST", **where):
+    """(status, decoded JSON body) of one request (``where``: ``path=``, ``client=``)."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    status, reply = receiver.handle(method, lowered, body)
+    status, reply = receiver.handle(method, lowered, body, **where)
     return status, json.loads(reply)
 
 
@@ -221,7 +221,7 @@ def test_malformed_bodies_and_methods(receiver):
     )
     assert deliver(receiver, headers, body)[0] == 400
     assert deliver(receiver, {}, b"", method="PUT")[0] == 405
-    status, health = deliver(receiver, {}, b"", method="GET")
+    status, health = deliver(receiver, {}, b"", method="GET", path="/stats", client="127.0.0.1")
     assert status == 200 and health["status"] == "ok"
     assert health["deliveries"] == {"malformed": 3}
 
@@ -235,7 +235,7 @@ def test_error_replies_are_the_serving_runtimes_error_body(receiver):
     put = receiver.handle("PUT", {}, b"")
     assert (put.status, json.loads(put.body)) == (
         405,
-        {"error": "POST deliveries here; GET for health"},
+        {"error": "POST deliveries here; GET for liveness, /stats"},
     )
     headers, body = signed_delivery(SECRET, {"no": "entity"})
     malformed = deliver(receiver, headers, body)
@@ -268,7 +268,9 @@ class AsgiClient:
 
         return self.loop.run_until_complete(go())
 
-    def request(self, method: str, headers: dict, body: bytes = b"") -> tuple[int, dict]:
+    def request(
+        self, method: str, headers: dict, body: bytes = b"", path: str = "/hooks/mlflow"
+    ) -> tuple[int, dict]:
         chunks = [body[:10], body[10:]]  # a body in two messages, as servers may deliver it
         sent = []
 
@@ -282,18 +284,24 @@ class AsgiClient:
         scope = {
             "type": "http",
             "method": method,
-            "path": "/hooks/mlflow",
+            "path": path,
+            "client": ("127.0.0.1", 50123),
             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         }
         self.loop.run_until_complete(self.app(scope, receive, send))
         return sent[0]["status"], json.loads(sent[1]["body"])
 
 
-def test_asgi_app_receives_promotes_and_stops(tracking_uri, monkeypatch):
+def test_asgi_app_receives_promotes_and_stops(tracking_uri, monkeypatch, tmp_path):
     fake = FakePromote()
     monkeypatch.setattr(promote_module, "promote", fake)
     fake_source_versions(NAME, 1)
-    app = make_asgi_app(parse_config({"models": [NAME]}), SECRET, interval=3600)
+    app = make_asgi_app(
+        parse_config({"models": [NAME]}),
+        SECRET,
+        interval=3600,
+        delivery_log=str(tmp_path / "deliveries.txt"),
+    )
     client = AsgiClient(app)
     try:
         assert client.lifespan("startup") == "lifespan.startup.complete"
@@ -304,7 +312,8 @@ def test_asgi_app_receives_promotes_and_stops(tracking_uri, monkeypatch):
         assert client.request("POST", headers, body)[1]["status"] == "duplicate"
         assert client.request("POST", {}, body)[0] == 401
         wait_for(lambda: alias_version(TWIN, "champion") == "1", 30, what="the twin alias")
-        status, health = client.request("GET", {})
+        assert client.request("GET", {}) == (200, {"status": "ok"})  # liveness: no counters
+        status, health = client.request("GET", {}, path="/stats")
         assert status == 200 and health["deliveries"] == {
             "accepted": 1,
             "duplicate": 1,
@@ -335,6 +344,7 @@ def test_webhooks_serve_runs_the_receiver_and_reconciles_on_start(
         "MLFLOW_DEPLOY_WEBHOOK_SECRET": SECRET,
     }
     args = ["serve", "--port", str(port), "--config", "automation.yaml", "--interval", "3600"]
+    args += ["--delivery-log", str(tmp_path / "deliveries.txt")]
     proc = start_process([*RECEIVER_CMD, *args], env, tmp_path / "receiver.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -350,7 +360,7 @@ def test_webhooks_serve_runs_the_receiver_and_reconciles_on_start(
         wait_for(lambda: alias_version(TWIN, "champion") == "2", 90, what="the delivery's work")
         # the twin alias moves before the job ends (audit run, counters): wait for the end
         health = wait_for(
-            lambda: (h := requests.get(f"{url}/health", timeout=5).json())["pending"] == 0 and h,
+            lambda: (h := requests.get(f"{url}/stats", timeout=5).json())["pending"] == 0 and h,
             30,
             what="an idle receiver",
         )
@@ -360,7 +370,7 @@ def test_webhooks_serve_runs_the_receiver_and_reconciles_on_start(
         code = stop_process(proc)
     log = process_log(proc)
     assert code == 0, log
-    assert "Rejected a webhook delivery: unsigned delivery" in log
+    assert "Rejected 1 webhook delivery since the last report" in log and "unsigned" in log
     events = [r.data.tags[tag_keys.AUDIT_EVENT] for r in audit_runs()]
     assert events == ["reconcile", "model_version_alias.created"]
 
@@ -385,3 +395,83 @@ def test_register_webhook_creates_once_then_updates(tracking_uri, monkeypatch):
         register_webhook("http://127.0.0.1:8787/webhook", SECRET, events=["model_version.promoted"])
     with pytest.raises(InvalidInputError, match="secret is required"):
         register_webhook("http://127.0.0.1:8787/webhook", "")
+
+
+# --------------------------------------------------------------------------- issue 12
+def test_counters_only_for_local_or_authenticated_clients(receiver):
+    assert deliver(receiver, {}, b"{}")[0] == 401  # counted as rejected
+    for path in ("/", "/health", "/webhook", "/anything"):  # liveness everywhere, no counters
+        assert deliver(receiver, {}, b"", method="GET", path=path, client="203.0.113.9") == (
+            200,
+            {"status": "ok"},
+        )
+    remote = deliver(receiver, {}, b"", method="GET", path="/stats", client="203.0.113.9")
+    assert remote[0] == 401 and "deliveries" not in remote[1]
+    unknown = deliver(receiver, {}, b"", method="GET", path="/stats")
+    assert unknown[0] == 401
+    proxied = {"X-Forwarded-For": "203.0.113.9"}  # a local proxy in front of a remote client
+    assert (
+        deliver(receiver, proxied, b"", method="GET", path="/stats", client="127.0.0.1")[0] == 401
+    )
+    wrong = {"Authorization": "Bearer not-the-secret"}
+    assert (
+        deliver(receiver, wrong, b"", method="GET", path="/stats", client="203.0.113.9")[0] == 401
+    )
+
+    for headers, client in [
+        ({}, "127.0.0.1"),
+        ({}, "::1"),
+        ({"Authorization": f"Bearer {SECRET}"}, "203.0.113.9"),
+    ]:
+        status, stats = deliver(receiver, headers, b"", method="GET", path="/stats", client=client)
+        assert status == 200 and stats["deliveries"] == {"rejected": 1}, (headers, client)
+
+
+def test_unsigned_deliveries_are_logged_at_most_once_a_minute_with_the_count(receiver, caplog):
+    from mlflow_deploy_plugins.registry.webhooks.deliveries import RejectionLog
+
+    now = [1000.0]
+    receiver.rejections = RejectionLog(clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(500):  # a flood
+            assert receiver.handle("POST", {}, b"{}").status == 401
+        now[0] += 30
+        receiver.handle("POST", {}, b"{}")
+        now[0] += 31
+        receiver.handle("POST", {}, b"{}")
+    lines = [r.getMessage() for r in caplog.records if "Rejected" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Rejected 1 webhook delivery ")
+    assert lines[1].startswith("Rejected 501 webhook deliveries ")  # 499 + 1 + the last one
+    assert "unsigned delivery" in lines[1]
+    assert receiver.counts["rejected"] == 502
+
+
+def test_a_replay_is_refused_after_a_restart(tmp_path):
+    log = tmp_path / "state" / "deliveries.txt"
+    log.parent.mkdir()
+    headers, body = signed_delivery(SECRET, alias_payload(NAME, "champion", 1))
+    first = WebhookReceiver(RecordingPipeline(), SECRET, delivery_log=log)
+    assert deliver(first, headers, body)[0] == 202
+
+    restarted = WebhookReceiver(RecordingPipeline(), SECRET, delivery_log=log)  # a new process
+
+    assert deliver(restarted, headers, body) == (200, {"status": "duplicate"})
+    assert restarted.pipeline.triggers == []
+    fresh_headers, fresh_body = signed_delivery(SECRET, alias_payload(NAME, "champion", 2))
+    assert deliver(restarted, fresh_headers, fresh_body)[0] == 202
+
+
+def test_delivery_log_forgets_expired_ids_and_survives_a_torn_line(tmp_path):
+    from mlflow_deploy_plugins.registry.webhooks.deliveries import DeliveryLog
+
+    path = tmp_path / "deliveries.txt"
+    now = [1_000_000.0]
+    log = DeliveryLog(ttl_s=600, path=path, clock=lambda: now[0])
+    assert log.first_time("a") and not log.first_time("a")
+    with open(path, "a") as f:
+        f.write("b 99")  # a crash mid-line: read back as an id that expired long ago
+    now[0] += 599
+    assert not DeliveryLog(ttl_s=600, path=path, clock=lambda: now[0]).first_time("a")
+    now[0] += 2
+    assert DeliveryLog(ttl_s=600, path=path, clock=lambda: now[0]).first_time("a")

@@ -175,6 +175,24 @@ def test_version(clf_server):
     assert ScoringServerClient("127.0.0.1", clf_server.port).get_version() == __version__
 
 
+def test_version_reports_the_registry_lineage(clf_server, served):
+    # issue 12: the registry version, its run and the source it came from, from the manifest
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_deploy_plugins.core.manifest import Manifest
+
+    manifest = Manifest.read(served.clf_bundle)
+    twin = MlflowClient(served.tracking_uri).get_model_version("churn-onnx", "1")
+    headers = clf_server.get("/version").headers
+    assert headers["x-model-registered-name"] == "churn-onnx"
+    assert headers["x-model-registered-version"] == "1"
+    assert headers["x-model-run-id"] == twin.run_id
+    assert headers["x-model-source-name"] == "churn"
+    assert headers["x-model-source-version"] == "1"
+    assert headers["x-model-source-run-id"] == manifest.source["run_id"]
+    assert headers["x-model-sha256"] == manifest.sha256
+
+
 def test_metrics_exposition(clf_server, rows):
     assert clf_server.post("/invocations", {"dataframe_records": rows.head(2).to_dict("records")})
     assert clf_server.post(INFER, b"{").status == 400

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 
+from mlflow_deploy_plugins.registry.webhooks.deliveries import DeliveryLog
 from mlflow_deploy_plugins.registry.webhooks.receiver import (
-    DeliveryLog,
     Reply,
     SignatureVerifier,
     WebhookReceiver,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
-import threading
+import os
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -20,6 +21,11 @@ from mlflow_deploy_plugins.errors import DeployPluginError, InvalidInputError
 from mlflow_deploy_plugins.registry.decision import Slot
 from mlflow_deploy_plugins.registry.defaults import SECRET_ENV
 from mlflow_deploy_plugins.registry.triggers import Trigger
+from mlflow_deploy_plugins.registry.webhooks.deliveries import (
+    REPLAY_WINDOW_S,
+    DeliveryLog,
+    RejectionLog,
+)
 from mlflow_deploy_plugins.serving.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -32,11 +38,14 @@ if TYPE_CHECKING:  # the pipeline pulls in the conversion stack; the receiver on
 
 _logger = logging.getLogger(__name__)
 
-#: Deliveries signed longer ago (or further ahead) than this are refused as replays.
-REPLAY_WINDOW_S = 300
 SIGNATURE_HEADER = "x-mlflow-signature"
 TIMESTAMP_HEADER = "x-mlflow-timestamp"
 DELIVERY_ID_HEADER = "x-mlflow-delivery-id"
+#: The counters' route: answered to loopback clients (no proxy in between) or with the secret as
+#: a bearer token; every other GET is liveness only ({"status": "ok"}).
+STATS_PATH = "/stats"
+#: Headers a reverse proxy adds: a request carrying one is not a local client's.
+_FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 #: Registry events that are not promotions: acknowledged, logged at debug level.
 _NOT_PROMOTIONS = {
     "registered_model.created",
@@ -113,33 +122,6 @@ class SignatureVerifier:
         return delivery_id
 
 
-class DeliveryLog:
-    """Delivery ids seen within the replay window (older ones are refused as stale anyway).
-
-    Args:
-        ttl_s: how long an id is remembered.
-        max_entries: the oldest ids are forgotten first beyond this many.
-    """
-
-    def __init__(self, ttl_s: float = 2 * REPLAY_WINDOW_S, max_entries: int = 100_000):
-        self._ttl, self._max = ttl_s, max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def first_time(self, delivery_id: str) -> bool:
-        """True the first time ``delivery_id`` is seen within its time to live."""
-        now = time.monotonic()
-        with self._lock:
-            while self._seen and (
-                next(iter(self._seen.values())) < now or len(self._seen) >= self._max
-            ):
-                self._seen.popitem(last=False)
-            if delivery_id in self._seen:
-                return False
-            self._seen[delivery_id] = now + self._ttl
-            return True
-
-
 class WebhookReceiver:
     """Maps one HTTP request to a :class:`Reply`; the work goes to ``pipeline``.
 
@@ -152,17 +134,39 @@ class WebhookReceiver:
         window_s: the replay window.
     """
 
-    def __init__(self, pipeline: Pipeline, secret: str, window_s: float = REPLAY_WINDOW_S):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        secret: str,
+        window_s: float = REPLAY_WINDOW_S,
+        delivery_log: str | os.PathLike | None = None,
+    ):
         self.pipeline = pipeline
         self.verifier = SignatureVerifier(secret, window_s)
-        self.deliveries = DeliveryLog(2 * window_s)
+        self.deliveries = DeliveryLog(2 * window_s, path=delivery_log)
+        self.rejections = RejectionLog()
         self.counts: Counter[str] = Counter()
         self.last_reconcile: float | None = None
+        self._token = f"Bearer {secret}".encode()
 
-    def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        """``POST``: a delivery; ``GET``/``HEAD``: health. Headers have lower-cased names."""
+    def handle(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        path: str = "/",
+        client: str | None = None,
+    ) -> Reply:
+        """``POST``: a delivery; ``GET``/``HEAD``: liveness, or the counters on ``/stats``.
+
+        Args:
+            method, headers, body: the request (header names lower-cased).
+            path: the request path (only ``/stats`` differs).
+            client: the client's IP address (None: unknown, not local).
+        """
         try:
-            status, payload = self._handle(method, headers, body)
+            status, payload = self._handle(method, headers, body, path, client)
         except ServingError as e:
             # status and body only: the transports answer every delivery with JSON, no challenge
             return Reply(e.status, e.to_body())
@@ -179,17 +183,24 @@ class WebhookReceiver:
         }
 
     def _handle(
-        self, method: str, headers: Mapping[str, str], body: bytes
+        self, method: str, headers: Mapping[str, str], body: bytes, path: str, client: str | None
     ) -> tuple[int, dict[str, object]]:
         if method in ("GET", "HEAD"):
+            if path.rstrip("/") != STATS_PATH:
+                return 200, {"status": "ok"}
+            if not self._may_read_stats(headers, client):
+                raise Unauthorized(
+                    f"{STATS_PATH} answers local clients, or send 'Authorization: Bearer "
+                    "<webhook secret>'"
+                )
             return 200, self.health()
         if method != "POST":
-            raise MethodNotAllowed("POST deliveries here; GET for health")
+            raise MethodNotAllowed(f"POST deliveries here; GET for liveness, {STATS_PATH}")
         try:
             delivery_id = self.verifier.verify(headers, body)
         except WebhookSignatureError as e:
             self.counts["rejected"] += 1
-            _logger.warning("Rejected a webhook delivery: %s", e.message)
+            self.rejections.rejected(e.message)
             raise Unauthorized(e.message) from e
         if not self.deliveries.first_time(delivery_id):
             self.counts["duplicate"] += 1
@@ -209,6 +220,12 @@ class WebhookReceiver:
         self.counts["accepted"] += 1
         _logger.info("Accepted %s for %s (delivery %s)", event, trigger.slot, delivery_id)
         return 202, {"status": "accepted", "slot": str(trigger.slot)}
+
+    def _may_read_stats(self, headers: Mapping[str, str], client: str | None) -> bool:
+        token = headers.get("authorization", "").encode()
+        if token and hmac.compare_digest(token, self._token):
+            return True
+        return is_loopback(client) and not any(h in headers for h in _FORWARDED_HEADERS)
 
     def _parse(self, body: bytes) -> tuple[str, Mapping]:
         """``(entity.action, data)`` of an MLflow webhook payload."""
@@ -246,3 +263,13 @@ class WebhookReceiver:
             explicit=event.endswith(".created"),
             delivery_ids=(delivery_id,),
         ), ""
+
+
+def is_loopback(address: str | None) -> bool:
+    """True for 127.0.0.0/8 and ::1 (``address`` without its port)."""
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False

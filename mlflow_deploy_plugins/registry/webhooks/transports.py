@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, load_config
-from mlflow_deploy_plugins.registry.defaults import SECRET_ENV
+from mlflow_deploy_plugins.registry.defaults import SECRET_ENV, default_delivery_log
 from mlflow_deploy_plugins.registry.pipeline import Pipeline, preload_converters
 from mlflow_deploy_plugins.registry.watch import DEFAULT_INTERVAL_S, Reconciler
 from mlflow_deploy_plugins.registry.webhooks.receiver import Reply, WebhookReceiver
@@ -39,6 +39,8 @@ class AutomationService:
         interval: seconds between reconcile passes.
         client: registry client (default: ``MlflowClient()`` from the environment).
         workers: models processed at the same time.
+        delivery_log: the file keeping delivery ids across restarts (default:
+            :func:`~mlflow_deploy_plugins.registry.defaults.default_delivery_log`).
     """
 
     def __init__(
@@ -49,9 +51,12 @@ class AutomationService:
         interval: float = DEFAULT_INTERVAL_S,
         client: MlflowClient | None = None,
         workers: int = 4,
+        delivery_log: str | None = None,
     ):
         self.pipeline = Pipeline(config, client=client, workers=workers)
-        self.receiver = WebhookReceiver(self.pipeline, secret)
+        log = delivery_log or default_delivery_log()
+        os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+        self.receiver = WebhookReceiver(self.pipeline, secret, delivery_log=log)
         self.reconciler = Reconciler(self.pipeline, event="reconcile")
         self.interval = interval
         self._stop = threading.Event()
@@ -96,14 +101,23 @@ def serve(
     port: int = 8787,
     interval: float = DEFAULT_INTERVAL_S,
     workers: int = 4,
+    delivery_log: str | None = None,
 ) -> None:
     """Run the receiver on ``host:port`` until SIGTERM/SIGINT (blocking)."""
     from mlflow_deploy_plugins.serving.http import HttpLimits, Response, shutdown, start_server
 
-    service = AutomationService(config, secret, interval=interval, workers=workers)
+    service = AutomationService(
+        config, secret, interval=interval, workers=workers, delivery_log=delivery_log
+    )
 
     def handler(request) -> Response:
-        reply = service.receiver.handle(request.method, request.headers, request.body)
+        reply = service.receiver.handle(
+            request.method,
+            request.headers,
+            request.body,
+            path=request.path,
+            client=request.remote.rsplit(":", 1)[0],
+        )
         return Response(reply.status, reply.body)
 
     async def main() -> None:
@@ -111,7 +125,12 @@ def serve(
             handler, host, port, limits=HttpLimits(max_body_bytes=MAX_BODY_BYTES)
         )
         bound = server.sockets[0].getsockname()[1]
-        _logger.info("Webhook receiver on http://%s:%d/webhook (health: GET /health)", host, bound)
+        _logger.info(
+            "Webhook receiver on http://%s:%d/webhook (liveness: GET /health; counters: GET "
+            "/stats from this host or with the secret as bearer token)",
+            host,
+            bound,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -134,13 +153,17 @@ def make_asgi_app(
     interval: float = DEFAULT_INTERVAL_S,
     client: MlflowClient | None = None,
     workers: int = 4,
+    delivery_log: str | None = None,
 ) -> AsgiApp:
     """A plain ASGI application (no framework) for users who mount the receiver elsewhere.
 
-    ``POST`` (any path) is a delivery, ``GET`` is health. The reconcile loop starts with the
-    ASGI lifespan (or at the first request on servers without lifespan) and stops with it.
+    ``POST`` (any path) is a delivery, ``GET`` is liveness (``/stats``: the counters, for local
+    clients or with the secret as bearer token). The reconcile loop starts with the ASGI
+    lifespan (or at the first request on servers without lifespan) and stops with it.
     """
-    service = AutomationService(config, secret, interval=interval, client=client, workers=workers)
+    service = AutomationService(
+        config, secret, interval=interval, client=client, workers=workers, delivery_log=delivery_log
+    )
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -154,7 +177,10 @@ def make_asgi_app(
             too_large = PayloadTooLarge(f"body larger than {MAX_BODY_BYTES} bytes")
             reply = Reply(too_large.status, too_large.to_body())
         else:
-            reply = service.receiver.handle(scope["method"], _headers(scope), body)
+            peer = scope.get("client") or (None, None)
+            reply = service.receiver.handle(
+                scope["method"], _headers(scope), body, path=scope.get("path", "/"), client=peer[0]
+            )
         await send(
             {
                 "type": "http.response.start",
@@ -179,7 +205,8 @@ def make_asgi_app(
 def app_from_environment() -> AsgiApp:
     """The ASGI app configured from ``MLFLOW_DEPLOY_WEBHOOK_SECRET`` and
     ``MLFLOW_DEPLOY_AUTOMATION_CONFIG`` (``mlflow_deploy_plugins.registry.webhooks:app``)."""
-    return make_asgi_app(load_config(os.environ.get(CONFIG_ENV)), os.environ.get(SECRET_ENV, ""))
+    config = load_config(os.environ.get(CONFIG_ENV)).check_scope()
+    return make_asgi_app(config, os.environ.get(SECRET_ENV, ""))
 
 
 async def _lifespan(service: AutomationService, receive, send) -> None:
