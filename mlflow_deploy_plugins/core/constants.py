@@ -12,3 +12,6 @@ DIST_NAME = "mlflow-deploy-plugins"
 TAG_PREFIX = "mlflow_deploy."
 #: The ONNX model file inside a flavor directory and a serving bundle.
 MODEL_FILE = "model.onnx"
+#: ``IOSpec.extra`` key: the source takes one unnamed tensor (an MLflow tensor signature), so
+#: its callers' column names carry no meaning and columns are taken by position, as MLflow does.
+POSITIONAL_COLUMNS = "positional_columns"

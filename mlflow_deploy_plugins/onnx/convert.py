@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlflow_deploy_plugins.core.constants import FLAVOR_NAME
+from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, POSITIONAL_COLUMNS
 from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec
 from mlflow_deploy_plugins.errors import (
     ConversionError,
@@ -219,6 +219,8 @@ def convert(
     t1 = time.perf_counter()
     converted = converter.convert(source, frame, options)
     io = converted.io
+    if takes_one_tensor(source, io):
+        io.extra[POSITIONAL_COLUMNS] = True
     timings["load_s"], timings["convert_s"] = t1 - t0, time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -269,6 +271,19 @@ def convert(
         notes=converted.notes,
         timings=timings,
         opsets={(o.domain or "ai.onnx"): o.version for o in baseline.opset_import},
+    )
+
+
+def takes_one_tensor(source: SourceModel, io: IOSpec) -> bool:
+    """The source's signature is tensor-based and the graph takes one numeric matrix: MLflow
+    feeds such a model ``DataFrame.to_numpy()``, whatever the column labels, so we take columns
+    by position too (and the twin keeps taking arrays)."""
+    inputs = getattr(getattr(source, "signature", None), "inputs", None)
+    return (
+        inputs is not None
+        and inputs.is_tensor_spec()
+        and len(io.inputs) == 1
+        and io.inputs[0].dtype != "string"
     )
 
 

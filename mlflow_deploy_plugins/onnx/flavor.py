@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE
+from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, MODEL_FILE, POSITIONAL_COLUMNS
 from mlflow_deploy_plugins.core.iospec import (
     SCHEMA_VERSION,
     IOSpec,
@@ -146,15 +146,9 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
 
 
 def _takes_arrays(result) -> bool:
-    """True when the source's signature is tensor-based and the graph takes one numeric matrix."""
-    signature = getattr(result.source, "signature", None)
-    inputs = getattr(signature, "inputs", None)
-    return (
-        inputs is not None
-        and inputs.is_tensor_spec()
-        and len(result.io.inputs) == 1
-        and result.io.inputs[0].dtype != "string"
-    )
+    """True when the source's signature is tensor-based and the graph takes one numeric matrix
+    (``convert`` marks such an IOSpec; see ``takes_one_tensor``)."""
+    return bool(result.io.extra.get(POSITIONAL_COLUMNS))
 
 
 def log_model(result, name: str = "model", registered_model_name: str | None = None, **kwargs):

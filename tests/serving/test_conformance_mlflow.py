@@ -8,6 +8,7 @@ test_scoring_server.py``; each case names the upstream test it follows.
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -175,3 +176,99 @@ def test_scoring_server_client_version(clf_server):
     from mlflow_deploy_plugins import __version__
 
     assert ScoringServerClient("127.0.0.1", clf_server.port).get_version() == __version__
+
+
+# --- a tensor-signature model: MLflow takes columns by position, whatever their labels --------
+
+
+@pytest.fixture(scope="module")
+def tensor(tmp_path_factory, start_server):
+    """LogisticRegression logged with a numpy input example (a tensor signature), its bundle
+    served by us, and the source pyfunc MLflow's scoring server runs."""
+    import mlflow
+    from helpers import register_sklearn, tracking_store
+    from sklearn.linear_model import LogisticRegression
+
+    from mlflow_deploy_plugins import build_bundle
+
+    root = tmp_path_factory.mktemp("tensor-model")
+    x = np.random.default_rng(3).normal(size=(300, 4))
+    y = (x[:, 0] - 2 * x[:, 3] > 0).astype(int)
+    with tracking_store(root):
+        register_sklearn(LogisticRegression().fit(x, y), "tensor", x[:5])
+        bundle = build_bundle("models:/tensor/1", str(root / "bundle"), sample=x)
+        source = mlflow.pyfunc.load_model("models:/tensor/1")
+    assert source.metadata.get_input_schema().is_tensor_spec()
+    server = start_server(bundle.path, label="m-tensor")
+    return server, source, np.random.default_rng(4).normal(size=(5, 4))
+
+
+def assert_same_as(server, source, body: bytes, content_type: str = "application/json"):
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    ours = server.post("/invocations", body, {"Content-Type": content_type})
+    try:
+        result = scoring_server.invocations(
+            body, content_type, source, source.metadata.get_input_schema()
+        )
+        status = result.status
+        predictions = json.loads(result.response)["predictions"] if status == 200 else None
+    except MlflowException as e:
+        status, predictions = e.get_http_status_code(), None
+    assert (ours.status == 200) == (status == 200), (ours.status, ours.text, status)
+    if status == 200:
+        assert ours.json()["predictions"] == predictions
+    else:
+        assert 400 <= ours.status < 500 and "Traceback" not in ours.text
+    return ours
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [["0", "1", "2", "3"], [3, 2, 1, 0], ["a", "b", "c", "d"], [0, 1, 2, 3], None],
+    ids=["str-digits", "reversed-ints", "letters", "ints", "none"],
+)
+def test_tensor_model_split_columns_by_position(tensor, labels):
+    # Upstream: test_scoring_server_successfully_evaluates_correct_dataframes_with_pandas_split_
+    # orientation, on a model logged with a numpy input example.
+    server, source, x = tensor
+    split = {"data": x.tolist(), **({"columns": labels} if labels is not None else {})}
+    ours = assert_same_as(server, source, _j({"dataframe_split": split}))
+    assert ours.status == 200
+
+
+@pytest.mark.parametrize("keys", [["0", "1", "2", "3"], ["d", "c", "b", "a"]])
+def test_tensor_model_records_by_key_order(tensor, keys):
+    # Upstream: test_scoring_server_successfully_evaluates_correct_dataframes_with_pandas_records_
+    # orientation (MLflow builds the DataFrame from the records and takes .to_numpy()).
+    server, source, x = tensor
+    records = [dict(zip(keys, row, strict=True)) for row in x.tolist()]
+    ours = assert_same_as(server, source, _j({"dataframe_records": records}))
+    assert ours.status == 200
+
+
+def test_tensor_model_csv_header_labels_ignored(tensor):
+    # MLflow's scoring server refuses any CSV for a tensor-signature model ("TensorSpec only
+    # supports numpy types": its CSV parser asks the schema for pandas types). We answer what
+    # the source predicts on the same table, taken by position as for JSON.
+    import pandas as pd
+
+    server, source, x = tensor
+    text = "w,x,y,z\n" + "\n".join(",".join(repr(v) for v in row) for row in x.tolist())
+    ours = server.post("/invocations", text.encode(), {"Content-Type": "text/csv"})
+    assert ours.status == 200, ours.text
+    expected = source.predict(pd.read_csv(io.StringIO(text)).to_numpy())
+    assert ours.json()["predictions"] == expected.tolist()
+
+
+@pytest.mark.parametrize("width", [3, 5])
+def test_tensor_model_wrong_width_refused_by_both(tensor, width):
+    server, source, x = tensor
+    data = np.random.default_rng(5).normal(size=(2, width)).tolist()
+    split = {"columns": [str(i) for i in range(width)], "data": data}
+    ours = assert_same_as(server, source, _j({"dataframe_split": split}))
+    assert ours.status == 422 and "4 columns by position" in ours.text
+    records = [dict(zip("abcdefg", row)) for row in data]
+    ours = assert_same_as(server, source, _j({"dataframe_records": records}))
+    assert ours.status == 422

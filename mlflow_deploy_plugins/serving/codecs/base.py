@@ -9,6 +9,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from mlflow_deploy_plugins.core.constants import POSITIONAL_COLUMNS
 from mlflow_deploy_plugins.core.iospec import IOSpec
 
 _logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Plan:
         "column_blocks",
         "string_positions",
         "column_names",
+        "positional",
     )
 
     def __init__(self, io: IOSpec):
@@ -129,6 +131,8 @@ class Plan:
         }
         self.outputs = [o.name for o in io.outputs]
         self.columns = io.columns
+        #: A tensor-signature source: callers' column labels are ignored, columns go by position.
+        self.positional = bool(io.extra.get(POSITIONAL_COLUMNS))
         self.positions = {c: j for j, c in enumerate(self.columns)}
         self.getter = itemgetter(*self.columns) if self.columns else None
         #: For rows in ``columns`` order, when every input is float: (binding, column indexes or

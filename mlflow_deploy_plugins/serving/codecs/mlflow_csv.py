@@ -9,6 +9,7 @@ from io import StringIO
 
 import numpy as np
 
+from mlflow_deploy_plugins.core.constants import POSITIONAL_COLUMNS
 from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.serving.codecs.mlflow_tables import column_positions
 from mlflow_deploy_plugins.serving.codecs.values import clip, string_array
@@ -51,6 +52,8 @@ def csv_columns(
         names, rows = records[0], records[1:]
         if not rows:
             raise Unprocessable("The CSV has a header but no rows")
+        if io.extra.get(POSITIONAL_COLUMNS) and len(names) == len(io.columns):
+            names = io.columns  # a tensor-signature model: the header's labels carry no meaning
     else:
         names, rows = io.columns, records
     width = len(names)

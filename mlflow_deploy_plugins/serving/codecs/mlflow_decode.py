@@ -22,7 +22,7 @@ from mlflow_deploy_plugins.serving.codecs.values import (
     list_len,
     loads_json,
 )
-from mlflow_deploy_plugins.serving.errors import BadRequest, UnsupportedMediaType
+from mlflow_deploy_plugins.serving.errors import BadRequest, Unprocessable, UnsupportedMediaType
 
 _logger = logging.getLogger(__name__)
 
@@ -126,6 +126,14 @@ def _mime(content_type: str | None) -> tuple[str, bool]:
     return mime, header
 
 
+def _check_width(width: int, plan) -> None:
+    if width != len(plan.columns):
+        raise Unprocessable(
+            f"The model takes {len(plan.columns)} columns by position; the request has {width}",
+            field="columns",
+        )
+
+
 def _mlflow_table(fmt: str, payload: Any, io: IOSpec, max_elements: int):
     """-> (feed, n_rows, columns or None)."""
     plan = plan_for(io)
@@ -146,8 +154,11 @@ def _mlflow_table(fmt: str, payload: Any, io: IOSpec, max_elements: int):
         if names is not None and names != plan.columns:
             if type(names) is not list:
                 raise BadRequest("dataframe_split 'columns' must be a list of column names")
-            if names == list(range(len(names))):
-                names = None  # pandas' default labels 0..k-1: columns by position
+            if plan.positional or names == list(range(len(names))):
+                # A tensor-signature model (MLflow feeds it DataFrame.to_numpy(), whatever the
+                # labels), or pandas' default labels 0..k-1: columns by position.
+                _check_width(len(names), plan)
+                names = None
             elif not all(type(n) is str for n in names):
                 raise BadRequest("dataframe_split 'columns' must be strings")
         return from_rows(names, rows, plan, max_elements)

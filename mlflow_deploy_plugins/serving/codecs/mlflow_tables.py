@@ -13,6 +13,7 @@ from mlflow_deploy_plugins.core.iospec import InputBinding, IOSpec
 from mlflow_deploy_plugins.serving.codecs.base import Plan, np_dtype
 from mlflow_deploy_plugins.serving.codecs.values import (
     cast_exact,
+    clip,
     encode_columns,
     fit_shape,
     json_strings,
@@ -106,6 +107,8 @@ def from_records(records: list, plan: Plan, max_elements: int):
     some records is null there."""
     if not records:
         raise Unprocessable("The request has no rows")
+    if plan.positional:
+        return from_rows(None, _positional_records(records, plan), plan, max_elements)
     names = plan.columns
     try:
         rows = [plan.getter(r) for r in records]
@@ -115,6 +118,26 @@ def from_records(records: list, plan: Plan, max_elements: int):
         if len(names) == 1:
             rows = [[v] for v in rows]  # itemgetter of one key returns the value itself
     return from_rows(names, rows, plan, max_elements)
+
+
+def _positional_records(records: list, plan: Plan) -> list:
+    """Records for a tensor-signature model: their keys, in the order first seen (as pandas
+    builds the DataFrame MLflow turns into an array), are the columns by position."""
+    keys: dict = {}
+    for i, record in enumerate(records):
+        if type(record) is not dict:
+            raise BadRequest(
+                f"Records must be JSON objects mapping column -> value; record {i} is "
+                f"{show(record)}"
+            )
+        keys.update(dict.fromkeys(record))
+    if len(keys) != len(plan.columns):
+        raise Unprocessable(
+            f"The model takes {len(plan.columns)} columns by position; the records have "
+            f"{len(keys)} keys {clip(str(list(keys)))}",
+            field="columns",
+        )
+    return [[r.get(k) for k in keys] for r in records]
 
 
 def _sparse_records(records: list, io: IOSpec) -> list:
