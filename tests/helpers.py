@@ -67,6 +67,9 @@ def tracking_store(path):
     uri = fresh_store_uri(path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI and never unsets it: set it here
+        # so the monkeypatch restores it, or the next subprocess inherits this store.
+        mp.setenv("MLFLOW_REGISTRY_URI", uri)
         mp.chdir(path)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)

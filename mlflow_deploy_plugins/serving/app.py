@@ -90,6 +90,9 @@ class ServingApp:
         #: Bodies this large are decoded and run on ``offload`` (never, until it is open).
         self._offload_bytes = float("inf")
         self.ready = False
+        #: Why the app is not ready although started (e.g. its payload log directory cannot be
+        #: written, payload_log_unwritable=unready); None: nothing stands in the way.
+        self.unready_reason: str | None = None
         #: Shutting down: readiness answers 503 so no new traffic comes, but requests already
         #: on their way (e.g. a body still arriving at SIGTERM) are answered, not refused.
         self.draining = False
@@ -175,6 +178,8 @@ class ServingApp:
             self._authorize(request)
         if not self.ready and not self.draining:
             raise NotReady("The model is not ready (starting or shutting down)")
+        if self.unready_reason is not None:
+            raise NotReady(f"Not ready: {self.unready_reason}")
 
     def _has_token(self, request: Request) -> bool:
         return request.authorized or self._token_in(request.headers)
@@ -218,8 +223,10 @@ class ServingApp:
         return asyncio.get_running_loop().run_in_executor(self.offload, work)
 
     def _ready_response(self, body: bytes, content_type: str) -> Response:
-        if self.ready:
+        if self.ready and self.unready_reason is None:
             return Response(200, body, content_type)
+        if self.unready_reason is not None:
+            raise NotReady(f"Not ready: {self.unready_reason}")
         raise NotReady("The model is not ready (starting or shutting down)")
 
     def _model_ready_response(self, request: Request) -> Response:

@@ -69,9 +69,12 @@ class PayloadLogger:
         seed: seeds the sampling RNG (tests).
         autostart: start the writer thread now; else on :meth:`start` or :meth:`close`.
             Start it after forking worker processes: threads do not survive a fork.
+        require_writable: refuse a directory that cannot be written now; False when the
+            server waits for it unready (``payload_log_unwritable=unready``).
 
     Raises:
-        PayloadLogDirectoryError: the directory cannot be created or written.
+        PayloadLogDirectoryError: the directory cannot be created or written (and
+            ``require_writable``).
         ValueError: an argument out of range.
     """
 
@@ -91,6 +94,7 @@ class PayloadLogger:
         max_record_bytes: int | None = None,
         seed: int | None = None,
         autostart: bool = True,
+        require_writable: bool = True,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate!r}")
@@ -102,7 +106,8 @@ class PayloadLogger:
                 f"{max_record_bytes!r}, {max_age_s!r}, {queue_size!r}"
             )
         self.directory = Path(directory)
-        check_writable(self.directory)
+        if require_writable:
+            check_writable(self.directory)
         self.model_name = model_name
         self.model_version = model_version
         self.sample_rate = sample_rate
@@ -131,7 +136,8 @@ class PayloadLogger:
         self._retry_at = 0.0
         self._episode_dropped = 0
         self._last_error_log = -1e9
-        self._count_removed(self.files.enforce_cap())
+        if self.directory.is_dir():  # else nothing to remove yet (waiting for the directory)
+            self._count_removed(self.files.enforce_cap())
         if autostart:
             self.start()
 
@@ -159,6 +165,7 @@ class PayloadLogger:
             metrics=metrics,
             max_total_bytes=settings.payload_log_max_bytes,
             max_record_bytes=settings.payload_log_max_record_bytes,
+            require_writable=settings.payload_log_unwritable == "fail",
             **kwargs,
         )
 

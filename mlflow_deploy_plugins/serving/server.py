@@ -22,13 +22,15 @@ from mlflow_deploy_plugins.serving.http import HttpLimits, shutdown, start_serve
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
 from mlflow_deploy_plugins.serving.metrics_shared import SNAPSHOT_S, SharedMetrics
 from mlflow_deploy_plugins.serving.model import ServedModel
-from mlflow_deploy_plugins.serving.payload_files import check_writable
+from mlflow_deploy_plugins.serving.payload_files import PayloadLogDirectoryError, check_writable
 from mlflow_deploy_plugins.serving.payload_log import PayloadLogger
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 _logger = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 20.0
+#: With payload_log_unwritable=unready, how often an unwritable payload log directory is retried.
+PAYLOAD_DIR_RECHECK_S = 2.0
 #: With a shared port (SO_REUSEPORT), idle keep-alive connections get this long to send one last
 #: request (answered with Connection: close) before they are closed: closing them at once races
 #: with a client sending on them. The next server on the port takes the reconnections.
@@ -39,8 +41,14 @@ SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
 def run(bundle_dir: str, settings: ServingSettings) -> int:
     """Serve ``bundle_dir`` until SIGTERM/SIGINT; returns the process exit code."""
     if settings.payload_log_dir is not None:
-        # A server that answers but cannot log would drop every record: refuse to start.
-        check_writable(Path(settings.payload_log_dir))
+        # A server that answers but cannot log would drop every record: refuse to start, or
+        # (payload_log_unwritable=unready) start unready until the directory is writable.
+        try:
+            check_writable(Path(settings.payload_log_dir))
+        except PayloadLogDirectoryError as e:
+            if settings.payload_log_unwritable == "fail":
+                raise
+            _logger.warning("%s: starting unready until it is writable", e)
     if settings.workers <= 1:
         return serve_worker(bundle_dir, settings, reuse_port=settings.reuse_port)
     # Refuse a bad bundle here, once: a worker failing on it would be restarted forever.
@@ -109,6 +117,7 @@ async def _serve(
         authorize=app.early_auth_error if settings.auth_token else None,
     )
     app.in_flight = lambda: server.in_flight
+    recheck = _watch_payload_log_dir(app, settings)
     if reuse_port and settings.reuse_port_takeover:
         steer_new_connections(server, settings.reuse_port_takeover, settings.workers)
     stop = asyncio.Event()
@@ -130,6 +139,8 @@ async def _serve(
     )
     share = _every(SNAPSHOT_S, app.metrics.share) if app.metrics.shared is not None else None
     await stop.wait()
+    if recheck is not None:
+        recheck.cancel()
     _logger.info("Stopping: finishing in-flight requests")
     app.draining = True
     app.ready = False
@@ -145,6 +156,30 @@ async def _serve(
         share.cancel()
         app.metrics.share()  # the counters of a stopped worker still count
     _logger.info("Stopped")
+
+
+def _watch_payload_log_dir(app: ServingApp, settings: ServingSettings):
+    """With ``payload_log_unwritable=unready``: the app is unready while the payload log
+    directory cannot be written, checked now and every PAYLOAD_DIR_RECHECK_S; returns the
+    timer (None when there is nothing to watch)."""
+    if settings.payload_log_dir is None or settings.payload_log_unwritable != "unready":
+        return None
+    directory = Path(settings.payload_log_dir)
+
+    def check() -> None:
+        try:
+            check_writable(directory)
+        except PayloadLogDirectoryError as e:
+            if app.unready_reason is None:
+                _logger.error("%s: not ready (checked every %ss)", e, PAYLOAD_DIR_RECHECK_S)
+            app.unready_reason = str(e)
+            return
+        if app.unready_reason is not None:
+            _logger.info("Payload log directory %s is writable: ready", directory)
+        app.unready_reason = None
+
+    check()
+    return _every(PAYLOAD_DIR_RECHECK_S, check)
 
 
 def _every(seconds: float, call):

@@ -149,6 +149,13 @@ class ServingSettings:
         check=positive,
     )
     payload_log_gzip: bool = setting(False, "Gzip payload log files when they are rotated.")
+    payload_log_unwritable: str = setting(
+        "fail",
+        "When the payload log directory cannot be written at start: fail (refuse to start) or "
+        "unready (start, answer readiness and inference 503 naming the directory, check it again "
+        "every few seconds and become ready once it is writable, e.g. a volume mounted late).",
+        choices=("fail", "unready"),
+    )
     payload_log_queue_size: int = setting(
         10_000,
         "Records waiting for the payload log writer; beyond this they are dropped.",

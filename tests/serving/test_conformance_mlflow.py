@@ -269,6 +269,6 @@ def test_tensor_model_wrong_width_refused_by_both(tensor, width):
     split = {"columns": [str(i) for i in range(width)], "data": data}
     ours = assert_same_as(server, source, _j({"dataframe_split": split}))
     assert ours.status == 422 and "4 columns by position" in ours.text
-    records = [dict(zip("abcdefg", row)) for row in data]
+    records = [dict(zip("abcdefg"[:width], row, strict=True)) for row in data]
     ours = assert_same_as(server, source, _j({"dataframe_records": records}))
     assert ours.status == 422

@@ -146,3 +146,37 @@ def test_a_full_disk_at_start_is_not_an_unwritable_directory(small_disk):
     assert logger.submit("r0", _columns(0), _outputs())
     assert logger.close()
     assert logger.written == 0 and logger.dropped_by_reason()["write_error"] == 1
+
+
+def test_unready_until_the_log_directory_is_writable(served, kit, tmp_path, start_server):
+    # payload_log_unwritable=unready: a volume mounted after the server starts. Until the
+    # directory can be written, readiness and inference answer 503 naming it (liveness stays
+    # 200); then the server becomes ready by itself and logs what it answers.
+    blocker = tmp_path / "mnt"
+    blocker.write_text("not a directory yet")
+    logs = blocker / "logs"
+    server = start_server(
+        served.clf_bundle,
+        "--payload-log",
+        str(logs),
+        "--payload-log-unwritable",
+        "unready",
+        ready_path="/v2/health/live",
+        label="unready-log",
+    )
+    ready = server.get("/v2/health/ready")
+    assert ready.status == 503 and "payload log directory" in ready.text, ready.text
+    body = kit.v2_columns_body(kit.churn_frame(3, seed=2))
+    refused = server.post(f"/v2/models/{served.clf_manifest.name}/infer", body)
+    assert refused.status == 503 and "not writable" in refused.text
+    blocker.unlink()  # the volume arrives
+    deadline = time.monotonic() + 15
+    while server.get("/v2/health/ready").status != 200:
+        assert time.monotonic() < deadline, "never became ready"
+        time.sleep(0.2)
+    answered = server.post(
+        f"/v2/models/{served.clf_manifest.name}/infer", body, {"X-Request-Id": "after-mount"}
+    )
+    assert answered.status == 200, answered.text
+    assert server.stop() == 0
+    assert _on_disk(logs) == ["after-mount"]
