@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from mlflow_deploy_plugins.errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from mlflow_deploy_plugins.onnx import optimize, parity
+from mlflow_deploy_plugins.onnx import missing, optimize, parity
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
 from mlflow_deploy_plugins.onnx.sample import resolve_sample
 
@@ -223,24 +223,43 @@ def convert(
 
     t2 = time.perf_counter()
     reference = _source_outputs(converter, source, frame, io)
+    io, served_notes = served_io(io, reference)
+    accepts, missing_notes = missing.probe_accepts_missing(
+        lambda rows: converter.reference_outputs(source, rows, io), frame, io
+    )
+    io = replace(io, accepts_missing=accepts)
+    nan_rows = missing.missing_value_rows(frame, io)
+    if len(nan_rows):
+        nan_reference = _source_outputs(converter, source, nan_rows, io)
+        gate_frame = pd.concat([frame, nan_rows], ignore_index=True)
+        gate_reference = _stacked(reference, nan_reference)
+    else:
+        gate_frame, gate_reference = frame, reference
     baseline = converted.onnx_model
     model = optimize.optimize_graph(baseline, optimize.SAVED_LEVEL)
     variant = f"optimized:{optimize.SAVED_LEVEL}"
     if quantize:
         model = optimize.quantize_int8(model)
         variant += "+int8"
-    report = parity.compare(
-        reference,
-        parity.onnx_outputs(model.SerializeToString(), io, frame),
-        io,
-        tolerances,
-        variant=variant,
-        sample_origin=resolved.origin,
-        small_sample=resolved.small,
-    )
-    report.notes.extend(converted.notes)
+
+    def gate(rows: pd.DataFrame, expected: dict, n_missing: int) -> parity.ParityReport:
+        return parity.compare(
+            expected,
+            parity.onnx_outputs(model.SerializeToString(), io, rows),
+            io,
+            tolerances,
+            variant=variant,
+            sample_origin=resolved.origin,
+            small_sample=resolved.small,
+            missing_value_rows=n_missing,
+        )
+
+    report = gate(gate_frame, gate_reference, len(nan_rows))
+    if not report.passed and len(nan_rows) and gate(frame, reference, 0).passed:
+        report.structural = parity.missing_semantics_failure(report)
+    report.notes.extend([*resolved.notes, *converted.notes, *served_notes, *missing_notes])
     timings["parity_s"] = time.perf_counter() - t2
-    parity.enforce(report)
+    parity.enforce(report, estimator_path(source.native))
 
     def feed_for(rows: int):
         chunk = pd.concat([frame] * (rows // len(frame) + 1)).head(rows)
@@ -266,10 +285,49 @@ def convert(
         optimization=optimization,
         reference_sample=reference_sample,
         sample_frame=frame,
-        notes=converted.notes,
+        notes=[*converted.notes, *served_notes, *missing_notes],
         timings=timings,
         opsets={(o.domain or "ai.onnx"): o.version for o in baseline.opset_import},
     )
+
+
+def served_io(io: IOSpec, reference: dict) -> tuple[IOSpec, list[str]]:
+    """``io`` serving only the outputs the source produces, each typed like the source's.
+
+    An output the source cannot produce (``predict_proba`` of a model without it: decision
+    scores, ZipMap sequences) is not served; zero outputs left fails the gate.
+    """
+    kept, notes = [], []
+    for out in io.outputs:
+        if out.role not in reference:
+            notes.append(
+                f"output '{out.name}' ({out.role}) not served: the source model has no "
+                f"'{out.role}' to compare it with"
+            )
+            continue
+        dtype = np.asarray(reference[out.role]).dtype
+        kept.append(replace(out, source_dtype="object" if dtype.kind in "OUS" else dtype.name))
+    return replace(io, outputs=tuple(kept)), notes
+
+
+def estimator_path(native) -> str:
+    """The source estimator's class path (a pipeline's final step named too), for refusals."""
+    cls = type(native)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    steps = getattr(native, "steps", None)
+    if steps:
+        last = type(steps[-1][1])
+        path += f" (final step {last.__module__}.{last.__qualname__})"
+    return path
+
+
+def _stacked(first: dict, second: dict) -> dict:
+    """Two reference output dicts (same roles) as one, rows of ``first`` first."""
+    return {
+        role: np.concatenate([np.asarray(first[role]), np.asarray(second[role])])
+        for role in first
+        if role in second
+    }
 
 
 def _source_outputs(converter, source, frame: pd.DataFrame, io: IOSpec) -> dict:
