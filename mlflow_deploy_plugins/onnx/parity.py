@@ -120,7 +120,7 @@ def onnx_outputs(model_bytes: bytes, io: IOSpec, frame: pd.DataFrame, level="dis
     try:
         feed = io.encode_columns({c: frame[c].to_numpy() for c in io.columns}, n_rows=len(frame))
     except SchemaError as e:
-        raise InvalidInputError(f"Parity sample does not fit the ONNX inputs: {e}") from e
+        raise InvalidInputError(f"The rows do not fit the ONNX model's inputs: {e}") from e
     return run_by_role(session, io, feed)
 
 
@@ -242,6 +242,7 @@ def _values(role, name, ref, got, tol: Tolerances) -> OutputParity:
     bad = ~(diff <= tol.atol + tol.rtol * scale)
     bad_rows = bad.reshape(len(ref), -1).any(axis=1) if ref.ndim else bad
     finite = ~np.isnan(diff)
+    kind = _kind_mismatch(ref, got) if bad.any() else None
     return OutputParity(
         role=role,
         name=name,
@@ -250,6 +251,31 @@ def _values(role, name, ref, got, tol: Tolerances) -> OutputParity:
         max_rel_error=_max(np.where(diff > 0, rel, 0.0), finite),
         mismatches=int(np.sum(bad_rows)),
         method=VALUE_METHOD,
+        structural=kind,
+    )
+
+
+#: A source output with at most this many distinct integer values is a set of labels.
+_DISCRETE_VALUES = 32
+
+
+def _kind_mismatch(ref: np.ndarray, got: np.ndarray) -> str | None:
+    """Labels on one side, continuous scores on the other: no tolerance makes them equal."""
+    known = ~np.isnan(ref)
+    values = ref[known]
+    if not values.size or not np.all(values == np.round(values)):
+        return None
+    distinct = np.unique(values)
+    if len(distinct) > _DISCRETE_VALUES:
+        return None
+    other = got[known]
+    off = ~np.isin(other, distinct)
+    if off.mean() <= 0.01:
+        return None
+    return (
+        f"output kinds differ: the source returns the discrete values {distinct[:8].tolist()}, "
+        f"the ONNX output gives other values on {off.mean():.1%} of the rows (scores where "
+        "labels are expected)"
     )
 
 
