@@ -222,9 +222,18 @@ class IOSpec:
             if all(c in self.accepts_missing for c in binding.columns):
                 continue
             arr = feed.get(binding.name)
-            if arr is None or not np.isnan(np.sum(arr)):  # one pass, no mask unless NaN
+            if arr is None:
                 continue
-            nan_columns = np.isnan(np.asarray(arr)).reshape(len(arr), -1).any(axis=0)
+            arr = np.asarray(arr)
+            if arr.dtype.kind == "f":
+                if not np.isnan(np.sum(arr)):  # one pass, no mask unless NaN
+                    continue
+                nan_columns = np.isnan(arr).reshape(len(arr), -1).any(axis=0)
+            elif arr.dtype.kind == "O":  # None in a feed handed over as is
+                table = arr.reshape(len(arr), -1)
+                nan_columns = [_has_missing(table[:, j]) for j in range(table.shape[1])]
+            else:
+                continue
             for column, has_nan in zip(binding.columns, nan_columns, strict=False):
                 if has_nan and column not in self.accepts_missing:
                     raise missing_refused(column)
@@ -330,9 +339,8 @@ def _column_array(
                 field=column,
             ) from e
     else:
-        if arr.dtype.kind == "f" and not (missing_ok and dtype[0] == "f"):
-            if np.isnan(np.sum(arr)):
-                raise missing_refused(column)
+        if arr.dtype.kind == "f" and not (missing_ok and dtype[0] == "f") and np.isnan(np.sum(arr)):
+            raise missing_refused(column)
         converted = arr.astype(target, copy=False)
     return converted
 
