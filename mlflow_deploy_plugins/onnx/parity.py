@@ -86,6 +86,7 @@ class ParityReport:
     def metrics(self, prefix: str = "parity") -> dict[str, float]:
         p = f"{prefix}." if prefix else ""
         out = {f"{p}rows": float(self.rows), f"{p}passed": float(self.passed)}
+        out[f"{p}missing_value_rows"] = float(self.missing_value_rows)
         for o in self.outputs:
             for key in ("max_abs_error", "max_rel_error", "label_agreement"):
                 value = getattr(o, key)
