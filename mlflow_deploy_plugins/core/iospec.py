@@ -207,17 +207,18 @@ class IOSpec:
             return feed
         return self.encode_columns({c: matrix[:, i] for i, c in enumerate(self.columns)})
 
-    def check_missing(self, feed: Mapping[str, np.ndarray]) -> None:
+    def check_missing(self, feed: Mapping[str, np.ndarray], strings: bool = False) -> None:
         """Refuse NaN in a float input column whose source refuses missing values.
 
         For feeds built without ``encode_columns`` (a matrix, the runtime's fast decoders):
-        ``encode_columns`` checks each column as it converts it.
+        ``encode_columns`` checks each column as it converts it. ``strings=True`` also looks for
+        None in string inputs (a feed handed over as is; the runtime's decoders take only str).
 
         Raises:
             SchemaError: naming the first such column.
         """
         for binding in self.inputs:
-            if not binding.dtype.startswith("float"):
+            if not (binding.dtype.startswith("float") or strings and binding.dtype == "string"):
                 continue
             if all(c in self.accepts_missing for c in binding.columns):
                 continue

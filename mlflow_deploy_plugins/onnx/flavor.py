@@ -219,7 +219,7 @@ def _feed(io: IOSpec, data: Any) -> dict:
             onnx_names = {b.name for b in io.inputs}
             if set(data) == onnx_names and not set(data) & set(io.columns) - onnx_names:
                 feed = {k: np.asarray(v) for k, v in data.items()}
-                io.check_missing(feed)
+                io.check_missing(feed, strings=True)
                 return feed
             return io.encode_columns({k: np.asarray(v) for k, v in data.items()})
         if isinstance(data, pd.Series):

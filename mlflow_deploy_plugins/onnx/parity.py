@@ -160,8 +160,9 @@ def compare(
                 name=out.name,
                 passed=False,
                 method="not compared",
-                structural=f"the {side} produced no '{out.role}' output to compare; an output the "
-                "source cannot produce must not be served",
+                structural=f"the {side} produced no '{out.role}' output to compare; an output "
+                "the source cannot produce must not be served (a converter bug: report it with "
+                "this parity report)",
             )
         elif out.role == LABEL:
             result = _labels(out.name, reference[out.role], candidate[out.role], tolerances)
@@ -174,8 +175,9 @@ def compare(
     if not report.outputs:
         report.structural = (
             "no output was compared: the twin serves no output that the source produces "
-            f"(source outputs: {sorted(reference) or 'none'}); a converter for this kind of "
-            "model must map its outputs to the source's predict"
+            f"(source outputs: {sorted(reference) or 'none'}); this model kind's outputs are not "
+            "mapped to its predict yet: serve the source model (`mlflow models serve`) until it "
+            "converts (docs/conversion.md)"
         )
     return report
 
@@ -276,7 +278,8 @@ def _kind_mismatch(ref: np.ndarray, got: np.ndarray) -> str | None:
     return (
         f"output kinds differ: the source returns the discrete values {distinct[:8].tolist()}, "
         f"the ONNX output gives other values on {off.mean():.1%} of the rows (scores where "
-        "labels are expected)"
+        "labels are expected); the converter maps the wrong graph output to predict: serve the "
+        "source model (`mlflow models serve`) until this model kind converts (docs/conversion.md)"
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import log_sklearn, mixed_data, mixed_pipeline, tracking_store
 from sklearn.ensemble import IsolationForest
 from sklearn.mixture import GaussianMixture
-from sklearn.svm import SVC
+from sklearn.svm import SVC, LinearSVC
 
 import mlflow_deploy_plugins
 from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, VALUE, IOSpec, OutputSpec
@@ -137,10 +137,15 @@ def _pyfunc(result, rows, tmp=None, **params):
     return mlflow.pyfunc.load_model(path + "/m").predict(rows, params=params or None)
 
 
-@pytest.mark.parametrize("estimator", [SVC(random_state=0)], ids=["SVC"])
-def test_predict_proba_not_served_when_the_source_has_none(store, estimator):
+@pytest.mark.parametrize("kind", ["SVC-pipeline", "LinearSVC-3-classes"])
+def test_predict_proba_not_served_when_the_source_has_none(store, kind):
     frame, target = mixed_data(300)
-    model = mixed_pipeline(estimator).fit(frame, target.astype(int))
+    three_classes = target.astype(int) + (frame["city"] == "nice").to_numpy()  # 0, 1, 2
+    if kind == "SVC-pipeline":
+        model = mixed_pipeline(SVC(random_state=0)).fit(frame, target.astype(int))
+    else:  # LinearSVC in a pipeline is the converter helper's (issue 11, item 4)
+        frame = frame[["age", "income", "tenure"]]
+        model = LinearSVC(random_state=0).fit(frame, three_classes)
     assert not hasattr(model, "predict_proba")
     info = log_sklearn(model, frame.head(5))
     result = mlflow_deploy_plugins.convert(info.model_uri, sample=frame)
