@@ -224,8 +224,10 @@ def convert(
     t2 = time.perf_counter()
     reference = _source_outputs(converter, source, frame, io)
     io, served_notes = served_io(io, reference)
+    # the probe asks the SOURCE: our own encoding must not refuse the missing values for it
+    probe_io = replace(io, accepts_missing=tuple(io.columns))
     accepts, missing_notes = missing.probe_accepts_missing(
-        lambda rows: converter.reference_outputs(source, rows, io), frame, io
+        lambda rows: converter.reference_outputs(source, rows, probe_io), frame, io
     )
     io = replace(io, accepts_missing=accepts)
     nan_rows = missing.missing_value_rows(frame, io)

@@ -148,3 +148,22 @@ def test_a_twin_built_before_the_record_refuses_missing_values():
         io.encode_columns({"a": [None, 1.0], "b": [1.0, 2.0]})
     accepting = IOSpec.from_dict({**io.to_dict(), "accepts_missing": ["b"]})
     assert np.isnan(accepting.encode_matrix(np.array([[1.0, np.nan]]))["X"][0, 1])
+
+
+def test_onnx_source_answers_nan_so_the_twin_does_too(store, tmp_path):
+    """An ONNX source runs NaN through onnxruntime: the probe asks the source, not our encoder."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    frame, y = numeric_data(200)
+    clf = LogisticRegression().fit(frame.to_numpy(), y > 0)
+    onx = convert_sklearn(
+        clf,
+        initial_types=[("features", FloatTensorType([None, 4]))],
+        target_opset={"": 17, "ai.onnx.ml": 3},
+        options={id(clf): {"zipmap": False}},
+    )
+    mlflow.onnx.save_model(onx, str(tmp_path / "onnx-source"))
+    result = mlflow_deploy_plugins.convert(str(tmp_path / "onnx-source"), sample=frame)
+    assert set(result.io.accepts_missing) == set(result.io.columns)
+    assert result.parity.missing_value_rows > 0 and result.parity.passed
