@@ -189,7 +189,7 @@ def convert(
     Args:
         model_uri: ``models:/name/version``, ``models:/name@alias``, ``runs:/...`` or a path.
         sample: validation data (DataFrame, 2-D array, dict of columns or a file path); defaults
-            to the run's logged dataset, then the model's input example.
+            to the run's logged dataset, then 1,000 rows synthesized from the input example.
         atol, rtol: tolerances on probabilities and values.
         min_label_agreement: minimum share of identical labels for classifiers.
         quantize: also apply dynamic int8 quantisation (checked by the gate again).
