@@ -17,8 +17,9 @@ from mlflow_deploy_plugins.core.iospec import IOSpec
 
 _logger = logging.getLogger(__name__)
 
-#: Rows of the sample used to probe the source.
-PROBE_ROWS = 16
+#: Rows of the sample used to probe the source: whether it raises does not need more (one
+#: predict call per column when it refuses missing values in some of them: keep each call small).
+PROBE_ROWS = 4
 #: At most this many sample rows are copied with missing values into the gate sample.
 MISSING_ROWS = 500
 #: Share of the accepting cells set missing in each such row (at least one per row).
