@@ -226,9 +226,15 @@ def convert(
     io, served_notes = served_io(io, reference)
     # the probe asks the SOURCE: our own encoding must not refuse the missing values for it
     probe_io = replace(io, accepts_missing=tuple(io.columns))
+    t_probe = time.perf_counter()
+    uniform = getattr(converter, "uniform_missing", None)
     accepts, missing_notes = missing.probe_accepts_missing(
-        lambda rows: converter.reference_outputs(source, rows, probe_io), frame, io
+        lambda rows: converter.reference_outputs(source, rows, probe_io),
+        frame,
+        io,
+        uniform=bool(uniform and uniform(source)),
     )
+    timings["missing_probe_s"] = time.perf_counter() - t_probe
     io = replace(io, accepts_missing=accepts)
     nan_rows = missing.missing_value_rows(frame, io)
     if len(nan_rows):

@@ -45,13 +45,17 @@ def _with_missing(rows: pd.DataFrame, columns: list[str], dtypes: dict) -> pd.Da
     return rows
 
 
-def probe_accepts_missing(predict, frame: pd.DataFrame, io: IOSpec) -> tuple[tuple, list[str]]:
+def probe_accepts_missing(
+    predict, frame: pd.DataFrame, io: IOSpec, uniform: bool = False
+) -> tuple[tuple, list[str]]:
     """Columns whose missing values the source's ``predict(frame)`` accepts, and notes.
 
     Args:
         predict: the source's predictions on a frame (raises on input it refuses).
         frame: the parity sample.
         io: the twin's IO contract (column dtypes as bound in the graph).
+        uniform: the converter knows every column meets the same steps: when the source refuses
+            missing values in all columns at once it refuses them in each (no per-column calls).
 
     Returns:
         (accepting columns in ``io.columns`` order, notes for the report)
@@ -63,6 +67,8 @@ def probe_accepts_missing(predict, frame: pd.DataFrame, io: IOSpec) -> tuple[tup
     columns = list(io.columns)
     if _answers(predict, _with_missing(rows, columns, dtypes)):
         accepted = columns
+    elif uniform:
+        accepted = []
     else:
         accepted = [c for c in columns if _answers(predict, _with_missing(rows, [c], dtypes))]
     notes = []

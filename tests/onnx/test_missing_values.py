@@ -167,3 +167,23 @@ def test_onnx_source_answers_nan_so_the_twin_does_too(store, tmp_path):
     result = mlflow_deploy_plugins.convert(str(tmp_path / "onnx-source"), sample=frame)
     assert set(result.io.accepts_missing) == set(result.io.columns)
     assert result.parity.missing_value_rows > 0 and result.parity.passed
+
+
+def test_per_column_probing_only_where_columns_meet_different_steps():
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    from mlflow_deploy_plugins.onnx.converters._missing import uniform_missing_handling
+    from mlflow_deploy_plugins.onnx.converters.sklearn import iter_estimators
+
+    def steps(model):
+        return list(iter_estimators(model))
+
+    assert uniform_missing_handling(
+        steps(make_pipeline(StandardScaler(), GradientBoostingClassifier()))
+    )
+    assert not uniform_missing_handling(steps(mixed_pipeline(LogisticRegression())))
+    assert not uniform_missing_handling(
+        steps(make_pipeline(FunctionTransformer(np.log1p), LogisticRegression()))
+    )

@@ -20,6 +20,20 @@ from onnx import helper
 _logger = logging.getLogger(__name__)
 
 _TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+#: scikit-learn estimators that treat columns differently (selection, per-column functions)
+_PER_COLUMN = ("ColumnTransformer", "FeatureUnion", "FunctionTransformer")
+
+
+def uniform_missing_handling(estimators: list) -> bool:
+    """True when every column meets the same steps, all of them scikit-learn's own: then the
+    source accepts a missing value in one column exactly when it accepts them in all, and the
+    conversion's probe needs one call instead of one per column."""
+    return all(
+        type(e).__module__.startswith("sklearn.") and type(e).__name__ not in _PER_COLUMN
+        for e in estimators
+    )
+
+
 _ATTRIBUTE = "nodes_missing_value_tracks_true"
 
 

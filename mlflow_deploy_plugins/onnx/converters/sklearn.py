@@ -94,6 +94,10 @@ class SklearnConverter:
             notes=notes,
         )
 
+    def uniform_missing(self, source: SourceModel) -> bool:
+        """Whether missing values are accepted in all columns or none (see ``onnx/missing.py``)."""
+        return _missing.uniform_missing_handling(list(iter_estimators(source.native)))
+
     def reference_outputs(
         self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
     ) -> dict[str, np.ndarray]:
