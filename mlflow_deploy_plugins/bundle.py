@@ -115,6 +115,7 @@ def build_bundle(
         parity = {
             "passed": result.parity.passed,
             "rows": result.parity.rows,
+            "missing_value_rows": result.parity.missing_value_rows,
             "metrics": result.parity.metrics(),
         }
 

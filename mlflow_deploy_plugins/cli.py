@@ -19,7 +19,7 @@ _TOLERANCE_OPTIONS = [
         "sample",
         type=click.Path(exists=True, dir_okay=False),
         help="Validation data for the parity gate (CSV, Parquet, JSON or JSONL). "
-        "Default: the run's logged dataset, else the model's input example.",
+        "Default: the run's logged dataset, else 1,000 rows synthesized from the input example.",
     ),
     click.option(
         "--atol",

@@ -138,7 +138,10 @@ def test_bundle_from_non_onnx_uri_converts_without_registry_writes(registry, tmp
     assert raw["source"]["model_name"] == "churn" and raw["source"]["model_version"] == "1"
     assert raw["source"]["flavor"] == "sklearn" and raw["source"]["run_id"]
     assert raw["onnx_model"] == {}
-    assert raw["parity"]["passed"] is True and raw["parity"]["rows"] == len(frame)
+    assert (
+        raw["parity"]["passed"] is True
+        and raw["parity"]["rows"] == len(frame) + raw["parity"]["missing_value_rows"]
+    )
     model_file = tmp_path / "converted" / "model.onnx"
     assert raw["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     served = ServedModel(bundle.path)

@@ -65,7 +65,8 @@ def test_convert_writes_a_model_directory(registered, tmp_path):
     result = invoke("convert", "models:/churn/1", "--output", str(out), "--sample", sample)
 
     assert result.exit_code == 0, result.output
-    assert "parity PASSED on 400 rows" in result.output
+    # 400 sample rows + a copy of each with missing values (the forest accepts NaN)
+    assert "parity PASSED on 800 rows, 400 with missing values" in result.output
     assert f"ONNX model: {out}/model.onnx" in result.output
     frame = mlflow.models.Model.load(str(out)).load_input_example(str(out))
     loaded = mlflow.pyfunc.load_model(str(out))

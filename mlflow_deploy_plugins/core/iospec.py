@@ -69,6 +69,9 @@ class OutputSpec:
     dtype: str
     role: str = VALUE
     shape: tuple[int | None, ...] = (None,)
+    #: numpy dtype the SOURCE returned for this output (e.g. "int64", "float64", "object");
+    #: ``None`` for twins built before it was recorded (values are returned as the graph gives).
+    source_dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ class IOSpec:
     classes: tuple[Any, ...] | None = None
     default_role: str = VALUE
     extra: dict = field(default_factory=dict)
+    #: Columns whose missing values (NaN, None, null) the source model accepts, probed at
+    #: conversion time. Every other column refuses them: a twin built before this was recorded
+    #: refuses missing values everywhere (refusing is right wherever the source would refuse).
+    accepts_missing: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -143,7 +150,7 @@ class IOSpec:
             arr = arr[:, int(column)]  # a converter may record the one column the source returned
         if out.role == LABEL and self.classes and all(isinstance(c, bool) for c in self.classes):
             arr = arr.astype(bool)
-        return arr
+        return _as_dtype(arr, out.source_dtype)
 
     # ------------------------------------------------------------------ encoding
     def encode_columns(self, data: Mapping[str, Any], n_rows: int | None = None) -> dict:
@@ -160,7 +167,10 @@ class IOSpec:
             )
         feed = {}
         for binding in self.inputs:
-            arrays = [_column_array(data[c], c, binding.dtype, n_rows) for c in binding.columns]
+            arrays = [
+                _column_array(data[c], c, binding.dtype, n_rows, c in self.accepts_missing)
+                for c in binding.columns
+            ]
             lengths = {len(a) for a in arrays}
             if len(lengths) > 1:
                 raise SchemaError(
@@ -188,12 +198,46 @@ class IOSpec:
         if len(self.inputs) == 1 and self.inputs[0].dtype != "string":
             binding = self.inputs[0]
             try:
-                return {binding.name: _fit_rank(matrix.astype(_NUMPY[binding.dtype]), binding)}
+                feed = {binding.name: _fit_rank(matrix.astype(_NUMPY[binding.dtype]), binding)}
             except (TypeError, ValueError) as e:
                 raise SchemaError(
                     f"Input '{binding.name}' must be {binding.dtype}: {e}", field=binding.name
                 ) from e
+            self.check_missing(feed)
+            return feed
         return self.encode_columns({c: matrix[:, i] for i, c in enumerate(self.columns)})
+
+    def check_missing(self, feed: Mapping[str, np.ndarray], strings: bool = False) -> None:
+        """Refuse NaN in a float input column whose source refuses missing values.
+
+        For feeds built without ``encode_columns`` (a matrix, the runtime's fast decoders):
+        ``encode_columns`` checks each column as it converts it. ``strings=True`` also looks for
+        None in string inputs (a feed handed over as is; the runtime's decoders take only str).
+
+        Raises:
+            SchemaError: naming the first such column.
+        """
+        for binding in self.inputs:
+            if not (binding.dtype.startswith("float") or strings and binding.dtype == "string"):
+                continue
+            if all(c in self.accepts_missing for c in binding.columns):
+                continue
+            arr = feed.get(binding.name)
+            if arr is None:
+                continue
+            arr = np.asarray(arr)
+            if arr.dtype.kind == "f":
+                if not np.isnan(np.sum(arr)):  # one pass, no mask unless NaN
+                    continue
+                nan_columns = np.isnan(arr).reshape(len(arr), -1).any(axis=0)
+            elif arr.dtype.kind == "O":  # None in a feed handed over as is
+                table = arr.reshape(len(arr), -1)
+                nan_columns = [_has_missing(table[:, j]) for j in range(table.shape[1])]
+            else:
+                continue
+            for column, has_nan in zip(binding.columns, nan_columns, strict=False):
+                if has_nan and column not in self.accepts_missing:
+                    raise missing_refused(column)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
@@ -220,6 +264,7 @@ class IOSpec:
                     dtype=o["dtype"],
                     role=o.get("role", VALUE),
                     shape=tuple(o.get("shape") or (None,)),
+                    source_dtype=o.get("source_dtype"),
                 )
                 for o in d["outputs"]
             ),
@@ -227,6 +272,7 @@ class IOSpec:
             classes=None if d.get("classes") is None else tuple(d["classes"]),
             default_role=d.get("default_role", VALUE),
             extra=dict(d.get("extra") or {}),
+            accepts_missing=tuple(d.get("accepts_missing") or ()),
         )
 
 
@@ -235,7 +281,32 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _column_array(values: Any, column: str, dtype: str, n_rows: int | None) -> np.ndarray:
+def missing_refused(column: str) -> SchemaError:
+    """The one refusal of a missing value in a column whose source model refuses them."""
+    return SchemaError(
+        f"Column '{column}' contains missing values (NaN/None/null) and the source model refuses "
+        f"them (it has no imputer or NaN handling for '{column}'); fill '{column}' before "
+        "predicting",
+        field=column,
+    )
+
+
+def _as_dtype(arr: np.ndarray, dtype: str | None) -> np.ndarray:
+    """``arr`` with the numpy dtype the source returned. onnxruntime's int64 is ``longlong``
+    (char 'q'), which ``select_dtypes("int64")`` and Spark's ``long`` do not take for ``int64``."""
+    if dtype is None or arr.dtype.kind == "O" or dtype == "object":
+        return arr
+    target = np.dtype(dtype)
+    if arr.dtype == target and arr.dtype.char != target.char:
+        return arr.view(target)
+    if arr.dtype.kind == target.kind == "f" or arr.dtype.kind in "iub" and target.kind in "iuf":
+        return arr.astype(target, copy=False)
+    return arr
+
+
+def _column_array(
+    values: Any, column: str, dtype: str, n_rows: int | None, missing_ok: bool = False
+) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -248,23 +319,36 @@ def _column_array(values: Any, column: str, dtype: str, n_rows: int | None) -> n
         raise SchemaError(f"Column '{column}' has {len(arr)} rows, expected {n_rows}", field=column)
     if dtype == "string":
         if arr.dtype.kind in "fc" and len(arr) and np.isnan(arr.astype(float)).any():
-            raise SchemaError(
-                f"Column '{column}' must hold strings, got missing values (NaN)", field=column
-            )
+            if not missing_ok:
+                raise missing_refused(column)
+            return np.where(np.isnan(arr.astype(float)), None, arr).astype(str).astype(object)
         if arr.dtype.kind == "O" and _plain_strings(arr):
             return arr  # what the round trip below would give back
+        if not missing_ok and arr.dtype.kind == "O" and _has_missing(arr):
+            raise missing_refused(column)
         return arr.astype(str).astype(object)
     target = _NUMPY[dtype]
     if arr.dtype.kind in "OUS":
+        if arr.dtype.kind == "O" and _has_missing(arr) and (not missing_ok or dtype[0] != "f"):
+            raise missing_refused(column)
         try:
-            return arr.astype(target)
+            converted = arr.astype(target)
         except (TypeError, ValueError) as e:
             bad = _first_bad(arr, target)
             raise SchemaError(
                 f"Column '{column}' must be {dtype} (numeric), got a non-numeric value {bad!r}",
                 field=column,
             ) from e
-    return arr.astype(target, copy=False)
+    else:
+        if arr.dtype.kind == "f" and not (missing_ok and dtype[0] == "f") and np.isnan(np.sum(arr)):
+            raise missing_refused(column)
+        converted = arr.astype(target, copy=False)
+    return converted
+
+
+def _has_missing(arr: np.ndarray) -> bool:
+    """None or a float NaN in an object array (pandas' two missing markers)."""
+    return any(v is None or (type(v) is float and v != v) for v in arr.tolist())
 
 
 def _plain_strings(arr: np.ndarray) -> bool:

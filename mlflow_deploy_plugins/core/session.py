@@ -50,5 +50,7 @@ def file_sha256(path: str) -> str:
 def run_by_role(session, io, feed) -> dict:
     """Run ``session`` once; return ``role -> array`` shaped like the source model's outputs."""
     names = [o.name for o in io.outputs]
+    if not names:  # onnxruntime would run every graph output
+        return {}
     raw = session.run(names, dict(feed))
     return {o.role: io.as_source(o, arr) for o, arr in zip(io.outputs, raw, strict=True)}

@@ -62,6 +62,8 @@ def parity_tags(report) -> dict[str, str]:
     tags = {
         PARITY_PREFIX + "passed": str(report.passed).lower(),
         PARITY_PREFIX + "rows": str(report.rows),
+        # rows with synthesized missing values among them (issue 11: NaN semantics are gated)
+        PARITY_PREFIX + "missing_value_rows": str(getattr(report, "missing_value_rows", 0)),
     }
     for o in report.outputs:
         for key in ("max_abs_error", "max_rel_error", "label_agreement"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from mlflow_deploy_plugins.errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from mlflow_deploy_plugins.onnx import optimize, parity
+from mlflow_deploy_plugins.onnx import missing, optimize, parity
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
 from mlflow_deploy_plugins.onnx.sample import resolve_sample
 
@@ -189,7 +189,7 @@ def convert(
     Args:
         model_uri: ``models:/name/version``, ``models:/name@alias``, ``runs:/...`` or a path.
         sample: validation data (DataFrame, 2-D array, dict of columns or a file path); defaults
-            to the run's logged dataset, then the model's input example.
+            to the run's logged dataset, then 1,000 rows synthesized from the input example.
         atol, rtol: tolerances on probabilities and values.
         min_label_agreement: minimum share of identical labels for classifiers.
         quantize: also apply dynamic int8 quantisation (checked by the gate again).
@@ -225,24 +225,51 @@ def convert(
 
     t2 = time.perf_counter()
     reference = _source_outputs(converter, source, frame, io)
+    io, served_notes = served_io(io, reference)
+    # the probe asks the SOURCE: our own encoding must not refuse the missing values for it
+    probe_io = replace(io, accepts_missing=tuple(io.columns))
+    t_probe = time.perf_counter()
+    uniform = getattr(converter, "uniform_missing", None)
+    accepts, missing_notes = missing.probe_accepts_missing(
+        lambda rows: converter.reference_outputs(source, rows, probe_io),
+        frame,
+        io,
+        uniform=bool(uniform and uniform(source)),
+    )
+    timings["missing_probe_s"] = time.perf_counter() - t_probe
+    io = replace(io, accepts_missing=accepts)
+    nan_rows = missing.missing_value_rows(frame, io)
+    if len(nan_rows):
+        nan_reference = _source_outputs(converter, source, nan_rows, io)
+        gate_frame = pd.concat([frame, nan_rows], ignore_index=True)
+        gate_reference = _stacked(reference, nan_reference)
+    else:
+        gate_frame, gate_reference = frame, reference
     baseline = converted.onnx_model
     model = optimize.optimize_graph(baseline, optimize.SAVED_LEVEL)
     variant = f"optimized:{optimize.SAVED_LEVEL}"
     if quantize:
         model = optimize.quantize_int8(model)
         variant += "+int8"
-    report = parity.compare(
-        reference,
-        parity.onnx_outputs(model.SerializeToString(), io, frame),
-        io,
-        tolerances,
-        variant=variant,
-        sample_origin=resolved.origin,
-        small_sample=resolved.small,
-    )
-    report.notes.extend(converted.notes)
+
+    def gate(rows: pd.DataFrame, expected: dict, n_missing: int) -> parity.ParityReport:
+        return parity.compare(
+            expected,
+            parity.onnx_outputs(model.SerializeToString(), io, rows),
+            io,
+            tolerances,
+            variant=variant,
+            sample_origin=resolved.origin,
+            small_sample=resolved.small,
+            missing_value_rows=n_missing,
+        )
+
+    report = gate(gate_frame, gate_reference, len(nan_rows))
+    if not report.passed and len(nan_rows) and gate(frame, reference, 0).passed:
+        report.structural = parity.missing_semantics_failure(report)
+    report.notes.extend([*resolved.notes, *converted.notes, *served_notes, *missing_notes])
     timings["parity_s"] = time.perf_counter() - t2
-    parity.enforce(report)
+    parity.enforce(report, estimator_path(source.native))
 
     def feed_for(rows: int):
         chunk = pd.concat([frame] * (rows // len(frame) + 1)).head(rows)
@@ -268,7 +295,7 @@ def convert(
         optimization=optimization,
         reference_sample=reference_sample,
         sample_frame=frame,
-        notes=converted.notes,
+        notes=[*converted.notes, *served_notes, *missing_notes],
         timings=timings,
         opsets={(o.domain or "ai.onnx"): o.version for o in baseline.opset_import},
     )
@@ -285,6 +312,45 @@ def takes_one_tensor(source: SourceModel, io: IOSpec) -> bool:
         and len(io.inputs) == 1
         and io.inputs[0].dtype != "string"
     )
+
+
+def served_io(io: IOSpec, reference: dict) -> tuple[IOSpec, list[str]]:
+    """``io`` serving only the outputs the source produces, each typed like the source's.
+
+    An output the source cannot produce (``predict_proba`` of a model without it: decision
+    scores, ZipMap sequences) is not served; zero outputs left fails the gate.
+    """
+    kept, notes = [], []
+    for out in io.outputs:
+        if out.role not in reference:
+            notes.append(
+                f"output '{out.name}' ({out.role}) not served: the source model has no "
+                f"'{out.role}' to compare it with"
+            )
+            continue
+        dtype = np.asarray(reference[out.role]).dtype
+        kept.append(replace(out, source_dtype="object" if dtype.kind in "OUS" else dtype.name))
+    return replace(io, outputs=tuple(kept)), notes
+
+
+def estimator_path(native) -> str:
+    """The source estimator's class path (a pipeline's final step named too), for refusals."""
+    cls = type(native)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    steps = getattr(native, "steps", None)
+    if steps:
+        last = type(steps[-1][1])
+        path += f" (final step {last.__module__}.{last.__qualname__})"
+    return path
+
+
+def _stacked(first: dict, second: dict) -> dict:
+    """Two reference output dicts (same roles) as one, rows of ``first`` first."""
+    return {
+        role: np.concatenate([np.asarray(first[role]), np.asarray(second[role])])
+        for role in first
+        if role in second
+    }
 
 
 def _source_outputs(converter, source, frame: pd.DataFrame, io: IOSpec) -> dict:

@@ -29,8 +29,6 @@ PARITY_FILE = "parity_report.json"
 OPTIMIZATION_FILE = "optimization_report.json"
 REFERENCE_FILE = "reference_sample.parquet"
 
-#: ``predict_method`` values the pyfunc accepts -> output role.
-
 
 def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5) -> None:
     """Write ``result`` (a ConversionResult) as an MLflow model directory at ``path``."""
@@ -104,6 +102,7 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
             "variant": result.parity.variant,
             "sample_origin": result.parity.sample_origin,
             "small_sample": result.parity.small_sample,
+            "missing_value_rows": result.parity.missing_value_rows,
             "metrics": result.parity.metrics(),
             "report": PARITY_FILE,
         },
@@ -205,6 +204,7 @@ def _feed(io: IOSpec, data: Any) -> dict:
                 return io.encode_matrix(data.to_numpy())
             fast = _matrix_fast_path(io, data)
             if fast is not None:
+                io.check_missing(fast)
                 return fast
             return io.encode_columns(
                 {c: data[c].to_numpy() for c in io.columns if c in data}, len(data)
@@ -212,7 +212,9 @@ def _feed(io: IOSpec, data: Any) -> dict:
         if isinstance(data, dict):
             onnx_names = {b.name for b in io.inputs}
             if set(data) == onnx_names and not set(data) & set(io.columns) - onnx_names:
-                return {k: np.asarray(v) for k, v in data.items()}
+                feed = {k: np.asarray(v) for k, v in data.items()}
+                io.check_missing(feed, strings=True)
+                return feed
             return io.encode_columns({k: np.asarray(v) for k, v in data.items()})
         if isinstance(data, pd.Series):
             data = data.to_frame().T

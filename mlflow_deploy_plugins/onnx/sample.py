@@ -1,14 +1,16 @@
 """The validation sample for the parity gate: where it comes from and whether it fits the model.
 
 Order (binding decision): ``sample=`` from the caller; else the dataset the source run logged with
-``mlflow.log_input`` when it can be loaded; else the logged input example. Zero rows: refuse.
+``mlflow.log_input`` when it can be loaded; else a sample of at least ``SYNTHESIZED_ROWS`` rows
+synthesized from the logged input example and the signature (ranges, categories), said so in the
+report. Zero rows: refuse.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,10 @@ _logger = logging.getLogger(__name__)
 
 #: Below this many rows the gate still runs, but says the evidence is thin.
 SMALL_SAMPLE_ROWS = 100
+#: Rows synthesized from the input example when no sample and no logged dataset exist.
+SYNTHESIZED_ROWS = 1000
+#: Numeric ranges seen in the input example are widened by this share of their span.
+RANGE_MARGIN = 0.1
 
 HOW_TO_PASS_SAMPLE = (
     "pass sample= (a pandas DataFrame or numpy array of model inputs) to "
@@ -30,7 +36,8 @@ HOW_TO_PASS_SAMPLE = (
 @dataclass
 class ResolvedSample:
     frame: pd.DataFrame
-    origin: str  # "caller" | "run dataset <name>" | "input example"
+    origin: str  # "caller" | "run dataset <name>" | "synthesized from the input example ..."
+    notes: list[str] = field(default_factory=list)
 
     @property
     def small(self) -> bool:
@@ -56,13 +63,75 @@ def resolve_sample(source, sample=None) -> ResolvedSample:
             f"No validation data for the parity gate: {where}. To fix it, {HOW_TO_PASS_SAMPLE}."
         )
     frame = check_against_signature(frame, source.signature)
+    notes = []
+    if origin == "input example":
+        frame, origin, note = synthesize(frame, source.signature)
+        notes.append(note)
+        _logger.warning(note)
     if len(frame) < SMALL_SAMPLE_ROWS:
         _logger.warning(
             "Parity sample has only %d rows (< %d); the gate runs but its evidence is thin",
             len(frame),
             SMALL_SAMPLE_ROWS,
         )
-    return ResolvedSample(frame=frame.reset_index(drop=True), origin=origin)
+    return ResolvedSample(frame=frame.reset_index(drop=True), origin=origin, notes=notes)
+
+
+def synthesize(example: pd.DataFrame, signature=None, rows: int = SYNTHESIZED_ROWS, seed: int = 0):
+    """A gate sample of ``rows`` rows grown from a (small) input example.
+
+    Numeric columns: uniform over the example's range widened by ``RANGE_MARGIN`` (integers stay
+    integers, within the range); booleans: both values; strings: the categories of the example.
+    The example's own rows come first. Missing-value rows are added later, where the source
+    accepts them (``onnx/missing.py``).
+
+    Returns:
+        (frame, origin, note for the report)
+    """
+    rng = np.random.default_rng(seed)
+    n = max(rows - len(example), 0)
+    logged = _logged_types(signature)
+    columns = {}
+    for name in example.columns:
+        columns[name] = _synthesized_column(example[name], logged.get(name), n, rng)
+    grown = pd.concat([example, pd.DataFrame(columns)], ignore_index=True)
+    origin = f"synthesized from the input example ({len(example)} rows)"
+    note = (
+        f"gate sample synthesized: {len(grown)} rows from the {len(example)}-row input example "
+        f"and the signature (numeric ranges widened by {RANGE_MARGIN:.0%}, categories of the "
+        f"example); no sample was given and the run logged no loadable dataset. For evidence "
+        f"from real data, {HOW_TO_PASS_SAMPLE}"
+    )
+    return grown, origin, note
+
+
+def _logged_types(signature) -> dict[str, str]:
+    if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
+        return {}
+    return {s.name: str(getattr(s.type, "name", s.type)) for s in signature.inputs.inputs}
+
+
+def _synthesized_column(col: pd.Series, logged: str | None, n: int, rng) -> np.ndarray:
+    present = col.dropna()
+    if logged == "boolean" or col.dtype.kind == "b":
+        return rng.integers(0, 2, n).astype(bool)
+    numeric = col.dtype.kind in "iuf" or logged in ("double", "float", "long", "integer")
+    if (
+        not numeric
+        or col.dtype.kind in "OUS"
+        and not len(pd.to_numeric(present, "coerce").dropna())
+    ):
+        categories = present.astype(str).unique() if len(present) else np.array([""])
+        return rng.choice(categories, n).astype(object)
+    values = pd.to_numeric(present, errors="coerce").dropna().to_numpy(dtype=np.float64)
+    lo, hi = (values.min(), values.max()) if len(values) else (0.0, 1.0)
+    if col.dtype.kind in "iu" or logged in ("long", "integer"):
+        return rng.integers(int(lo), int(hi) + 1, n).astype(
+            col.dtype if col.dtype.kind in "iu" else np.int64
+        )
+    margin = (hi - lo) * RANGE_MARGIN or max(abs(hi) * RANGE_MARGIN, 1.0)
+    out = rng.uniform(lo - margin, hi + margin, n)
+    return out.astype(col.dtype) if col.dtype.kind == "f" else out
 
 
 def as_frame(sample, source=None) -> pd.DataFrame:

@@ -89,8 +89,11 @@ def test_all_nan_column(store, kit):
     with pytest.raises(InvalidInputError, match=r"\['income'\] of the current data hold only"):
         _report(kit, frame)
     _assert_failed_run(kit, "bad-input", before, "income")
-    # leaving it out works (the model still scores the rows: predictions are compared)
-    keep = [c for c in kit.INPUTS if c != "income"] + ["proba_True"]
+    # the model cannot score these rows: its source refuses missing 'income' (issue 11: refuse,
+    # never a made-up prediction); leaving 'income' and the predictions out works
+    with pytest.raises(InvalidInputError, match="'income' contains missing values"):
+        _report(kit, frame, columns=[c for c in kit.INPUTS if c != "income"] + ["proba_True"])
+    keep = [c for c in kit.INPUTS if c != "income"]
     result = _report(kit, frame, columns=keep)
     assert [c.column for c in result.columns] == keep
     with pytest.raises(InvalidInputError, match=r"columns=\['nope'\] are not columns of the model"):

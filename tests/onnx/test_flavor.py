@@ -106,7 +106,7 @@ def test_mlmodel_keeps_onnx_flavor_and_adds_ours(clf):
     assert conf["converter"]["options_hash"] == clf.result.options.fingerprint()
     assert conf["opsets"]["ai.onnx"] >= 1 and "ai.onnx.ml" in conf["opsets"]
     assert conf["parity"]["passed"] is True
-    assert conf["parity"]["rows"] == len(clf.sample)
+    assert conf["parity"]["rows"] == len(clf.sample) + conf["parity"]["missing_value_rows"]
     assert conf["parity"]["sample_origin"] == "caller"
     assert conf["parity"]["metrics"]["parity.label.label_agreement"] == 1.0
     assert conf["optimization"]["level"] == "basic"

@@ -103,7 +103,10 @@ def test_mixed_pipeline_classifier(store, mixed_frame, mixed_target, make):
 
     result = mlflow_deploy_plugins.convert(info.model_uri, sample=mixed_frame)
 
-    assert result.parity.passed and result.parity.rows == len(mixed_frame)
+    assert (
+        result.parity.passed
+        and result.parity.rows == len(mixed_frame) + result.parity.missing_value_rows
+    )
     assert result.parity.sample_origin == "caller" and not result.parity.small_sample
     assert result.converter == "skl2onnx" and result.source.flavor == "sklearn"
     assert_mixed_io(result)

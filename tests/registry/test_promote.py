@@ -78,7 +78,8 @@ def test_promote_end_to_end(tracking_uri, mixed_frame, mixed_target):
     assert (result.source_name, result.source_version) == (NAME, "1")
     assert (result.onnx_name, result.onnx_version, result.reused) == (TWIN, "1", False)
     assert result.model_uri == f"models:/{TWIN}@champion"
-    assert result.parity["passed"] is True and result.parity["rows"] == len(mixed_frame)
+    rows = len(mixed_frame) + result.parity["missing_value_rows"]  # + synthesized NaN rows
+    assert result.parity["passed"] is True and result.parity["rows"] == rows
     # alias_source=True (default): the same alias on both sides, so the registry reads the same
     assert alias_version(TWIN, "champion") == "1"
     assert alias_version(NAME, "champion") == "1"
@@ -107,7 +108,7 @@ def test_promote_end_to_end(tracking_uri, mixed_frame, mixed_target):
     assert (source[tag_keys.ONNX_MODEL], source[tag_keys.ONNX_VERSION]) == (TWIN, "1")
     for tags in (twin, source):
         assert tags[tag_keys.PARITY_PREFIX + "passed"] == "true"
-        assert tags[tag_keys.PARITY_PREFIX + "rows"] == str(len(mixed_frame))
+        assert float(tags[tag_keys.PARITY_PREFIX + "rows"]) == rows
         assert float(tags[tag_keys.PARITY_PREFIX + "label.label_agreement"]) == 1.0
         assert float(tags[tag_keys.PARITY_PREFIX + "probabilities.max_abs_error"]) < 1e-4
         assert tag_keys.PARITY_SMALL_SAMPLE not in tags
@@ -350,18 +351,19 @@ def test_sample_resolution_order(tracking_uri, tmp_path, mixed_frame, mixed_targ
     log_sklearn(model, example, registered_model_name=NAME)  # v3: input example only
 
     explicit = promote(1, sample=mixed_frame.head(150))
-    assert _sample_origin(explicit) == "caller" and explicit.parity["rows"] == 150
+    assert _sample_origin(explicit) == "caller"
+    assert explicit.parity["rows"] == 150 + explicit.parity["missing_value_rows"]
 
     from_run = promote(2)
     assert _sample_origin(from_run) == "run dataset train"
-    assert from_run.parity["rows"] == len(mixed_frame)
+    assert from_run.parity["rows"] == len(mixed_frame) + from_run.parity["missing_value_rows"]
     assert tag_keys.PARITY_SMALL_SAMPLE not in version_tags(TWIN, from_run.onnx_version)
 
     from_example = promote(3)
-    assert _sample_origin(from_example) == "input example" and from_example.parity["rows"] == 5
-    # fewer than 100 rows: it proceeds, and says so on both versions
-    assert version_tags(TWIN, from_example.onnx_version)[tag_keys.PARITY_SMALL_SAMPLE] == "true"
-    assert version_tags(NAME, 3)[tag_keys.PARITY_SMALL_SAMPLE] == "true"
+    # only a 5-row example: a 1000-row sample is synthesized from it, and the run says so
+    assert _sample_origin(from_example) == "synthesized from the input example (5 rows)"
+    assert from_example.parity["rows"] == 1000 + from_example.parity["missing_value_rows"]
+    assert tag_keys.PARITY_SMALL_SAMPLE not in version_tags(TWIN, from_example.onnx_version)
 
 
 def test_unloadable_run_dataset_falls_back_to_input_example(
@@ -375,7 +377,7 @@ def test_unloadable_run_dataset_falls_back_to_input_example(
 
     result = promote(1)
 
-    assert _sample_origin(result) == "input example" and result.parity["rows"] == 8
+    assert _sample_origin(result) == "synthesized from the input example (8 rows)"
 
 
 def test_no_rows_is_refused_with_how_to_pass_a_sample(tracking_uri, mixed_frame, mixed_target):

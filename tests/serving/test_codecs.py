@@ -7,6 +7,7 @@ bodies live in testdata/.
 
 from __future__ import annotations
 
+import dataclasses
 import io as stdio
 import json
 import struct
@@ -61,6 +62,8 @@ MIXED = IOSpec(
     task="classification",
     classes=(0, 1),
     default_role=LABEL,
+    # a source that accepts missing values everywhere: null decodes to NaN, as pandas reads it
+    accepts_missing=(*FLOATS, "city"),
 )
 MATRIX = IOSpec(
     inputs=(InputBinding("X", FEATURES, "float32", (None, 20)),),
@@ -536,6 +539,15 @@ def test_mlflow_golden_values_and_nulls():
     )
     assert req.feed["city"][:, 0].tolist() == ["paris, France", 'Zürich "HB"']
     assert np.isnan(req.feed["income"][1, 0])
+    # where the source refuses missing values, the same bodies are a 422 naming the column
+    refusing = dataclasses.replace(MIXED, accepts_missing=())
+    for name, content_type in (
+        ("records_missing_value.json", JSON),
+        ("mixed_pandas_index_quotes_na.csv", "text/csv"),
+    ):
+        with pytest.raises(Unprocessable, match="'income' contains missing values") as e:
+            codecs.decode_mlflow(body_of(f"mlflow/{name}"), content_type, refusing)
+        assert e.value.field == "income"
 
 
 def test_mlflow_matrix_fast_path_and_reordered_columns():

@@ -17,7 +17,7 @@ from mlflow_deploy_plugins.core.iospec import (
     spec_inputs_from_columns,
 )
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
-from mlflow_deploy_plugins.onnx.converters import boosters
+from mlflow_deploy_plugins.onnx.converters import _missing, boosters
 from mlflow_deploy_plugins.onnx.converters._graph import (
     default_roles,
     outputs_from_graph,
@@ -66,6 +66,7 @@ class SklearnConverter:
                 f"float32 inputs: float64 preprocessing did not convert ({e.message}); the "
                 "parity gate checks the float32 rounding"
             )
+        notes += _missing.route_missing_like_sklearn(onx, list(iter_estimators(model)))
 
         classifier = is_classifier(model)
         io = IOSpec(
@@ -92,6 +93,10 @@ class SklearnConverter:
             converter_version=package_version("skl2onnx"),
             notes=notes,
         )
+
+    def uniform_missing(self, source: SourceModel) -> bool:
+        """Whether missing values are accepted in all columns or none (see ``onnx/missing.py``)."""
+        return _missing.uniform_missing_handling(list(iter_estimators(source.native)))
 
     def reference_outputs(
         self, source: SourceModel, sample: pd.DataFrame, io: IOSpec

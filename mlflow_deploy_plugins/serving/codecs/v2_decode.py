@@ -17,7 +17,7 @@ from mlflow_deploy_plugins.serving.codecs.base import (
 )
 from mlflow_deploy_plugins.serving.codecs.v2_binary import binary_part, raw_input, split_body
 from mlflow_deploy_plugins.serving.codecs.v2_bind import bind_v2, v2_columns_fast
-from mlflow_deploy_plugins.serving.codecs.values import loads_json, show
+from mlflow_deploy_plugins.serving.codecs.values import loads_json, refuse_missing, show
 from mlflow_deploy_plugins.serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 _logger = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def decode_v2(
         requested, binary_outputs = None, frozenset()
     else:
         requested, binary_outputs = _v2_outputs(outputs, parameters, plan.outputs)
+    refuse_missing(io, feed)
     return V2Request(
         request_id, feed, n_rows, io, requested, binary_outputs, parameters, columns=columns
     )

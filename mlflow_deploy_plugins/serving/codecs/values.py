@@ -134,6 +134,15 @@ def encode_columns(io: IOSpec, columns: dict, n_rows: int) -> dict:
         raise from_schema_error(e) from e
 
 
+def refuse_missing(io: IOSpec, feed: dict) -> dict:
+    """``feed`` when no column holds a missing value its source refuses, else a 422 naming it."""
+    try:
+        io.check_missing(feed)
+    except SchemaError as e:
+        raise from_schema_error(e) from e
+    return feed
+
+
 def as_text(v: Any) -> str:
     """A value as text for a response (bytes decoded as UTF-8, others ``str()``)."""
     if type(v) is str:

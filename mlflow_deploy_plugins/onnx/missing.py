@@ -1,0 +1,121 @@
+"""Missing values like the source: which columns it accepts them in, and gate rows that hold them.
+
+The source model is probed at conversion time: rows of the sample with a column set to NaN (a
+numeric column) or None (a string column) are passed to its own predict. Where it answers, the
+twin must answer the same (the gate gets synthesized rows with missing values); where it raises,
+the twin refuses such input too (``IOSpec.accepts_missing``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from mlflow_deploy_plugins.core.iospec import IOSpec
+
+_logger = logging.getLogger(__name__)
+
+#: Rows of the sample used to probe the source: whether it raises does not need more (one
+#: predict call per column when it refuses missing values in some of them: keep each call small).
+PROBE_ROWS = 4
+#: At most this many sample rows are copied with missing values into the gate sample.
+MISSING_ROWS = 500
+#: Share of the accepting cells set missing in each such row (at least one per row).
+MISSING_SHARE = 0.3
+
+#: Column dtypes a missing value can reach the graph in (int/bool tensors have no NaN).
+_CARRIES_MISSING = ("float32", "float64", "string")
+
+
+def _missing_marker(dtype: str):
+    return None if dtype == "string" else np.nan
+
+
+def _with_missing(rows: pd.DataFrame, columns: list[str], dtypes: dict) -> pd.DataFrame:
+    rows = rows.copy()
+    for column in columns:
+        marker = _missing_marker(dtypes[column])
+        if marker is None:
+            rows[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
+        else:
+            rows[column] = rows[column].astype(np.float64)
+            rows[column] = np.nan
+    return rows
+
+
+def probe_accepts_missing(
+    predict, frame: pd.DataFrame, io: IOSpec, uniform: bool = False
+) -> tuple[tuple, list[str]]:
+    """Columns whose missing values the source's ``predict(frame)`` accepts, and notes.
+
+    Args:
+        predict: the source's predictions on a frame (raises on input it refuses).
+        frame: the parity sample.
+        io: the twin's IO contract (column dtypes as bound in the graph).
+        uniform: the converter knows every column meets the same steps: when the source refuses
+            missing values in all columns at once it refuses them in each (no per-column calls).
+
+    Returns:
+        (accepting columns in ``io.columns`` order, notes for the report)
+    """
+    dtypes = io.column_dtypes()
+    rows = frame[io.columns].head(PROBE_ROWS)
+    if not len(rows):
+        return (), []
+    columns = list(io.columns)
+    if _answers(predict, _with_missing(rows, columns, dtypes)):
+        accepted = columns
+    elif uniform:
+        accepted = []
+    else:
+        accepted = [c for c in columns if _answers(predict, _with_missing(rows, [c], dtypes))]
+    notes = []
+    unbindable = [c for c in accepted if dtypes[c] not in _CARRIES_MISSING]
+    if unbindable:
+        notes.append(
+            f"column(s) {unbindable} are bound as integer/bool tensors, which cannot hold a "
+            "missing value: the twin refuses missing values there although the source accepts "
+            "them"
+        )
+    accepted = [c for c in accepted if c not in unbindable]
+    refused = [c for c in columns if c not in accepted]
+    _logger.info("Source accepts missing values in %s, refuses them in %s", accepted, refused)
+    if accepted:
+        notes.append(f"source accepts missing values in {accepted}: gated with such rows")
+    if refused:
+        notes.append(f"source refuses missing values in {refused}: the twin refuses them too")
+    return tuple(accepted), notes
+
+
+def _answers(predict, rows: pd.DataFrame) -> bool:
+    try:
+        predict(rows)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        _logger.debug("The source refuses missing values: %s: %s", type(e).__name__, e)
+        return False
+    return True
+
+
+def missing_value_rows(frame: pd.DataFrame, io: IOSpec, seed: int = 0) -> pd.DataFrame:
+    """Copies of sample rows with missing values in the columns the source accepts them in."""
+    accepting = [c for c in io.columns if c in io.accepts_missing]
+    if not accepting or not len(frame):
+        return frame.iloc[:0]
+    rng = np.random.default_rng(seed)
+    n = min(len(frame), MISSING_ROWS)
+    rows = frame.sample(n=n, random_state=seed) if len(frame) > n else frame.copy()
+    rows = rows.reset_index(drop=True)
+    mask = rng.random((n, len(accepting))) < MISSING_SHARE
+    mask[np.arange(n), rng.integers(0, len(accepting), n)] = True  # at least one per row
+    dtypes = io.column_dtypes()
+    for j, column in enumerate(accepting):
+        if dtypes[column] == "string":
+            values = rows[column].astype(object).to_numpy(copy=True)
+            values[mask[:, j]] = None
+        else:
+            values = rows[column].to_numpy(dtype=np.float64, copy=True)
+            values[mask[:, j]] = np.nan
+        rows[column] = values
+    return rows
