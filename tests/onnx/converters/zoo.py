@@ -27,6 +27,8 @@ class Case:
     converter_options: dict = field(default_factory=dict)
     #: the twin must route NaN exactly like the source (our own converters)
     nan_exact: bool = False
+    #: the MLflow flavor the model is logged with
+    flavor: str = "sklearn"
 
 
 def numeric_frame(n: int, seed: int, nan: float = 0.0) -> pd.DataFrame:
@@ -108,7 +110,22 @@ def _text(vectorizer):
     return build
 
 
+def _booster_frame(n: int, seed: int, unseen: bool) -> pd.DataFrame:
+    return mixed_frame(n, seed, nan=0.1, unseen=unseen).drop(columns=["code"])
+
+
+def _booster(model):
+    def build():
+        df = _booster_frame(1500, 0, unseen=False)
+        y = (df["a"].fillna(0) + (df["region"] == "south") * 1.5 - (df["region"] == "east")) > 0.5
+        return model.fit(df, y.astype(int) + (df["b"].fillna(0) > 0.5)), df
+
+    return build
+
+
 def cases() -> list[Case]:
+    import lightgbm
+    import xgboost
     from sklearn.cluster import KMeans
     from sklearn.ensemble import (
         HistGradientBoostingClassifier,
@@ -143,7 +160,28 @@ def cases() -> list[Case]:
         ("lr", LogisticRegression()),
         ("tree", DecisionTreeClassifier(max_depth=4, random_state=0)),
     ]
+
+    def booster_unseen(n, seed):
+        return _booster_frame(n, seed, unseen=True)
+
+    def booster_seen(n, seed):
+        return _booster_frame(n, seed, unseen=False)
+
     return [
+        Case(
+            "LightGBM LGBMClassifier (pandas category, NaN, unseen categories)",
+            _booster(lightgbm.LGBMClassifier(n_estimators=30, verbose=-1)),
+            booster_unseen,
+            nan_exact=True,
+            flavor="lightgbm",
+        ),
+        Case(
+            "XGBoost XGBClassifier (enable_categorical, NaN)",
+            _booster(xgboost.XGBClassifier(n_estimators=30, enable_categorical=True)),
+            booster_seen,
+            nan_exact=True,
+            flavor="xgboost",
+        ),
         Case("LinearSVC (binary)", _numeric(LinearSVC(), target=binary), numeric),
         Case("LinearSVC (3 classes)", _numeric(LinearSVC()), numeric),
         Case("SVC (3 classes, no probability)", _numeric(SVC()), numeric),
