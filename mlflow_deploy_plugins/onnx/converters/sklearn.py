@@ -62,15 +62,13 @@ class SklearnConverter:
             onx = _to_onnx(model, inputs, options, conv_options)
         except ConversionError as e:
             if not any(b.dtype == _FLOAT for b in inputs):
-                raise
+                raise ConversionError(f"{e.message}. {_NOT_A_TOLERANCE}") from e
             # e.g. SimpleImputer: ai.onnx.ml ops onnxruntime only runs on float32
             inputs = tuple(replace(b, dtype="float32") if b.dtype == _FLOAT else b for b in inputs)
             try:
                 onx = _to_onnx(model, inputs, options, conv_options)
             except ConversionError as e32:
-                if e32.message == e.message:
-                    raise e32 from e
-                raise ConversionError(f"{e.message}; with float32 inputs: {e32.message}") from e32
+                raise ConversionError(_both_failed(e.message, e32.message)) from e32
             notes.append(
                 f"float32 inputs: float64 preprocessing did not convert ({e.message}); the "
                 "parity gate checks the float32 rounding"
@@ -118,6 +116,21 @@ class SklearnConverter:
         return {role: np.asarray(getattr(model, method)(x)) for role, method in methods.items()}
 
 
+_NOT_A_TOLERANCE = (
+    "This is a limit of the converter, not a tolerance: serve the source model with MLflow or "
+    "replace the step named in the error"
+)
+
+
+def _both_failed(float64_message: str, float32_message: str) -> str:
+    """One message for a conversion that failed with float64 inputs and again with float32."""
+    reason64 = float64_message.split(": ", 1)[-1]
+    reason32 = float32_message.split(": ", 1)[-1]
+    if reason32 == reason64:
+        return f"{float64_message} (with float64 and with float32 inputs). {_NOT_A_TOLERANCE}"
+    return f"{float64_message}; with float32 inputs: {reason32}. {_NOT_A_TOLERANCE}"
+
+
 def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict):
     """skl2onnx, then a check that onnxruntime can load the graph."""
     from skl2onnx import convert_sklearn
@@ -136,9 +149,7 @@ def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict)
             make_session(onx.SerializeToString(), level="disable")
     except Exception as e:  # skl2onnx raises RuntimeError/TypeError/... for its many cases
         raise ConversionError(
-            f"skl2onnx could not convert {_describe(model)}: {_short_error(e)}. This is a limit "
-            "of the converter, not a tolerance: serve the source model with MLflow or replace "
-            "the step named in the error"
+            f"skl2onnx could not convert {_describe(model)}: {_short_error(e)}"
         ) from e
     return onx
 
@@ -333,7 +344,7 @@ def _short_error(e: Exception) -> str:
     """skl2onnx errors can dump whole node attribute tables: keep the first line and the cause."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     text = f"{type(e).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
-    cause = e.__cause__ or e.__context__
+    cause = e.__cause__  # not __context__: the first attempt's error when retrying
     if cause is not None and str(cause) and str(cause).splitlines()[0][:300] not in first:
         text += f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0][:300]})"
     return text

@@ -120,8 +120,10 @@ def skl2onnx_options(model: Any, user_options: Mapping[str, Mapping] | None = No
     """Options by estimator id: ZipMap off for every classifier that has it; exact division in
     scalers (float32 split flips); GaussianMixture's score_samples output; a text locale that
     exists everywhere; then the user's options by class name, which win."""
+    from sklearn.base import is_classifier
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.mixture._base import BaseMixture
+    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     from mlflow_deploy_plugins.onnx.converters.sklearn import iter_estimators
@@ -131,8 +133,10 @@ def skl2onnx_options(model: Any, user_options: Mapping[str, Mapping] | None = No
     used = set()
     for est in iter_estimators(model):
         opts = {}
+        if is_classifier(est) and not isinstance(est, Pipeline):
+            _accept_zipmap(est)
         allowed = _allowed_options(est)
-        if "zipmap" in allowed:
+        if "zipmap" in allowed and not isinstance(est, Pipeline):  # its final step decides
             opts["zipmap"] = False
         if isinstance(est, StandardScaler):
             opts["div"] = "div"
@@ -159,6 +163,24 @@ def skl2onnx_options(model: Any, user_options: Mapping[str, Mapping] | None = No
             "contain; key the options by the class name of a step of the model"
         )
     return options
+
+
+def _accept_zipmap(est: Any) -> None:
+    """skl2onnx's pipeline parser asks every classifier for ``zipmap``, and fails for those whose
+    converter does not list it (LinearSVC: "Option 'zipmap' not in [...]"); listing it lets us
+    pass ``zipmap=False``, which is what the converter emits anyway (no ZipMap node)."""
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.common._registration import get_converter
+
+    alias = sklearn_operator_name_map.get(type(est))
+    if alias is None:
+        return
+    try:
+        allowed = get_converter(alias).get_allowed_options()
+    except ValueError:
+        return
+    if isinstance(allowed, dict) and "zipmap" not in allowed:
+        allowed["zipmap"] = [True, False, "columns"]
 
 
 def _allowed_options(est: Any) -> set[str]:

@@ -78,7 +78,10 @@ def _measure(case, path) -> dict:
             np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL, err_msg=case.kind)
             errors.append(float(np.abs(got.astype(float) - expected.astype(float)).max()))
         outputs.append(f"{role} ({method})")
-    default, expected = np.asarray(twin.predict(fresh)), _source_default(source, model, fresh, native)
+    default, expected = (
+        np.asarray(twin.predict(fresh)),
+        _source_default(source, model, fresh, native),
+    )
     message = f"{case.kind}: the twin's default predict differs from the source pyfunc"
     if expected.dtype.kind in "fc":
         np.testing.assert_allclose(default, expected, atol=ATOL, rtol=RTOL, err_msg=message)
