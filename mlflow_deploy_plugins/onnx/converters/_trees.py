@@ -224,7 +224,7 @@ class OnnxmltoolsTreeConverter:
             inputs = categorical.table_inputs(columns, categories, sample, self._describe(model))
             notes = [
                 f"categorical column(s) {sorted(categories)} take the category values; the graph "
-                "maps them to the training categories' codes (unseen: like the source)"
+                f"maps them to the training categories' codes (unseen: {self.unseen_categories})"
             ]
         else:
             inputs, notes = matrix_inputs(
@@ -248,7 +248,7 @@ class OnnxmltoolsTreeConverter:
             ) from e
         dynamic_batch(onx)
         if categories:
-            self._encode_categories(onx, matrix, columns, categories)
+            categorical.prepend_encoder(onx, matrix, columns, categories)
         roles = default_roles(onx)
         raw_booster = self._is_booster(model)
         self._postprocess(onx, roles, objective, notes)
@@ -269,7 +269,10 @@ class OnnxmltoolsTreeConverter:
             task=task,
             classes=self._classes(model, kind, booster) if classifier else None,
             default_role=self._default_role(source.pyfunc_predict_fn, kind, raw_booster),
-            extra={} if raw_booster else {"source_methods": sklearn_api_methods(roles)},
+            extra={
+                **({} if raw_booster else {"source_methods": sklearn_api_methods(roles)}),
+                **(categorical.io_extra(categories, self.unseen_categories) if categories else {}),
+            },
         )
         return ConvertedModel(
             onnx_model=onx,
@@ -299,9 +302,8 @@ class OnnxmltoolsTreeConverter:
         """Training categories of each pandas ``category`` column, by column name ({}: none)."""
         return {}
 
-    def _encode_categories(self, onx, matrix: str, columns, categories) -> None:
-        """Put the column -> code encoding in front of the trees (see ``categorical.py``)."""
-        categorical.prepend_encoder(onx, matrix, columns, categories, unseen=float("nan"))
+    #: what the source does with a category it never saw (see ``categorical.py``)
+    unseen_categories = categorical.UNSEEN_IS_MISSING
 
     def _is_booster(self, model: Any) -> bool:
         raise NotImplementedError

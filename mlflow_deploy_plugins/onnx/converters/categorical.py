@@ -8,9 +8,15 @@ source does:
 
 * LightGBM re-codes a frame with its training categories (``set_categories``): an unseen value
   becomes NaN, i.e. missing. The twin maps it to NaN.
-* XGBoost (>= 3.1 re-codes by name) sends an unseen category the way its split sends categories
-  outside the split's bitset, which onnxmltools writes as the "equal" side of a chain of
-  BRANCH_EQ nodes. The twin maps it to a sentinel code and adds the sentinel to every chain.
+* XGBoost (>= 3.1 re-codes by name) refuses a frame holding a category it never saw ("Found a
+  category not in the training set"); xgboost 3.2 misses the check for values sorting before
+  every training category and answers as if they were the first one (measured). The twin
+  records ``IOSpec.extra["unseen_categories"] = "refuse"`` with the known categories
+  (``extra["categories"]``) so the pyfunc and the runtime refuse such a value naming the column;
+  the graph alone maps it to NaN (missing), never to a made-up category.
+
+``IOSpec.extra``: ``categories`` = {column: [training categories]}, ``unseen_categories`` =
+``"missing"`` (LightGBM) or ``"refuse"`` (XGBoost).
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ import pandas as pd
 from mlflow_deploy_plugins.core.iospec import InputBinding, spec_inputs_from_columns
 from mlflow_deploy_plugins.errors import InvalidInputError
 
-#: the code an unseen XGBoost category gets inside the twin (never a real code: codes are >= 0)
-XGBOOST_UNSEEN = -2.0
+#: what the source does with a category it never saw (``IOSpec.extra["unseen_categories"]``)
+UNSEEN_IS_MISSING, UNSEEN_IS_REFUSED = "missing", "refuse"
 #: the onnxmltools graph's matrix input once the encoder feeds it
 _CODES_INPUT = "category_codes"
 
@@ -58,7 +64,6 @@ def prepend_encoder(
     graph_input: str,
     columns: Sequence[str],
     categories: Mapping[str, Sequence],
-    unseen: float,
 ) -> None:
     """Replace the matrix input ``graph_input`` by one input per column and the encoding, in place."""
     from onnx import TensorProto, helper
@@ -81,7 +86,7 @@ def prepend_encoder(
                     domain="ai.onnx.ml",
                     keys_strings=[str(c) for c in categories[column]],
                     values_floats=[float(i) for i in range(len(categories[column]))],
-                    default_float=unseen,
+                    default_float=float("nan"),
                     name=f"{column}_LabelEncoder",
                 )
             )
@@ -99,69 +104,12 @@ def prepend_encoder(
                 o.version = max(o.version, 2)
 
 
-def add_unseen_to_equal_chains(model: onnx.ModelProto, features: Sequence[int]) -> int:
-    """Add an ``== XGBOOST_UNSEEN`` node at the end of every BRANCH_EQ chain on ``features``
-    (same true branch) in each TreeEnsemble node, in place; returns how many were added."""
-    from onnx import helper
-
-    added = 0
-    for node in model.graph.node:
-        if not node.op_type.startswith("TreeEnsemble"):
-            continue
-        attrs = {
-            a.name: list(helper.get_attribute_value(a))
-            for a in node.attribute
-            if a.ints or a.floats or a.strings
-        }
-        tree, ids = attrs["nodes_treeids"], attrs["nodes_nodeids"]
-        index = {(t, n): i for i, (t, n) in enumerate(zip(tree, ids, strict=True))}
-        next_id = {}
-        for t, n in zip(tree, ids, strict=True):
-            next_id[t] = max(next_id.get(t, 0), n + 1)
-        originals = len(tree)
-        for i in range(originals):
-            if (
-                attrs["nodes_modes"][i] != b"BRANCH_EQ"
-                or attrs["nodes_featureids"][i] not in features
-            ):
-                continue
-            false_at = index.get((tree[i], attrs["nodes_falsenodeids"][i]))
-            if false_at is not None and _same_chain(attrs, i, false_at):
-                continue  # not the chain's last node
-            new_id = next_id[tree[i]]
-            next_id[tree[i]] += 1
-            for key, value in (
-                ("nodes_treeids", tree[i]),
-                ("nodes_nodeids", new_id),
-                ("nodes_featureids", attrs["nodes_featureids"][i]),
-                ("nodes_modes", b"BRANCH_EQ"),
-                ("nodes_values", XGBOOST_UNSEEN),
-                ("nodes_truenodeids", attrs["nodes_truenodeids"][i]),
-                ("nodes_falsenodeids", attrs["nodes_falsenodeids"][i]),
-            ):
-                attrs[key].append(value)
-            for key in ("nodes_hitrates", "nodes_missing_value_tracks_true"):
-                if key in attrs:
-                    attrs[key].append(attrs[key][i])
-            attrs["nodes_falsenodeids"][i] = new_id
-            added += 1
-        # onnxruntime reads each tree's nodes as one contiguous run: keep them grouped
-        order = sorted(range(len(tree)), key=lambda k: (tree[k], k))
-        for key in attrs:
-            if key.startswith("nodes_") and len(attrs[key]) == len(tree):
-                attrs[key] = [attrs[key][k] for k in order]
-        for attribute in node.attribute:
-            if attribute.name in attrs:
-                attribute.CopyFrom(helper.make_attribute(attribute.name, attrs[attribute.name]))
-    return added
-
-
-def _same_chain(attrs: dict, i: int, j: int) -> bool:
-    return (
-        attrs["nodes_modes"][j] == b"BRANCH_EQ"
-        and attrs["nodes_featureids"][j] == attrs["nodes_featureids"][i]
-        and attrs["nodes_truenodeids"][j] == attrs["nodes_truenodeids"][i]
-    )
+def io_extra(categories: Mapping[str, Sequence], unseen: str) -> dict:
+    """What the IOSpec records so the pyfunc and the runtime can enforce ``unseen``."""
+    return {
+        "categories": {c: [str(v) for v in values] for c, values in categories.items()},
+        "unseen_categories": unseen,
+    }
 
 
 def categories_or_refuse(found: Mapping[str, Sequence], what: str) -> dict[str, list]:

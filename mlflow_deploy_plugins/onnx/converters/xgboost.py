@@ -161,6 +161,7 @@ class XGBoostConverter(OnnxmltoolsTreeConverter):
     flavors = ("xgboost",)
     strict_names = True
     classifier_kinds = (BINARY, MULTICLASS, _SOFTMAX)
+    unseen_categories = categorical.UNSEEN_IS_REFUSED
 
     _is_booster = staticmethod(_is_booster)
     _booster = staticmethod(_booster)
@@ -212,13 +213,6 @@ class XGBoostConverter(OnnxmltoolsTreeConverter):
         return categorical.categories_or_refuse(
             {n: found[n] for n, t in zip(names, types, strict=True) if t == "c"}, _describe(model)
         )
-
-    def _encode_categories(self, onx, matrix: str, columns, categories) -> None:
-        categorical.prepend_encoder(
-            onx, matrix, columns, categories, unseen=categorical.XGBOOST_UNSEEN
-        )
-        features = [i for i, c in enumerate(columns) if c in categories]
-        categorical.add_unseen_to_equal_chains(onx, features)
 
     def _native_input(self, model: Any, sample: pd.DataFrame, io: IOSpec):
         categories = self._categories(model, _booster(model))
