@@ -333,11 +333,7 @@ def _link(model) -> str:
         "LogitLink": "logistic",
         "MultinomialLogit": "softmax",
     }
-    if (
-        link not in names
-        or (link == "LogitLink") != (model.n_trees_per_iteration_ == 1)
-        and (link in ("LogitLink", "MultinomialLogit"))
-    ):
+    if link not in names:
         raise UnsupportedModelError(
             f"Cannot convert {type(model).__module__}.{type(model).__name__} with "
             f"loss={model.loss!r}: its link function {link} has no ONNX converter here "

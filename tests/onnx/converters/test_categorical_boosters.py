@@ -32,7 +32,11 @@ def frame(n: int, seed: int) -> pd.DataFrame:
 
 
 def target(df: pd.DataFrame) -> np.ndarray:
-    return ((df["a"] + (df["region"] == "south") * 1.5 - (df["region"] == "east")) > 0.3).astype(int).to_numpy()
+    return (
+        ((df["a"] + (df["region"] == "south") * 1.5 - (df["region"] == "east")) > 0.3)
+        .astype(int)
+        .to_numpy()
+    )
 
 
 def convert(flavor, model, train):

@@ -14,7 +14,7 @@ import onnx
 import pandas as pd
 import pytest
 from helpers import ClipTransformer, log_sklearn, tracking_store
-from sklearn.ensemble import IsolationForest
+from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 from sklearn.mixture import GaussianMixture
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -119,6 +119,23 @@ def test_gaussian_mixture_gates_every_output(store, tmp_path):
         model.score_samples(frame(200, 2)),
         atol=1e-4,
         rtol=1e-3,
+    )
+
+
+def test_hist_gradient_boosting_with_string_labels_and_nan(store, tmp_path):
+    train = frame(600, 0)
+    train.loc[train.index[::9], "a"] = np.nan
+    names = np.array(["low", "mid", "high"])[labels(train.fillna(0), 3)]
+    model = HistGradientBoostingClassifier(max_iter=15).fit(train, names)
+    result, twin = twin_of(model, tmp_path, train)
+    fresh = frame(500, 2)
+    fresh.loc[fresh.index[::4], "a"] = np.nan
+
+    np.testing.assert_array_equal(twin.predict(fresh), model.predict(fresh))
+    np.testing.assert_allclose(
+        twin.predict(fresh, params={"predict_method": "predict_proba"}),
+        model.predict_proba(fresh),
+        atol=1e-6,
     )
 
 
