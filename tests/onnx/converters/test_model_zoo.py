@@ -150,7 +150,9 @@ def render(results: dict) -> str:
     ]
     for kind, r in results.items():
         if "error" in r:
-            lines.append(f"| {kind} | no: {r['error'].splitlines()[0].replace('|', '/')} | - | - | - | - |")
+            lines.append(
+                f"| {kind} | no: {r['error'].splitlines()[0].replace('|', '/')} | - | - | - | - |"
+            )
             continue
         labels = (
             f"{r['label_agreement']:.1%}" if any(o.startswith(LABEL) for o in r["outputs"]) else "-"
