@@ -19,6 +19,7 @@ from mlflow_deploy_plugins.core.iospec import (
     spec_inputs_from_columns,
 )
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError
+from mlflow_deploy_plugins.onnx.converters import categorical
 from mlflow_deploy_plugins.onnx.converters._graph import (
     default_roles,
     outputs_from_graph,
@@ -186,6 +187,12 @@ def name_for_role(roles: dict[str, str], role: str) -> str:
     raise ConversionError(f"The converted graph has no {role} output (outputs: {sorted(roles)})")
 
 
+def sklearn_api_methods(roles: dict[str, str]) -> dict[str, str]:
+    """Role -> the scikit-learn API model's method behind it (see ``sklearn_outputs.py``)."""
+    method = {LABEL: "predict", PROBABILITIES: "predict_proba", VALUE: "predict"}
+    return {role: method[role] for role in roles.values() if role in method}
+
+
 class OnnxmltoolsTreeConverter:
     """The conversion flow of a tree booster converted by onnxmltools.
 
@@ -211,20 +218,28 @@ class OnnxmltoolsTreeConverter:
         model = source.native
         kind, objective = self._kind(model)
         booster = self._booster(model)
-        inputs, notes = matrix_inputs(
-            self._feature_names(booster),
-            self._num_features(booster),
-            sample,
-            self._describe(model),
-            strict_names=self.strict_names,
-        )
+        categories = self._categories(model, booster)
+        if categories:
+            columns = self._feature_names(booster)
+            inputs = categorical.table_inputs(columns, categories, sample, self._describe(model))
+            notes = [
+                f"categorical column(s) {sorted(categories)} take the category values; the graph "
+                f"maps them to the training categories' codes (unseen: {self.unseen_categories})"
+            ]
+        else:
+            inputs, notes = matrix_inputs(
+                self._feature_names(booster),
+                self._num_features(booster),
+                sample,
+                self._describe(model),
+                strict_names=self.strict_names,
+            )
+        matrix = "X" if categories else inputs[0].name
+        n_columns = sum(len(b.columns) for b in inputs)
         opset, opset_notes = clamp_opset(options.target_opset)
         try:
             onx = self._onnxmltools_convert(
-                model,
-                objective,
-                [(inputs[0].name, FloatTensorType([None, len(inputs[0].columns)]))],
-                opset,
+                model, objective, [(matrix, FloatTensorType([None, n_columns]))], opset
             )
         except Exception as e:  # onnxmltools raises RuntimeError/NotImplementedError/ValueError/...
             raise ConversionError(
@@ -232,6 +247,8 @@ class OnnxmltoolsTreeConverter:
                 f"{type(e).__name__}: {e}"
             ) from e
         dynamic_batch(onx)
+        if categories:
+            categorical.prepend_encoder(onx, matrix, columns, categories)
         roles = default_roles(onx)
         raw_booster = self._is_booster(model)
         self._postprocess(onx, roles, objective, notes)
@@ -252,6 +269,10 @@ class OnnxmltoolsTreeConverter:
             task=task,
             classes=self._classes(model, kind, booster) if classifier else None,
             default_role=self._default_role(source.pyfunc_predict_fn, kind, raw_booster),
+            extra={
+                **({} if raw_booster else {"source_methods": sklearn_api_methods(roles)}),
+                **(categorical.io_extra(categories, self.unseen_categories) if categories else {}),
+            },
         )
         return ConvertedModel(
             onnx_model=onx,
@@ -277,6 +298,13 @@ class OnnxmltoolsTreeConverter:
         return {VALUE: np.asarray(model.predict(x))}
 
     # ---------------------------------------------------------------------------- the hooks
+    def _categories(self, model: Any, booster: Any) -> dict[str, list]:
+        """Training categories of each pandas ``category`` column, by column name ({}: none)."""
+        return {}
+
+    #: what the source does with a category it never saw (see ``categorical.py``)
+    unseen_categories = categorical.UNSEEN_IS_MISSING
+
     def _is_booster(self, model: Any) -> bool:
         raise NotImplementedError
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from mlflow_deploy_plugins.core.iospec import IOSpec
 from mlflow_deploy_plugins.errors import UnsupportedModelError
+from mlflow_deploy_plugins.onnx.converters import categorical
 from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
     MULTICLASS,
@@ -169,4 +170,29 @@ class LightGBMConverter(OnnxmltoolsTreeConverter):
         return _classes(model, kind)
 
     def _native_input(self, model: Any, sample: pd.DataFrame, io: IOSpec):
-        return _native_input(_booster(model).feature_name(), sample, io)
+        booster = _booster(model)
+        categories = self._categories(model, booster)
+        if categories:
+            return categorical.native_frame(sample, io.columns, categories)
+        return _native_input(booster.feature_name(), sample, io)
+
+    def _categories(self, model: Any, booster) -> dict[str, list]:
+        """LightGBM keeps ``pandas_categorical`` (the categories of each category column, in
+        column order); the dump marks which features are categorical."""
+        found = getattr(booster, "pandas_categorical", None) or []
+        if not found:
+            return {}
+        infos = booster.dump_model(num_iteration=1).get("feature_infos", {})
+        names = booster.feature_name()
+        cat_columns = [
+            n for n in names if isinstance(infos.get(n), dict) and infos[n].get("values")
+        ]
+        if len(cat_columns) != len(found):
+            raise UnsupportedModelError(
+                f"Cannot convert {_describe(model)}: it lists {len(found)} pandas categorical "
+                f"column(s) but {len(cat_columns)} categorical feature(s) {cat_columns}; train it "
+                "on a DataFrame whose categorical columns have the pandas 'category' dtype"
+            )
+        return categorical.categories_or_refuse(
+            dict(zip(cat_columns, found, strict=True)), _describe(model)
+        )

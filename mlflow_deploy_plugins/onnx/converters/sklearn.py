@@ -17,7 +17,12 @@ from mlflow_deploy_plugins.core.iospec import (
     spec_inputs_from_columns,
 )
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
-from mlflow_deploy_plugins.onnx.converters import _missing, boosters
+from mlflow_deploy_plugins.onnx.converters import (
+    _missing,
+    boosters,
+    hist_gradient_boosting,
+    sklearn_outputs,
+)
 from mlflow_deploy_plugins.onnx.converters._graph import (
     default_roles,
     outputs_from_graph,
@@ -47,21 +52,28 @@ class SklearnConverter:
     ) -> ConvertedModel:
         from sklearn.base import is_classifier
 
-        model = source.native
         boosters.register_sklearn_converters()
+        hist_gradient_boosting.register_sklearn_converters()
         _register_float64_imputer()
-        check_supported(model)
+        check_supported(source.native)
+        model, notes = sklearn_outputs.conversion_copy(source.native)
         inputs = _input_bindings(model, sample)
-        conv_options = _converter_options(model)
-        notes = _notes(conv_options)
+        conv_options = sklearn_outputs.skl2onnx_options(
+            model,
+            sklearn_outputs.user_converter_options(options.extra, source.local_path),
+        )
+        notes += sklearn_outputs.describe_options(conv_options)
         try:
             onx = _to_onnx(model, inputs, options, conv_options)
         except ConversionError as e:
             if not any(b.dtype == _FLOAT for b in inputs):
-                raise
+                raise ConversionError(f"{e.message}. {_NOT_A_TOLERANCE}") from e
             # e.g. SimpleImputer: ai.onnx.ml ops onnxruntime only runs on float32
             inputs = tuple(replace(b, dtype="float32") if b.dtype == _FLOAT else b for b in inputs)
-            onx = _to_onnx(model, inputs, options, conv_options)
+            try:
+                onx = _to_onnx(model, inputs, options, conv_options)
+            except ConversionError as e32:
+                raise ConversionError(_both_failed(e.message, e32.message)) from e32
             notes.append(
                 f"float32 inputs: float64 preprocessing did not convert ({e.message}); the "
                 "parity gate checks the float32 rounding"
@@ -69,22 +81,23 @@ class SklearnConverter:
         notes += _missing.route_missing_like_sklearn(onx, list(iter_estimators(model)))
 
         classifier = is_classifier(model)
-        io = IOSpec(
-            inputs=inputs, outputs=(), task="classification" if classifier else "regression"
-        )
+        methods = sklearn_outputs.source_methods(model)
+        task = sklearn_outputs.task_of(methods, classifier)
+        io = IOSpec(inputs=inputs, outputs=(), task=task, extra={"source_methods": methods})
         try:
             reference = self.reference_outputs(source, sample.head(2), io)
         except (ValueError, TypeError) as e:
             from mlflow_deploy_plugins.onnx.convert import sample_rejected
 
             raise sample_rejected(sample, e) from e
-        roles = default_roles(onx)
+        roles = sklearn_outputs.served_roles(default_roles(onx), methods)
         io = IOSpec(
             inputs=inputs,
             outputs=outputs_from_graph(onx, roles, reference),
-            task=io.task,
+            task=task,
             classes=tuple(np.asarray(model.classes_).tolist()) if classifier else None,
-            default_role=_default_role(source.pyfunc_predict_fn, classifier),
+            default_role=_default_role(source.pyfunc_predict_fn, LABEL in methods),
+            extra={"source_methods": {r: methods[r] for r in roles.values()}},
         )
         return ConvertedModel(
             onnx_model=onx,
@@ -101,14 +114,31 @@ class SklearnConverter:
     def reference_outputs(
         self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
     ) -> dict[str, np.ndarray]:
+        """What the source computes for every served role (``io.extra["source_methods"]``;
+        a twin saved before it was recorded: label/probabilities or value)."""
         model = source.native
         x = _native_input(model, sample, io)
-        if io.task == "classification":
-            out = {LABEL: np.asarray(model.predict(x))}
-            if hasattr(model, "predict_proba"):
-                out[PROBABILITIES] = np.asarray(model.predict_proba(x))
-            return out
-        return {VALUE: np.asarray(model.predict(x))}
+        methods = io.extra.get("source_methods")
+        if not methods:
+            methods = {LABEL: "predict", PROBABILITIES: "predict_proba"}
+            if io.task != "classification" or not hasattr(model, "predict_proba"):
+                methods = {LABEL: "predict"} if io.task == "classification" else {VALUE: "predict"}
+        return {role: np.asarray(getattr(model, method)(x)) for role, method in methods.items()}
+
+
+_NOT_A_TOLERANCE = (
+    "This is a limit of the converter, not a tolerance: serve the source model with MLflow or "
+    "replace the step named in the error"
+)
+
+
+def _both_failed(float64_message: str, float32_message: str) -> str:
+    """One message for a conversion that failed with float64 inputs and again with float32."""
+    reason64 = float64_message.split(": ", 1)[-1]
+    reason32 = float32_message.split(": ", 1)[-1]
+    if reason32 == reason64:
+        return f"{float64_message} (with float64 and with float32 inputs). {_NOT_A_TOLERANCE}"
+    return f"{float64_message}; with float32 inputs: {reason32}. {_NOT_A_TOLERANCE}"
 
 
 def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict):
@@ -171,7 +201,8 @@ def check_supported(model: Any) -> None:
             )
             raise UnsupportedModelError(
                 f"Cannot convert {type(est).__module__}.{type(est).__name__}: no ONNX converter is "
-                f"registered for it. Supported scikit-learn estimators include: "
+                "registered for it. Replace it with a supported estimator or serve the source "
+                "model with MLflow. Supported scikit-learn estimators include: "
                 f"{', '.join(names[:60])}{' ...' if len(names) > 60 else ''}; plus LightGBM and "
                 "XGBoost models (install the matching extra)."
             )
@@ -190,7 +221,8 @@ def _column_selector(model: Any):
 def _input_bindings(model: Any, sample: pd.DataFrame):
     selector = _column_selector(model)
     feature_names = getattr(model, "feature_names_in_", None)
-    if selector is not None and feature_names is not None:
+    table = selector is not None or hist_gradient_boosting.takes_table(model)
+    if table and feature_names is not None:
         # Named columns, possibly mixed numeric/string: one ONNX input per column.
         columns = [str(c) for c in feature_names]
         missing = [c for c in columns if c not in sample.columns]
@@ -230,6 +262,8 @@ def _float64_preprocessing(model: Any) -> bool:
     """True for a Pipeline with steps before its estimator: scikit-learn runs those in float64."""
     from sklearn.pipeline import Pipeline
 
+    if isinstance(sklearn_outputs.final_estimator(model), hist_gradient_boosting.HGB_TYPES()):
+        return True  # it computes in float64 itself (see hist_gradient_boosting.py)
     return isinstance(model, Pipeline) and len(_active_steps(model)) > 1
 
 
@@ -249,11 +283,13 @@ def _graph_model(model: Any) -> Any:
     from skl2onnx.sklapi import CastTransformer
     from sklearn.pipeline import Pipeline
 
-    if not _float64_preprocessing(model):
+    if not isinstance(model, Pipeline) or not _float64_preprocessing(model):
         return model
     steps = _active_steps(model)
     final = steps[-1][1]
-    if type(final).__module__.startswith("sklearn.linear_model"):
+    if type(final).__module__.startswith("sklearn.linear_model") or isinstance(
+        final, hist_gradient_boosting.HGB_TYPES()
+    ):
         return Pipeline(steps)
     return Pipeline(
         [*steps[:-1], ("onnx_cast_float32", CastTransformer(dtype=np.float32)), steps[-1]]
@@ -318,8 +354,8 @@ def _short_error(e: Exception) -> str:
     """skl2onnx errors can dump whole node attribute tables: keep the first line and the cause."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     text = f"{type(e).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
-    cause = e.__cause__ or e.__context__
-    if cause is not None and str(cause):
+    cause = e.__cause__  # not __context__: the first attempt's error when retrying
+    if cause is not None and str(cause) and str(cause).splitlines()[0][:300] not in first:
         text += f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0][:300]})"
     return text
 
@@ -343,47 +379,26 @@ def _tensor_type(dtype: str, shape):
     return cls([None, *shape[1:]])
 
 
-def _converter_options(model: Any) -> dict:
-    """ZipMap off for every classifier; exact division in scalers (float32 split flips)."""
-    from sklearn.base import is_classifier
-    from sklearn.preprocessing import StandardScaler
-
-    options: dict = {}
-    for est in iter_estimators(model):
-        if is_classifier(est) and hasattr(est, "predict_proba"):
-            options[id(est)] = {"zipmap": False}
-        if isinstance(est, StandardScaler):
-            options[id(est)] = {"div": "div"}
-    return options
-
-
-def _notes(options: dict) -> list[str]:
-    notes = []
-    if any(o.get("div") == "div" for o in options.values()):
-        notes.append(
-            "StandardScaler converted with div='div' (exact division, float32 split safety)"
-        )
-    if any(o.get("zipmap") is False for o in options.values()):
-        notes.append("classifier converted with zipmap=False (probabilities as a tensor)")
-    return notes
-
-
 def _native_input(model: Any, sample: pd.DataFrame, io: IOSpec):
     if getattr(model, "feature_names_in_", None) is not None or _column_selector(model) is not None:
         return sample[io.columns] if io.columns else sample
     return sample[io.columns].to_numpy() if io.columns else sample.to_numpy()
 
 
-def _default_role(pyfunc_predict_fn: str | None, classifier: bool) -> str:
+def _default_role(pyfunc_predict_fn: str | None, labels: bool) -> str:
     role = _PREDICT_FN_ROLE.get(pyfunc_predict_fn or "predict")
     if role:
         return role
-    return LABEL if classifier else VALUE
+    return LABEL if labels else VALUE
 
 
 def _describe(model: Any) -> str:
+    """The model's class path; a Pipeline with its steps' class paths."""
     from sklearn.pipeline import Pipeline
 
+    def path(est: Any) -> str:
+        return f"{type(est).__module__}.{type(est).__name__}"
+
     if isinstance(model, Pipeline):
-        return "Pipeline(" + ", ".join(type(s).__name__ for _, s in model.steps) + ")"
-    return type(model).__name__
+        return f"{path(model)}(" + ", ".join(path(s) for _, s in model.steps) + ")"
+    return path(model)

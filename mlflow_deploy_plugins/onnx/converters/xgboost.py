@@ -28,6 +28,7 @@ import pandas as pd
 
 from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec
 from mlflow_deploy_plugins.errors import UnsupportedModelError
+from mlflow_deploy_plugins.onnx.converters import categorical
 from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
     MULTICLASS,
@@ -108,10 +109,6 @@ def _kind(model: Any) -> tuple[str, str]:
         raise UnsupportedModelError(
             f"Cannot convert {_describe(model)}: multi-target models are not supported"
         )
-    if any(t == "c" for t in booster.feature_types or ()):
-        raise UnsupportedModelError(
-            f"Cannot convert {_describe(model)}: categorical features are not supported"
-        )
     missing = getattr(model, "missing", np.nan)
     if missing is not None and not np.isnan(missing):
         raise UnsupportedModelError(
@@ -164,6 +161,7 @@ class XGBoostConverter(OnnxmltoolsTreeConverter):
     flavors = ("xgboost",)
     strict_names = True
     classifier_kinds = (BINARY, MULTICLASS, _SOFTMAX)
+    unseen_categories = categorical.UNSEEN_IS_REFUSED
 
     _is_booster = staticmethod(_is_booster)
     _booster = staticmethod(_booster)
@@ -198,7 +196,28 @@ class XGBoostConverter(OnnxmltoolsTreeConverter):
             return LABEL
         return super()._default_role(pyfunc_predict_fn, kind, raw_booster)
 
+    def _categories(self, model: Any, booster) -> dict[str, list]:
+        """XGBoost >= 3.1 stores the training categories (``enable_categorical=True``)."""
+        types = list(booster.feature_types or [])
+        if "c" not in types:
+            return {}
+        names = _feature_names(booster) or []
+        try:
+            arrow = booster.get_categories(export_to_arrow=True).to_arrow()
+        except (AttributeError, TypeError, ValueError) as e:
+            raise UnsupportedModelError(
+                f"Cannot convert {_describe(model)}: its categorical features' categories cannot "
+                f"be read ({e}); train it with xgboost >= 3.1 on pandas 'category' columns"
+            ) from e
+        found = {name: values.to_pylist() for name, values in arrow if values is not None}
+        return categorical.categories_or_refuse(
+            {n: found[n] for n, t in zip(names, types, strict=True) if t == "c"}, _describe(model)
+        )
+
     def _native_input(self, model: Any, sample: pd.DataFrame, io: IOSpec):
+        categories = self._categories(model, _booster(model))
+        if categories:
+            return categorical.native_frame(sample, io.columns, categories)
         frame = sample[io.columns] if io.columns else sample
         # Named models validate column names (as the pyfunc does); nameless ones take an array.
         return frame if _feature_names(_booster(model)) is not None else frame.to_numpy()
