@@ -67,6 +67,15 @@ def route_missing_like_sklearn(model: onnx.ModelProto, estimators: list) -> list
     nodes = [n for n in model.graph.node if n.op_type in _TREE_OPS]
     if not forests or not nodes:
         return []
+    if len(forests) == 1 and len(nodes) == len(forests[0]) > 1:
+        # IsolationForest: skl2onnx converts each tree into its own one-tree node.
+        pairs = _pair_one_tree_nodes(nodes, forests[0])
+        if pairs is not None:
+            for node, tree in pairs:
+                _set_routing(node, [tree])
+            return [
+                "trees route missing values like scikit-learn (nodes_missing_value_tracks_true)"
+            ]
     if len(forests) != len(nodes):
         _logger.info(
             "%d tree estimators, %d tree nodes: NaN routing not set", len(forests), len(nodes)
@@ -92,3 +101,33 @@ def _set_routing(node: onnx.NodeProto, trees: list) -> None:
     if _ATTRIBUTE in attrs:
         node.attribute.remove(attrs[_ATTRIBUTE])
     node.attribute.append(helper.make_attribute(_ATTRIBUTE, tracks))
+
+
+def _pair_one_tree_nodes(nodes: list, trees: list) -> list | None:
+    """Each one-tree TreeEnsemble node with the sklearn tree it was built from, matched by
+    their split thresholds (the graph's node order need not be the estimators' order); None
+    when some node does not match exactly one tree."""
+    remaining = list(trees)
+    pairs = []
+    for node in nodes:
+        attrs = {a.name: a for a in node.attribute}
+        if "nodes_values" not in attrs or set(attrs["nodes_treeids"].ints) != {0}:
+            return None
+        ids = np.asarray(attrs["nodes_nodeids"].ints)
+        modes = [m.decode() if isinstance(m, bytes) else m for m in attrs["nodes_modes"].strings]
+        split = ids[[m != "LEAF" for m in modes]]
+        values = np.asarray(attrs["nodes_values"].floats)[[m != "LEAF" for m in modes]]
+        order = np.argsort(split)
+        split, values = split[order], values[order]
+        match = [
+            tree
+            for tree in remaining
+            if tree.node_count == len(ids)
+            and np.array_equal(np.flatnonzero(tree.children_left != -1), split)
+            and np.allclose(tree.threshold[split].astype(np.float32), values)
+        ]
+        if len(match) != 1:
+            return None
+        remaining.remove(match[0])
+        pairs.append((node, match[0]))
+    return pairs
