@@ -48,14 +48,6 @@ SERVER_NAME = "mlflow-deploy-plugins"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/health"})
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
-_V2_DTYPE = {
-    "float32": "FP32",
-    "float64": "FP64",
-    "int64": "INT64",
-    "int32": "INT32",
-    "bool": "BOOL",
-    "string": "BYTES",
-}
 
 
 class ServingApp:
@@ -107,7 +99,7 @@ class ServingApp:
         self._infer_paths = frozenset({f"{base}/infer", f"{base}/versions/{self.version}/infer"})
         self._model_paths = frozenset({base, f"{base}/versions/{self.version}"})
         self._ready_paths = frozenset({f"{base}/ready", f"{base}/versions/{self.version}/ready"})
-        self._metadata = orjson.dumps(self._model_metadata())
+        self._metadata = orjson.dumps(codecs.model_metadata(self.name, self.version, self.io))
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
         )
@@ -346,37 +338,6 @@ class ServingApp:
         if route != "other" and len(self._metric_children) < 256:
             self._metric_children[key] = children
         return children
-
-    def _model_metadata(self) -> dict:
-        return {
-            "name": self.name,
-            "versions": [self.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [
-                {
-                    "name": b.name,
-                    "datatype": _V2_DTYPE.get(b.dtype, b.dtype.upper()),
-                    "shape": [-1 if d is None else d for d in b.shape],
-                }
-                for b in self.io.inputs
-            ],
-            "outputs": [
-                {
-                    "name": o.name,
-                    "datatype": _V2_DTYPE.get(o.dtype, o.dtype.upper()),
-                    "shape": [-1 if d is None else d for d in o.shape],
-                }
-                for o in self.io.outputs
-            ],
-            "parameters": {
-                "columns": self.io.columns,
-                "column_datatypes": {
-                    c: _V2_DTYPE.get(d, d) for c, d in self.io.column_dtypes().items()
-                },
-                "task": self.io.task,
-                "classes": list(self.io.classes) if self.io.classes else None,
-            },
-        }
 
     def on_response(self, request: Request, response: Response, duration_s: float) -> None:
         key = (request.path, response.status)

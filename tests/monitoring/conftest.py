@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -98,6 +99,7 @@ def store(world, monkeypatch):
     yield world
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri(None) leaves it
 
 
 # ====================================================================== the serving runtime

@@ -7,6 +7,7 @@ the same distribution, so every report must come out ``no_drift`` with every col
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -147,6 +148,7 @@ def test_drift_on_any_label_dtype_and_source(promoted, model, source, tmp_path, 
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri(None) leaves it
 
 
 def test_a_label_that_cannot_be_the_reference_classes_is_still_refused():

@@ -105,6 +105,7 @@ def mlflow_server(tmp_path_factory):
             yield url
             mlflow.set_tracking_uri(None)
             mlflow.set_registry_uri(None)
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri(None) leaves it
     finally:
         stop_process(proc, timeout=3)  # nothing to keep: do not wait out its graceful shutdown
 

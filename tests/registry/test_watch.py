@@ -49,6 +49,7 @@ def file_store(tmp_path, monkeypatch):
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri(None) leaves it
 
 
 def register(numeric_xy, broken: bool = False) -> str:

@@ -36,7 +36,7 @@ from mlflow_deploy_plugins.serving.codecs.mlflow_encode import (
 )
 from mlflow_deploy_plugins.serving.codecs.v2_binary import HEADER_LENGTH, V2_BINARY_CONTENT_TYPE
 from mlflow_deploy_plugins.serving.codecs.v2_decode import MAX_RANK, V2Request, decode_v2
-from mlflow_deploy_plugins.serving.codecs.v2_encode import encode_v2
+from mlflow_deploy_plugins.serving.codecs.v2_encode import encode_v2, model_metadata
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
@@ -56,5 +56,6 @@ __all__ = [
     "encode_mlflow",
     "encode_v2",
     "mlflow_prediction",
+    "model_metadata",
     "role_for",
 ]

@@ -87,3 +87,47 @@ def _json_data(arr: np.ndarray, datatype: str) -> Any:
         return [as_text(v) for v in arr.reshape(-1).tolist()]
     flat = np.ascontiguousarray(arr).reshape(-1)
     return flat if flat.dtype.isnative else flat.astype(flat.dtype.newbyteorder("="))
+
+
+#: IOSpec dtype -> V2 datatype in metadata (others upper-cased as they are).
+_METADATA_DTYPE = {
+    "float32": "FP32",
+    "float64": "FP64",
+    "int64": "INT64",
+    "int32": "INT32",
+    "bool": "BOOL",
+    "string": "BYTES",
+}
+
+
+def model_metadata(name: str, version: str, io: IOSpec) -> dict:
+    """The V2 model metadata document (``GET /v2/models/{name}``)."""
+    return {
+        "name": name,
+        "versions": [version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {
+                "name": b.name,
+                "datatype": _METADATA_DTYPE.get(b.dtype, b.dtype.upper()),
+                "shape": [-1 if d is None else d for d in b.shape],
+            }
+            for b in io.inputs
+        ],
+        "outputs": [
+            {
+                "name": o.name,
+                "datatype": _METADATA_DTYPE.get(o.dtype, o.dtype.upper()),
+                "shape": [-1 if d is None else d for d in o.shape],
+            }
+            for o in io.outputs
+        ],
+        "parameters": {
+            "columns": io.columns,
+            "column_datatypes": {
+                c: _METADATA_DTYPE.get(d, d) for c, d in io.column_dtypes().items()
+            },
+            "task": io.task,
+            "classes": list(io.classes) if io.classes else None,
+        },
+    }
