@@ -133,7 +133,9 @@ class HttpServer(asyncio.AbstractServer):
 
     def preflight(self, exchange: Exchange, length: int) -> ServingError | None:
         """A request with a body (``length`` bytes declared, 0 when chunked), headers read:
-        check its token (when the app has one), then reserve its declared body bytes."""
+        check its token (when the app has one), then that its declared body fits in the body
+        budget's room now. Nothing is reserved: bytes count as they arrive, so a client that
+        declares a large body and sends nothing holds nothing."""
         if self.authorize is not None:
             try:
                 path = split_url(exchange.url)[0]
@@ -143,9 +145,8 @@ class HttpServer(asyncio.AbstractServer):
             if error is not None:
                 return error
             exchange.authorized = True
-        if length and not self.budget.reserve(length):
+        if self.budget.in_use + length > self.budget.limit:
             return self.busy_bodies()
-        exchange.reserved = length
         return None
 
     def busy_bodies(self) -> Busy:

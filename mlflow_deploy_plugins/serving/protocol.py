@@ -234,13 +234,11 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         error, length = head_error(parser, headers, self._limits.max_body_bytes)
         if error is None and (length or "transfer-encoding" in headers):
-            # Token and body budget before any body byte is accepted (or 100 Continue sent).
+            # Token, and room for the declared body, before any body byte is accepted (or 100
+            # Continue sent); the bytes are counted as they arrive (on_body).
             server = self._server
             budget = server.budget
-            if length and server.authorize is None and budget.in_use + length <= budget.limit:
-                budget.in_use += length  # BodyBudget.reserve, inlined: the usual request
-                exchange.reserved = length
-            else:
+            if server.authorize is not None or budget.in_use + (length or 0) > budget.limit:
                 error = server.preflight(exchange, length or 0)
         if error is not None:
             self._fail(error)
@@ -257,11 +255,12 @@ class HttpProtocol(asyncio.Protocol):
         if size > self._limits.max_body_bytes:
             self._fail(PayloadTooLarge("request body too large"))
             raise _Abort
-        if size > exchange.reserved:  # chunked: reserve as it comes
-            if not self._server.budget.reserve(size - exchange.reserved):
-                self._fail(self._server.busy_bodies())
-                raise _Abort
-            exchange.reserved = size
+        budget = self._server.budget  # BodyBudget.reserve, inlined: counted as the bytes come
+        if budget.in_use + size - exchange.reserved > budget.limit:
+            self._fail(self._server.busy_bodies())
+            raise _Abort
+        budget.in_use += size - exchange.reserved
+        exchange.reserved = size
         if exchange.body_len:
             if exchange.body_parts is None:
                 exchange.body_parts = [exchange.body]

@@ -95,8 +95,10 @@ class ServingSettings:
     )
     max_inflight_body_bytes: int = setting(
         128 * MIB,
-        "Request body bytes being received across all connections of a worker; a request that "
-        "would exceed it gets 503 (Retry-After) before its body is read (suffixes KiB/MiB/GiB).",
+        "Request body bytes received and not yet handed on, across all connections of a worker; "
+        "a request whose declared body does not fit in the room left gets 503 (Retry-After) "
+        "before its body is read, bytes count as they arrive (a client that declares a large "
+        "body and stalls holds only what it sent; suffixes KiB/MiB/GiB).",
         check=at_least(1),
     )
     max_header_count: int = setting(

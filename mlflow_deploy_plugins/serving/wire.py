@@ -174,7 +174,9 @@ class HttpLimits:
     first_request_timeout_s: float = _DEFAULTS.first_request_timeout_s
     #: Open connections; beyond: accepted, answered 503 and closed.
     max_connections: int = _DEFAULTS.max_connections
-    #: Body bytes being received across all connections; beyond: 503 before the body is read.
+    #: Body bytes received and not yet handed on, across all connections: a request whose
+    #: declared body does not fit in the room left gets 503 before its body is read; a body
+    #: that would overflow while it arrives gets 503 and the connection is closed.
     max_inflight_body_bytes: int = _DEFAULTS.max_inflight_body_bytes
     #: Header lines of one request; beyond: 431.
     max_header_count: int = _DEFAULTS.max_header_count
@@ -213,13 +215,6 @@ class BodyBudget:
         self.in_use = 0
         self.freed = 0
         self._trim = _malloc_trim()
-
-    def reserve(self, n: int) -> bool:
-        """Take ``n`` bytes if they fit under the cap."""
-        if self.in_use + n > self.limit:
-            return False
-        self.in_use += n
-        return True
 
     def release(self, n: int) -> None:
         self.in_use -= n

@@ -69,18 +69,18 @@ def test_connections_beyond_the_cap_get_503_and_are_closed(serve):
 
 def test_body_bytes_in_flight_are_capped_with_503_and_given_back(serve):
     # The attack: stalled uploads each buffering a large body, memory growing without bound.
-    served = serve(limits=limits(max_body_bytes=1024, max_inflight_body_bytes=1500))
+    served = serve(limits=limits(max_body_bytes=2048, max_inflight_body_bytes=1500))
     stalled = served.client()
-    stalled.send(post("/echo", b"a" * 1000)[:-600])  # 400 body bytes sent, 1000 reserved
-    assert wait_for(lambda: served.server.budget.in_use == 1000)
+    stalled.send(post("/echo", b"a" * 1000)[:-600])  # 400 of 1000 body bytes sent
+    assert wait_for(lambda: served.server.budget.in_use == 400)  # counted as they arrive
     refused = served.client()
-    refused.send(post("/echo", b"b" * 1000)[:-1000])  # headers only: refused before its body
+    refused.send(post("/echo", b"b" * 1200)[:-1200])  # headers only: refused before its body
     status, headers, body = refused.read_response()
     assert (status, headers["retry-after"]) == (503, "1")
     assert "max_inflight_body_bytes=1500" in error_of(body)
     chunked = served.client()  # chunked bodies are counted as they come
     chunked.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-    chunked.send(b"258\r\n" + b"c" * 600 + b"\r\n")
+    chunked.send(b"4b0\r\n" + b"c" * 1200 + b"\r\n")
     assert chunked.read_response()[0] == 503
     small = served.client()  # what fits, and requests without a body, are served
     small.send(post("/echo", b"d" * 100) + get("/echo"))
@@ -90,7 +90,10 @@ def test_body_bytes_in_flight_are_capped_with_503_and_given_back(serve):
     assert wait_for(lambda: served.server.budget.in_use == 0)
     again = served.client()
     again.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
-    assert wait_for(lambda: served.server.budget.in_use == 1000)
+    declared_only = served.client()  # a declared body holds nothing until its bytes come
+    declared_only.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+    again.send(b"e" * 300)
+    assert wait_for(lambda: served.server.budget.in_use == 300)
     again.close()  # a stalled upload that goes away gives its bytes back
     assert wait_for(lambda: served.server.budget.in_use == 0)
 
