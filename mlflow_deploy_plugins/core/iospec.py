@@ -291,12 +291,17 @@ def missing_refused(column: str) -> SchemaError:
     )
 
 
+_NP_DTYPES: dict[str, np.dtype] = {}
+
+
 def _as_dtype(arr: np.ndarray, dtype: str | None) -> np.ndarray:
     """``arr`` with the numpy dtype the source returned. onnxruntime's int64 is ``longlong``
     (char 'q'), which ``select_dtypes("int64")`` and Spark's ``long`` do not take for ``int64``."""
     if dtype is None or arr.dtype.kind == "O" or dtype == "object":
         return arr
-    target = np.dtype(dtype)
+    target = _NP_DTYPES.get(dtype)
+    if target is None:  # memoised: the serving runtime calls this per response
+        target = _NP_DTYPES[dtype] = np.dtype(dtype)
     if arr.dtype == target and arr.dtype.char != target.char:
         return arr.view(target)
     if arr.dtype.kind == target.kind == "f" or arr.dtype.kind in "iub" and target.kind in "iuf":
