@@ -14,7 +14,11 @@ import onnx
 import pandas as pd
 import pytest
 from helpers import ClipTransformer, log_sklearn, tracking_store
-from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    IsolationForest,
+)
 from sklearn.mixture import GaussianMixture
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -103,6 +107,41 @@ def test_isolation_forest_predict_is_plus_minus_one_and_scores_are_a_named_metho
         atol=1e-4,
         rtol=1e-3,
     )
+
+
+def test_isolation_forest_routes_nan_like_the_source(store, tmp_path):
+    """skl2onnx writes one TreeEnsemble node per tree for IsolationForest; sklearn's
+    ``missing_go_to_left`` must reach every one of them (9% of rows with NaN agreed before)."""
+    train = frame(400, 0)
+    model = IsolationForest(random_state=0).fit(train)
+    _, twin = twin_of(model, tmp_path, train)
+    fresh = frame(1000, 3)
+    mask = np.random.default_rng(4).random(fresh.shape) < 0.2
+    fresh = fresh.mask(mask)
+    assert fresh.isna().any(axis=1).mean() > 0.4
+
+    np.testing.assert_array_equal(np.asarray(twin.predict(fresh)), model.predict(fresh))
+    np.testing.assert_allclose(
+        twin.predict(fresh, params={"predict_method": "predict_values"}),
+        model.decision_function(fresh),
+        atol=1e-4,
+        rtol=1e-3,
+    )
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+def test_hist_gradient_boosting_regressor_returns_the_sources_dtype(store, tmp_path, loss):
+    """The graph computes in float32; the source (and so the twin) returns float64."""
+    train = frame(400, 0)
+    y = np.exp(train["a"].to_numpy()) + train["b"].to_numpy() ** 2
+    model = HistGradientBoostingRegressor(max_iter=20, loss=loss).fit(train, y)
+    result, twin = twin_of(model, tmp_path, train)
+    fresh = frame(300, 2)
+
+    got, expected = np.asarray(twin.predict(fresh)), model.predict(fresh)
+    assert got.dtype == expected.dtype == np.float64
+    assert result.io.outputs[0].dtype == "float32"  # what onnxruntime hands back
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
 
 
 def test_gaussian_mixture_gates_every_output(store, tmp_path):
