@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from mlflow_deploy_plugins.core.refusals import (  # SchemaError: re-exported, its home for callers
+    SchemaError,
+    check_categories,
+    has_missing,
+    missing_refused,
+)
 
 SCHEMA_VERSION = 1
 
@@ -43,14 +51,6 @@ ONNX_TO_DTYPE = {
     "tensor(bool)": "bool",
     "tensor(string)": "string",
 }
-
-
-class SchemaError(ValueError):
-    """Input does not match the spec. ``field`` names the column or input at fault."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,16 @@ class IOSpec:
     accepts_missing: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ introspection
+    @cached_property
+    def refused_categories(self) -> dict[str, frozenset]:
+        """``column -> training categories`` for the categorical columns whose source refuses a
+        category it never saw (``extra["unseen_categories"] == "refuse"``: XGBoost); ``{}``
+        otherwise (no categories, or LightGBM, which reads an unseen one as missing)."""
+        if self.extra.get("unseen_categories") != "refuse":
+            return {}
+        found = self.extra.get("categories") or {}
+        return {c: frozenset(str(v) for v in values) for c, values in found.items()}
+
     @property
     def columns(self) -> list[str]:
         return [c for b in self.inputs for c in b.columns]
@@ -165,6 +175,8 @@ class IOSpec:
             raise SchemaError(
                 f"Missing column(s) {missing}; the model expects {self.columns}", field=missing[0]
             )
+        for column, known in self.refused_categories.items():
+            check_categories(column, data[column], known)
         feed = {}
         for binding in self.inputs:
             arrays = [
@@ -232,12 +244,32 @@ class IOSpec:
                 nan_columns = np.isnan(arr).reshape(len(arr), -1).any(axis=0)
             elif arr.dtype.kind == "O":  # None in a feed handed over as is
                 table = arr.reshape(len(arr), -1)
-                nan_columns = [_has_missing(table[:, j]) for j in range(table.shape[1])]
+                nan_columns = [has_missing(table[:, j]) for j in range(table.shape[1])]
             else:
                 continue
             for column, has_nan in zip(binding.columns, nan_columns, strict=False):
                 if has_nan and column not in self.accepts_missing:
                     raise missing_refused(column)
+
+    def check_unseen(self, feed: Mapping[str, np.ndarray]) -> None:
+        """Refuse a category the source never saw in a column where the source refuses them
+        (``refused_categories``), for feeds built without ``encode_columns`` (which checks each
+        column before converting it). Missing values are left to ``check_missing``.
+
+        Raises:
+            SchemaError: naming the column and the value.
+        """
+        if not self.refused_categories:
+            return
+        for binding in self.inputs:
+            arr = feed.get(binding.name)
+            if arr is None or not set(binding.columns) & self.refused_categories.keys():
+                continue
+            table = np.asarray(arr, dtype=object).reshape(len(arr), -1)
+            for j, column in enumerate(binding.columns):
+                known = self.refused_categories.get(column)
+                if known is not None and j < table.shape[1]:
+                    check_categories(column, table[:, j], known)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
@@ -281,16 +313,6 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def missing_refused(column: str) -> SchemaError:
-    """The one refusal of a missing value in a column whose source model refuses them."""
-    return SchemaError(
-        f"Column '{column}' contains missing values (NaN/None/null) and the source model refuses "
-        f"them (it has no imputer or NaN handling for '{column}'); fill '{column}' before "
-        "predicting",
-        field=column,
-    )
-
-
 _NP_DTYPES: dict[str, np.dtype] = {}
 
 
@@ -329,12 +351,12 @@ def _column_array(
             return np.where(np.isnan(arr.astype(float)), None, arr).astype(str).astype(object)
         if arr.dtype.kind == "O" and _plain_strings(arr):
             return arr  # what the round trip below would give back
-        if not missing_ok and arr.dtype.kind == "O" and _has_missing(arr):
+        if not missing_ok and arr.dtype.kind == "O" and has_missing(arr):
             raise missing_refused(column)
         return arr.astype(str).astype(object)
     target = _NUMPY[dtype]
     if arr.dtype.kind in "OUS":
-        if arr.dtype.kind == "O" and _has_missing(arr) and (not missing_ok or dtype[0] != "f"):
+        if arr.dtype.kind == "O" and has_missing(arr) and (not missing_ok or dtype[0] != "f"):
             raise missing_refused(column)
         try:
             converted = arr.astype(target)
@@ -349,11 +371,6 @@ def _column_array(
             raise missing_refused(column)
         converted = arr.astype(target, copy=False)
     return converted
-
-
-def _has_missing(arr: np.ndarray) -> bool:
-    """None or a float NaN in an object array (pandas' two missing markers)."""
-    return any(v is None or (type(v) is float and v != v) for v in arr.tolist())
 
 
 def _plain_strings(arr: np.ndarray) -> bool:

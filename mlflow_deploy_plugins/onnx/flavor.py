@@ -205,6 +205,7 @@ def _feed(io: IOSpec, data: Any) -> dict:
             fast = _matrix_fast_path(io, data)
             if fast is not None:
                 io.check_missing(fast)
+                io.check_unseen(fast)
                 return fast
             return io.encode_columns(
                 {c: data[c].to_numpy() for c in io.columns if c in data}, len(data)
@@ -214,6 +215,7 @@ def _feed(io: IOSpec, data: Any) -> dict:
             if set(data) == onnx_names and not set(data) & set(io.columns) - onnx_names:
                 feed = {k: np.asarray(v) for k, v in data.items()}
                 io.check_missing(feed, strings=True)
+                io.check_unseen(feed)
                 return feed
             return io.encode_columns({k: np.asarray(v) for k, v in data.items()})
         if isinstance(data, pd.Series):

@@ -951,3 +951,48 @@ def test_encode_columns_single_columns_and_strings_match_the_general_rules():
     assert feed["city"].dtype == object and feed["city"][:, 0].tolist() == ["x", "y"]
     feed = io.encode_columns({**data, "city": np.array([1, None], dtype=object)}, 2)
     assert feed["city"][:, 0].tolist() == ["1", "None"]
+
+
+# ====================================================================== refusals the plan knows of
+def test_plan_knows_beforehand_what_the_decoders_must_refuse():
+    """No per-request work for a model that accepts missing values and has no categories."""
+    assert not plan_for(MIXED).refuses_missing and not plan_for(MIXED).refuses_unseen
+    assert plan_for(MATRIX).refuses_missing and not plan_for(MATRIX).refuses_unseen
+    lightgbm_like = dataclasses.replace(
+        MIXED, extra={"categories": {"city": ["paris"]}, "unseen_categories": "missing"}
+    )
+    assert not plan_for(lightgbm_like).refuses_unseen
+
+
+def test_unseen_category_is_refused_on_every_format_naming_column_and_value():
+    xgboost_like = dataclasses.replace(
+        MIXED, extra={"categories": {"city": ["paris", "Zürich"]}, "unseen_categories": "refuse"}
+    )
+    assert plan_for(xgboost_like).refuses_unseen
+    split = {"dataframe_split": {"columns": COLUMNS, "data": [[1, 2, 3, "paris"], [1, 2, 3, "x"]]}}
+    records = {"dataframe_records": [dict(zip(COLUMNS, [1, 2, 3, "Lyon"], strict=True))]}
+    v2_body = {
+        "inputs": [
+            *({"name": c, "datatype": "FP32", "shape": [1], "data": [1]} for c in FLOATS),
+            {"name": "city", "datatype": "BYTES", "shape": [1], "data": ["Oslo"]},
+        ]
+    }
+    cases = [
+        (lambda: codecs.decode_mlflow(orjson.dumps(split), JSON, xgboost_like), "x"),
+        (lambda: codecs.decode_mlflow(orjson.dumps(records), JSON, xgboost_like), "Lyon"),
+        (
+            lambda: codecs.decode_mlflow(
+                "age,income,température,city\n1,2,3,Köln\n".encode(), "text/csv", xgboost_like
+            ),
+            "Köln",
+        ),
+        (lambda: v2(v2_body, xgboost_like), "Oslo"),
+    ]
+    for decode, value in cases:
+        with pytest.raises(Unprocessable, match=f"Column 'city' holds the category '{value}'") as e:
+            decode()
+        assert e.value.field == "city"
+    # known categories pass; the same spec without the record answers them all
+    assert codecs.decode_mlflow(orjson.dumps(split), JSON, MIXED).n_rows == 2
+    split["dataframe_split"]["data"][1][3] = "Zürich"
+    assert codecs.decode_mlflow(orjson.dumps(split), JSON, xgboost_like).n_rows == 2

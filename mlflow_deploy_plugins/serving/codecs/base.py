@@ -114,6 +114,8 @@ class Plan:
         "string_positions",
         "column_names",
         "positional",
+        "refuses_missing",
+        "refuses_unseen",
     )
 
     def __init__(self, io: IOSpec):
@@ -150,6 +152,14 @@ class Plan:
         self.string_positions = frozenset(
             self.positions[c] for b in io.inputs if b.dtype == "string" for c in b.columns
         )
+        #: What ``refuse_missing`` looks at (nothing at all for most models): a float input
+        #: with a column whose source refuses missing values; a column whose source refuses
+        #: categories it never saw (XGBoost).
+        self.refuses_missing = any(
+            b.dtype.startswith("float") and not all(c in io.accepts_missing for c in b.columns)
+            for b in io.inputs
+        )
+        self.refuses_unseen = bool(io.refused_categories)
 
 
 def _column_blocks(io: IOSpec, positions: dict) -> list | None:

@@ -94,7 +94,7 @@ def decode_mlflow(
     if params is not None and type(params) is not dict:
         raise BadRequest("'params' must be a JSON object", field="params")
     feed, n_rows, columns = _mlflow_table(keys[0], doc[keys[0]], io, max_elements)
-    return MlflowRequest(refuse_missing(io, feed), n_rows, io, params, columns)
+    return MlflowRequest(refuse_missing(plan_for(io), feed), n_rows, io, params, columns)
 
 
 def _mime(content_type: str | None) -> tuple[str, bool]:

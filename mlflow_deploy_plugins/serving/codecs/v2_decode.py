@@ -120,7 +120,7 @@ def decode_v2(
         requested, binary_outputs = None, frozenset()
     else:
         requested, binary_outputs = _v2_outputs(outputs, parameters, plan.outputs)
-    refuse_missing(io, feed)
+    refuse_missing(plan, feed)
     return V2Request(
         request_id, feed, n_rows, io, requested, binary_outputs, parameters, columns=columns
     )

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from mlflow_deploy_plugins.core.iospec import InputBinding, IOSpec, SchemaError
+from mlflow_deploy_plugins.serving.codecs.base import Plan
 from mlflow_deploy_plugins.serving.errors import BadRequest, Unprocessable, from_schema_error
 
 _logger = logging.getLogger(__name__)
@@ -134,10 +135,15 @@ def encode_columns(io: IOSpec, columns: dict, n_rows: int) -> dict:
         raise from_schema_error(e) from e
 
 
-def refuse_missing(io: IOSpec, feed: dict) -> dict:
-    """``feed`` when no column holds a missing value its source refuses, else a 422 naming it."""
+def refuse_missing(plan: Plan, feed: dict) -> dict:
+    """``feed`` when it holds no value its source refuses: a missing value in a column whose
+    source refuses them, a category the source never saw (XGBoost); else a 422 naming the column
+    (and the value). The plan says beforehand whether there is anything to look at."""
     try:
-        io.check_missing(feed)
+        if plan.refuses_missing:
+            plan.io.check_missing(feed)
+        if plan.refuses_unseen:
+            plan.io.check_unseen(feed)
     except SchemaError as e:
         raise from_schema_error(e) from e
     return feed
