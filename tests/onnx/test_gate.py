@@ -108,14 +108,16 @@ def test_labels_against_scores_is_structural_not_a_tolerance():
 
 
 # ----------------------------------------------------------------------- through convert()
-def test_gaussian_mixture_is_refused_not_registered(store):
+def test_gaussian_mixture_passes_only_with_every_output_compared(store):
+    """It was registered with ``parity_report.outputs: []``; the converter now serves its label,
+    probabilities and score_samples, and the gate compares each (zero outputs: see above)."""
     x = np.random.default_rng(0).normal(size=(200, 3))
-    info = log_sklearn(GaussianMixture(n_components=2, random_state=0).fit(x), x[:5])
-    with pytest.raises(ParityError) as e:
-        mlflow_deploy_plugins.convert(info.model_uri, sample=x)
-    assert "sklearn.mixture._gaussian_mixture.GaussianMixture" in e.value.message
-    assert "Relax" not in e.value.message
-    assert not e.value.report.passed
+    model = GaussianMixture(n_components=2, random_state=0).fit(x)
+    info = log_sklearn(model, x[:5])
+    result = mlflow_deploy_plugins.convert(info.model_uri, sample=x)
+    assert {o.role for o in result.parity.outputs} == {LABEL, PROBABILITIES, VALUE}
+    assert all(o.passed for o in result.parity.outputs) and result.parity.passed
+    np.testing.assert_array_equal(_pyfunc(result, x[:50]), model.predict(x[:50]))
 
 
 def test_isolation_forest_advice_is_never_to_relax(store):
@@ -149,11 +151,20 @@ def test_predict_proba_not_served_when_the_source_has_none(store, kind):
     assert not hasattr(model, "predict_proba")
     info = log_sklearn(model, frame.head(5))
     result = mlflow_deploy_plugins.convert(info.model_uri, sample=frame)
-    assert [o.role for o in result.io.outputs] == [LABEL]
-    assert [o.role for o in result.parity.outputs] == [LABEL]
-    assert any("not served" in n for n in result.notes)
+    # decision scores are served as what they are (value = decision_function), never as
+    # probabilities; a binary SVC's [N, 2] scores narrowed to the source's 1-D column
+    assert [o.role for o in result.io.outputs] == [LABEL, VALUE]
+    assert [o.role for o in result.parity.outputs] == [LABEL, VALUE]
+    assert result.io.extra["source_methods"] == {LABEL: "predict", VALUE: "decision_function"}
     with pytest.raises(InvalidInputError, match="predict_proba"):
         _pyfunc(result, frame.head(3), predict_method="predict_proba")
+    fresh = frame.sample(50, random_state=1)
+    np.testing.assert_allclose(
+        _pyfunc(result, fresh, predict_method="predict_values"),
+        model.decision_function(fresh),
+        atol=1e-4,
+        rtol=1e-3,
+    )
 
 
 def test_without_sample_or_dataset_a_1000_row_sample_is_synthesized(store):

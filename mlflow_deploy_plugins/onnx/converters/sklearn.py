@@ -91,6 +91,7 @@ class SklearnConverter:
 
             raise sample_rejected(sample, e) from e
         roles = sklearn_outputs.served_roles(default_roles(onx), methods)
+        notes += _narrow_scores(self, source, onx, roles, reference, sample, io)
         io = IOSpec(
             inputs=inputs,
             outputs=outputs_from_graph(onx, roles, reference),
@@ -124,6 +125,17 @@ class SklearnConverter:
             if io.task != "classification" or not hasattr(model, "predict_proba"):
                 methods = {LABEL: "predict"} if io.task == "classification" else {VALUE: "predict"}
         return {role: np.asarray(getattr(model, method)(x)) for role, method in methods.items()}
+
+
+def _narrow_scores(converter, source, onx, roles, reference, sample, io) -> list[str]:
+    """A binary SVC's ``[N, 2]`` decision scores narrowed to the column the source returns."""
+    names = sklearn_outputs.two_column_scores(onx, roles, reference)
+    probe = sample.dropna().head(32)
+    if not names or not len(probe):
+        return []
+    expected = converter.reference_outputs(source, probe, io)[VALUE]
+    feed = io.encode_columns({c: probe[c].to_numpy() for c in io.columns}, len(probe))
+    return sklearn_outputs.narrow_scores(onx, names, feed, expected)
 
 
 _NOT_A_TOLERANCE = (

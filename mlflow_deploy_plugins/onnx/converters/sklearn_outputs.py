@@ -81,6 +81,50 @@ def served_roles(graph_roles: Mapping[str, str], methods: Mapping[str, str]) -> 
     return roles
 
 
+def two_column_scores(onx: Any, roles: Mapping[str, str], reference: Mapping[str, Any]) -> list:
+    """Graph outputs of shape ``[N, 2]`` whose source method returns ``[N]``: a binary SVC's
+    ``decision_function``, which skl2onnx writes with both signs (``[d, -d]``)."""
+    import numpy as np
+
+    from mlflow_deploy_plugins.onnx.converters._graph import graph_shape
+
+    shapes = {o.name: graph_shape(o) for o in onx.graph.output}
+    return [
+        name
+        for name, role in roles.items()
+        if role == VALUE
+        and np.asarray(reference.get(role, ())).ndim == 1
+        and shapes.get(name, ())[1:] == (2,)
+    ]
+
+
+def narrow_scores(onx: Any, names: list, feed: Mapping[str, Any], expected: Any) -> list[str]:
+    """Make each ``[N, 2]`` output in ``names`` return its one column that equals ``expected``
+    (the source's 1-D values on ``feed``'s rows), in place; the gate then checks it on the whole
+    sample. No matching column leaves the output as it is: the gate refuses it, naming shapes."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from mlflow_deploy_plugins.core.session import make_session
+    from mlflow_deploy_plugins.onnx.converters._trees import rewrite_output
+
+    expected = np.asarray(expected, dtype=float)
+    session = make_session(onx.SerializeToString())
+    notes = []
+    for name in names:
+        got = session.run([name], dict(feed))[0]
+        for column in range(2):
+            if np.allclose(got[:, column], expected, atol=1e-4, rtol=1e-3):
+                index = numpy_helper.from_array(np.array(column, dtype=np.int64), f"{name}_column")
+                rewrite_output(onx, name, "Gather", [index], batch_only=True, axis=1)
+                notes.append(
+                    f"output '{name}': column {column} of the converter's [N, 2] scores, the one "
+                    "the source's 1-D decision_function equals"
+                )
+                break
+    return notes
+
+
 # --------------------------------------------------------------------------- conversion copies
 def conversion_copy(model: Any) -> tuple[Any, list[str]]:
     """``model`` or a deep copy with settings that do not change predict outputs but that

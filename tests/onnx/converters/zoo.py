@@ -184,6 +184,7 @@ def cases() -> list[Case]:
         ),
         Case("LinearSVC (binary)", _numeric(LinearSVC(), target=binary), numeric),
         Case("LinearSVC (3 classes)", _numeric(LinearSVC()), numeric),
+        Case("SVC (binary, no probability)", _numeric(SVC(), target=binary), numeric),
         Case("SVC (3 classes, no probability)", _numeric(SVC()), numeric),
         Case(
             "IsolationForest",
