@@ -158,9 +158,14 @@ class IOSpec:
         column = self.extra.get("proba_column")
         if out.role == PROBABILITIES and column is not None and arr.ndim == 2:
             arr = arr[:, int(column)]  # a converter may record the one column the source returned
-        if out.role == LABEL and self.classes and all(isinstance(c, bool) for c in self.classes):
+        if out.role == LABEL and self._bool_labels:
             arr = arr.astype(bool)
         return _as_dtype(arr, out.source_dtype)
+
+    @cached_property
+    def _bool_labels(self) -> bool:
+        """The classes are booleans (once per spec: ``as_source`` runs per response)."""
+        return bool(self.classes) and all(isinstance(c, bool) for c in self.classes)
 
     # ------------------------------------------------------------------ encoding
     def encode_columns(self, data: Mapping[str, Any], n_rows: int | None = None) -> dict:

@@ -285,9 +285,9 @@ class ServingApp:
 
         def respond(outputs) -> Response:
             body = codecs.encode_mlflow(self.io.as_source(out_spec, outputs[index]))
-            self._log_payload(
-                request.request_id, decoded, dict(zip(self._output_names, outputs, strict=True))
-            )
+            if self.payload_log is not None:
+                named = dict(zip(self._output_names, outputs, strict=True))
+                self._log_payload(request.request_id, decoded, named)
             return Response(200, body, JSON)
 
         return self._submit(request, decoded, respond, offloaded)

@@ -289,54 +289,40 @@ def _header_lines(headers: list[tuple[str, str]]) -> bytes:
     return "".join(out).encode("latin-1")
 
 
-def encode_response(
-    response: Response, request_id: str, head: bool, conn: bytes, date: bytes
-) -> bytes:
-    """The whole response in one join: status line, headers, body (not for HEAD).
-
-    Args:
-        response: What the handler returned.
-        request_id: Sent back as ``X-Request-Id``.
-        head: A HEAD request: headers only, Content-Length as for GET.
-        conn: One of ``CONN_NONE``, ``CONN_CLOSE``, ``CONN_KEEP_ALIVE``.
-        date: The server's current ``Date`` line (see :func:`date_line`).
-
-    Raises:
-        ValueError: an invalid status, or CR/LF in a header or the content type.
-    """
-    status = response.status
-    if status in _NO_BODY_STATUS:  # neither a body nor the headers describing one
-        content_type = content_length = body = b""
-    else:
-        content_type = _content_type_line(response.content_type)
-        content_length = b"Content-Length: %d\r\n" % len(response.body)
-        body = b"" if head else response.body
-    return b"".join(
-        (
-            _status_line(status),
-            date,
-            content_type,
-            content_length,
-            _header_lines(response.headers) if response.headers else b"",
-            b"X-Request-Id: ",
-            request_id.encode("latin-1"),
-            b"\r\n",
-            conn,
-            b"\r\n",
-            body,
-        )
-    )
-
-
 def render(response: Response, request: Request, conn: bytes, date: bytes) -> bytes:
-    """:func:`encode_response` for ``request``; a response that cannot be encoded (bad status,
-    CR/LF in a header) is logged and replaced by a generic 500."""
+    """The whole response in one join: status line, headers, body (none for HEAD).
+
+    The server adds Date (``date``, see :func:`date_line`), Content-Type, Content-Length,
+    X-Request-Id and ``conn`` (one of ``CONN_NONE``, ``CONN_CLOSE``, ``CONN_KEEP_ALIVE``). A
+    response that cannot be encoded (bad status, CR/LF in a header or the content type) is
+    logged and replaced by a generic 500.
+    """
     try:
-        return encode_response(response, request.request_id, request.method == "HEAD", conn, date)
+        status = response.status
+        if status in _NO_BODY_STATUS:  # neither a body nor the headers describing one
+            content_type = content_length = body = b""
+        else:
+            content_type = _content_type_line(response.content_type)
+            content_length = b"Content-Length: %d\r\n" % len(response.body)
+            body = b"" if request.method == "HEAD" else response.body
+        return b"".join(
+            (
+                _STATUS_LINES.get(status) or _status_line(status),
+                date,
+                content_type,
+                content_length,
+                _header_lines(response.headers) if response.headers else b"",
+                b"X-Request-Id: ",
+                request.request_id.encode("latin-1"),
+                b"\r\n",
+                conn,
+                b"\r\n",
+                body,
+            )
+        )
     except Exception:
         _logger.exception("invalid response (request_id=%s)", request.request_id)
-        fallback = internal_error(request.request_id)
-        return encode_response(fallback, request.request_id, False, conn, date)
+        return render(internal_error(request.request_id), request, conn, date)
 
 
 # --- error responses ---------------------------------------------------------------------------

@@ -155,9 +155,11 @@ class Plan:
         #: What ``refuse_missing`` looks at (nothing at all for most models): a float input
         #: with a column whose source refuses missing values; a column whose source refuses
         #: categories it never saw (XGBoost).
-        self.refuses_missing = any(
-            b.dtype.startswith("float") and not all(c in io.accepts_missing for c in b.columns)
+        #: The float inputs to look at, by name.
+        self.refuses_missing = tuple(
+            b.name
             for b in io.inputs
+            if b.dtype.startswith("float") and not all(c in io.accepts_missing for c in b.columns)
         )
         self.refuses_unseen = bool(io.refused_categories)
 

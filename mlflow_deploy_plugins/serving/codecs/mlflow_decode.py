@@ -93,8 +93,9 @@ def decode_mlflow(
     params = doc.get("params")
     if params is not None and type(params) is not dict:
         raise BadRequest("'params' must be a JSON object", field="params")
-    feed, n_rows, columns = _mlflow_table(keys[0], doc[keys[0]], io, max_elements)
-    return MlflowRequest(refuse_missing(plan_for(io), feed), n_rows, io, params, columns)
+    plan = plan_for(io)
+    feed, n_rows, columns = _mlflow_table(keys[0], doc[keys[0]], plan, max_elements)
+    return MlflowRequest(refuse_missing(plan, feed), n_rows, io, params, columns)
 
 
 def _mime(content_type: str | None) -> tuple[str, bool]:
@@ -135,9 +136,9 @@ def _check_width(width: int, plan) -> None:
         )
 
 
-def _mlflow_table(fmt: str, payload: Any, io: IOSpec, max_elements: int):
+def _mlflow_table(fmt: str, payload: Any, plan, max_elements: int):
     """-> (feed, n_rows, columns or None)."""
-    plan = plan_for(io)
+    io = plan.io
     if fmt == "dataframe_split":
         if type(payload) is not dict:
             raise BadRequest(
