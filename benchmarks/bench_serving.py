@@ -955,7 +955,7 @@ def main() -> int:
     parser.add_argument(
         "--default-config",
         action="store_true",
-        help="run our runtime in its default configuration (access log on) instead of with "
+        help="run our runtime in its default configuration (errors-only access log) instead of with "
         "--no-access-log",
     )
     parser.add_argument(

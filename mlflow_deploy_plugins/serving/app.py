@@ -68,8 +68,10 @@ class ServingApp:
         self.metrics = metrics or ServingMetrics()
         self.metrics.set_model(self.name, self.version)
         self.payload_log = payload_log
-        access = settings.access_log and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+        access = logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
         self.access_log = AccessLog() if access else None
+        #: Every request is logged (--access-log), else only those answered 4xx/5xx.
+        self._log_every_request = settings.access_log
         self.batcher = Batcher(
             model.run,
             max_batch_size=settings.max_batch_size,
@@ -346,7 +348,7 @@ class ServingApp:
             children = self._children_for(key)
         children[0].inc()
         children[1].observe(duration_s)
-        if self.access_log is not None:
+        if self.access_log is not None and (self._log_every_request or response.status >= 400):
             self.access_log.record(
                 request.method,
                 request.path,

@@ -16,7 +16,7 @@ def _access_lines(text: str) -> list[dict]:
 
 
 def test_every_request_is_logged_once_in_order_and_flushed_on_stop(served, start_server, kit):
-    server = start_server(served.clf_bundle, label="access-log")  # the default: access log on
+    server = start_server(served.clf_bundle, "--access-log", label="access-log")
     frame = kit.churn_frame(2, seed=3)
     assert server.post("/invocations", {"dataframe_split": frame.to_dict("split")}).status == 200
     assert server.get("/nope").status == 404
@@ -71,3 +71,17 @@ def test_lines_are_batched_and_server_errors_written_at_once(tmp_path):
     asyncio.run(scenario())
     os.close(write_fd)
     os.close(read_fd)
+
+
+def test_by_default_only_errors_are_logged(served, start_server, kit):
+    server = start_server(served.clf_bundle, label="access-log-default")
+    frame = kit.churn_frame(2, seed=3)
+    assert server.post("/invocations", {"dataframe_split": frame.to_dict("split")}).status == 200
+    assert server.get("/nope").status == 404
+    assert server.post("/invocations", b"{").status == 400
+    assert server.stop() == 0
+    lines = _access_lines(server.log_path.read_text())
+    assert [(x["http"]["path"], x["http"]["status"]) for x in lines] == [
+        ("/nope", 404),
+        ("/invocations", 400),
+    ]

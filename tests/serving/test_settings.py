@@ -24,7 +24,7 @@ def test_defaults():
     assert s.payload_log_max_bytes == 1024 * 1024 * 1024 and s.payload_log_gzip is False
     assert s.payload_log_file_max_bytes == 64 * 1024 * 1024
     assert s.payload_log_queue_size == 10_000 and s.auth_token is None
-    assert s.access_log is True and s.intra_op_threads == 1 and s.log_level == "INFO"
+    assert s.access_log is False and s.intra_op_threads == 1 and s.log_level == "INFO"
 
 
 def test_precedence_defaults_manifest_env_overrides():
