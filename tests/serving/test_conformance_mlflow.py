@@ -27,12 +27,12 @@ def frame(kit):
     return kit.churn_frame(6, seed=21)
 
 
-def mlflow_answer(served, body: bytes, content_type: str):
-    """``(status, predictions or None)`` of MLflow's scoring server for the same request."""
+def mlflow_answer(model, body: bytes, content_type: str):
+    """``(status, predictions or None)`` of MLflow's scoring server for the same request, on
+    ``model`` (a source pyfunc)."""
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
 
-    model = served.source_pyfunc
     try:
         result = scoring_server.invocations(
             body, content_type, model, model.metadata.get_input_schema()
@@ -44,15 +44,21 @@ def mlflow_answer(served, body: bytes, content_type: str):
     return 200, json.loads(result.response)["predictions"]
 
 
-def assert_same(server, served, body: bytes, content_type: str):
+def assert_same_as(server, model, body: bytes, content_type: str = "application/json"):
+    """Our server and MLflow's scoring server on ``model`` give the same verdict and, on
+    success, the same predictions."""
     ours = server.post("/invocations", body, {"Content-Type": content_type})
-    status, predictions = mlflow_answer(served, body, content_type)
+    status, predictions = mlflow_answer(model, body, content_type)
     assert (ours.status == 200) == (status == 200), (ours.status, ours.text, status)
     if status == 200:
         assert ours.json()["predictions"] == predictions
     else:
         assert 400 <= ours.status < 500 and "Traceback" not in ours.text
     return ours
+
+
+def assert_same(server, served, body: bytes, content_type: str):
+    return assert_same_as(server, served.source_pyfunc, body, content_type)
 
 
 def _j(doc) -> bytes:
@@ -133,7 +139,7 @@ def test_scoring_server_responds_to_invalid_content_type_request(
     # test_..._with_unsupported_content_type_code, test_..._with_unrecognized_content_param
     body = _j({"dataframe_split": frame.to_dict(orient="split")})
     reply = clf_server.post("/invocations", body, {"Content-Type": content_type})
-    assert reply.status == 415 == mlflow_answer(served, body, content_type)[0]
+    assert reply.status == 415 == mlflow_answer(served.source_pyfunc, body, content_type)[0]
 
 
 def test_csv(clf_server, served, frame):
@@ -201,27 +207,6 @@ def tensor(tmp_path_factory, start_server):
     assert source.metadata.get_input_schema().is_tensor_spec()
     server = start_server(bundle.path, label="m-tensor")
     return server, source, np.random.default_rng(4).normal(size=(5, 4))
-
-
-def assert_same_as(server, source, body: bytes, content_type: str = "application/json"):
-    from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc import scoring_server
-
-    ours = server.post("/invocations", body, {"Content-Type": content_type})
-    try:
-        result = scoring_server.invocations(
-            body, content_type, source, source.metadata.get_input_schema()
-        )
-        status = result.status
-        predictions = json.loads(result.response)["predictions"] if status == 200 else None
-    except MlflowException as e:
-        status, predictions = e.get_http_status_code(), None
-    assert (ours.status == 200) == (status == 200), (ours.status, ours.text, status)
-    if status == 200:
-        assert ours.json()["predictions"] == predictions
-    else:
-        assert 400 <= ours.status < 500 and "Traceback" not in ours.text
-    return ours
 
 
 @pytest.mark.parametrize(
