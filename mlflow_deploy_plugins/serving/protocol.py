@@ -50,9 +50,10 @@ _logger = logging.getLogger(__name__)
 #: Half-closed connections wait this long for the client's FIN before being aborted.
 LINGER_S = 2.0
 
-# Why reading is paused (bits): too many pipelined requests queued, or the client not reading.
-_PAUSE_PIPELINE = 1
-_PAUSE_WRITE = 2
+# Why reading is paused (bits): too many pipelined requests queued, the client not reading, or a
+# large read (until the next loop iteration: libuv reads a stream up to 32 times, 8 MiB, per poll).
+_PAUSE_PIPELINE, _PAUSE_WRITE, _PAUSE_YIELD = 1, 2, 4
+_YIELD_BYTES = 64 * 1024
 
 
 class _Abort(Exception):
@@ -176,6 +177,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._answered = False
                 if not self._closed:
                     self._flush()
+            if len(data) >= _YIELD_BYTES and not self._paused & _PAUSE_YIELD:
+                self._pause(_PAUSE_YIELD)
+                self._server.loop.call_soon(self._resume, _PAUSE_YIELD)
 
     def eof_received(self) -> bool:
         self._no_more = True

@@ -15,6 +15,7 @@ from test_http import get, post, serve, wait_for  # noqa: F401
 from mlflow_deploy_plugins.serving.batching import Batcher
 from mlflow_deploy_plugins.serving.errors import Unauthorized
 from mlflow_deploy_plugins.serving.http import HttpLimits
+from mlflow_deploy_plugins.serving.wire import Response
 
 
 def limits(**kwargs) -> HttpLimits:
@@ -193,3 +194,29 @@ def test_batcher_offloads_only_large_requests():
     assert [len(results[n][0]) for n in (2, 5, 10)] == [2, 5, 10]
     assert ran_on[2] == ran_on[5] == loop_thread  # batched / run inline on the loop
     assert ran_on[10] != loop_thread  # offloaded
+
+
+def test_a_pipelined_flood_does_not_hold_the_loop_from_other_connections(serve):
+    # The attack: ~5 MB of pipelined requests on one connection made a probe on another wait
+    # for nearly all of them (libuv reads a stream up to 32 times per poll: 8 MB with uvloop).
+    # Now the connection stops reading after each large read until the next loop iteration.
+    handled: list[str] = []
+
+    def recording(request):
+        handled.append("probe" if request.path == "/probe" else "flood")
+        return Response(200, b"{}")
+
+    served = serve(handler=recording, limits=limits(max_body_bytes=4096))
+    n = 8000
+    flood = served.client()
+    sender = threading.Thread(target=flood.send, args=(post("/echo", b"x" * 1000) * n,))
+    sender.start()
+    assert flood.read_response()[0] == 200  # the flood is being served
+    probe = served.client()
+    probe.send(get("/probe"))
+    assert probe.read_response()[0] == 200
+    for _ in range(n - 1):
+        assert flood.read_response()[0] == 200
+    sender.join(30)
+    after_probe = len(handled) - 1 - handled.index("probe")
+    assert after_probe > n // 2, f"the probe waited for {n - after_probe} of {n} requests"
