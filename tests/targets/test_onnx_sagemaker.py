@@ -163,6 +163,19 @@ def test_long_values_round_trip_through_tags():
     assert _aws.decode_tag(tags, "mlflow_deploy.config") == text
 
 
+def test_dict_keys_take_json_strings_or_dicts():
+    from_cli = OnnxSageMakerConfig.from_config({"env": '{"A": "1"}', "tags": '{"team": "risk"}'})
+    from_python = OnnxSageMakerConfig.from_config({"env": {"A": "1"}, "tags": {"team": "risk"}})
+    assert from_cli == from_python and from_cli.env == {"A": "1"}
+    assert "env (dict | None" in OnnxSageMakerConfig.help_table()
+
+
+def test_v2_tensors_are_refused_by_predict():
+    v2 = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [1.0]}]}
+    with pytest.raises(MlflowException, match="not V2 tensors"):
+        get_deploy_client("onnx-sagemaker").predict("x", v2)
+
+
 # --- against moto ------------------------------------------------------------------------
 
 
@@ -295,6 +308,43 @@ def test_create_with_a_given_image_then_clash_then_delete_twice(client, aws, reg
     with pytest.raises(MlflowException) as gone:
         client.get_deployment(name)
     assert gone.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+@pytest.mark.aws
+def test_an_endpoint_this_target_did_not_make_is_left_alone(client, aws, registry):
+    name = new_name("foreign")
+    sagemaker = boto("sagemaker")
+    sagemaker.create_model(
+        ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE_URL}
+    )
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "v",
+                "ModelName": name,
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    try:
+        assert name not in [d["name"] for d in client.list_deployments()]
+        with pytest.raises(MlflowException, match="not made by this target") as info:
+            client.get_deployment(name)
+        assert info.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+        with pytest.raises(MlflowException, match="was not made by onnx-sagemaker: not deleting"):
+            client.delete_deployment(name, config={"region_name": REGION})
+        config = base_config(aws["bucket"], image_url=IMAGE_URL)
+        with pytest.raises(MlflowException, match="already exists") as clash:
+            client.create_deployment(name, f"models:/{registry['name']}/1", config=config)
+        assert clash.value.error_code == "RESOURCE_ALREADY_EXISTS"
+        assert sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
+    finally:
+        sagemaker.delete_endpoint(EndpointName=name)
+        sagemaker.delete_endpoint_config(EndpointConfigName=name)
+        sagemaker.delete_model(ModelName=name)
 
 
 @pytest.mark.aws
