@@ -11,6 +11,7 @@ import logging
 import os
 import tarfile
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,7 @@ def upload_bundle(
         Body=body,
         ContentType="application/gzip",
         Metadata={"sha256": digest},
-        Tagging="&".join(f"{k}={v}" for k, v in tags.items() if v),
+        Tagging=urllib.parse.urlencode({k: v for k, v in tags.items() if v}),
     )
     return ModelData(f"s3://{bucket}/{key}", bucket, key, digest, len(body), not existed)
 

@@ -58,7 +58,7 @@ class SageMakerTarget:
                 f"Config key 'mode' of target '{self.target}'={cfg.mode!r} is for update "
                 "(mlflow deployments update); create takes mode=create"
             )
-        self._require(cfg, "execution_role_arn", "bucket")
+        self._check(cfg)
         aws = self.session(cfg)
         if sm.describe_endpoint(aws, name) is not None:
             raise AlreadyExistsError(
@@ -116,7 +116,7 @@ class SageMakerTarget:
                 f"Config key 'mode' of target '{self.target}'='create' is for create: "
                 "update takes mode=replace or mode=add"
             )
-        self._require(cfg, "execution_role_arn", "bucket")
+        self._check(cfg)
         release = self._release(aws, name, model_uri or tags[_deployments.LABEL_MODEL_URI], cfg)
         old_config = aws.call(
             "sagemaker", "describe_endpoint_config", EndpointConfigName=info["EndpointConfigName"]
@@ -208,14 +208,20 @@ class SageMakerTarget:
     def list_deployments(self) -> list[dict]:
         """Every endpoint of this target in the region (their tags say so)."""
         aws = self.session(None)
+        pages = aws.client("sagemaker").get_paginator("list_endpoints").paginate()
+        listed = _aws.translate(lambda: list(pages), "sagemaker.list_endpoints", self.target)
         found = []
-        for page in aws.client("sagemaker").get_paginator("list_endpoints").paginate():
-            for endpoint in page["Endpoints"]:
+        for endpoint in (e for page in listed for e in page["Endpoints"]):
+            try:
                 tags = state.tags_of(aws, endpoint["EndpointArn"])
                 if tags.get(_deployments.LABEL_TARGET) == self.target:
                     found.append(
                         state.describe(aws, self.target, self.flavor, endpoint["EndpointName"])
                     )
+            except (_deployments.DeploymentNotFoundError, _aws.AwsError) as e:
+                if isinstance(e, _aws.AwsError) and not _aws.is_not_found(e):
+                    raise
+                _logger.info("Endpoint %s went away while listing", endpoint["EndpointName"])
         return found
 
     def get_deployment(self, name: str) -> dict:
@@ -273,19 +279,30 @@ class SageMakerTarget:
             self.docker_client = _docker.connect(None, self.target)
         return self.docker_client
 
-    def _require(self, cfg, *keys: str) -> None:
-        for key in keys:
+    def _check(self, cfg) -> None:
+        """What create and update need beyond each key's own rule (named in the message)."""
+        needed = {
+            "execution_role_arn": "the IAM role SageMaker assumes to pull the image and read the "
+            "model data (-C execution_role_arn=arn:aws:iam::ACCOUNT:role/NAME)",
+            "bucket": "the S3 bucket model.tar.gz is uploaded to (-C bucket=NAME, an existing "
+            "bucket in the endpoint's region)",
+        }
+        for key, what in needed.items():
             if not getattr(cfg, key):
                 raise InvalidInputError(
-                    f"Config key '{key}' of target '{self.target}' is required: "
-                    + {
-                        "execution_role_arn": "the IAM role SageMaker assumes to pull the image "
-                        "and read the model data (-C execution_role_arn=arn:aws:iam::ACCOUNT:"
-                        "role/NAME, with AmazonSageMakerFullAccess or narrower)",
-                        "bucket": "the S3 bucket model.tar.gz is uploaded to (-C bucket=NAME, "
-                        "an existing bucket in the endpoint's region)",
-                    }[key]
+                    f"Config key '{key}' of target '{self.target}' is required: {what}"
                 )
+        if cfg.max_instances is not None and cfg.serverless_config:
+            raise InvalidInputError(
+                f"Config key 'max_instances' of target '{self.target}' scales instance "
+                "variants; a serverless variant scales itself (MaxConcurrency in "
+                "serverless_config): set one of them"
+            )
+        if cfg.max_instances is not None and cfg.max_instances < cfg.min_instances:
+            raise InvalidInputError(
+                f"Config key 'max_instances' of target '{self.target}'={cfg.max_instances} is "
+                f"below min_instances={cfg.min_instances}"
+            )
 
     def _release(self, aws, name: str, model_uri: str, cfg) -> state.Release:
         """Resolve the model, build and push its image (unless ``image_url``), upload it."""

@@ -98,11 +98,17 @@ def test_target_help_lists_every_key_and_the_docs_embed_the_table():
         ({"mode": "add"}, "'mode'.*is for update"),
         ({"instance_count": "0"}, "'instance_count'.*must be >= 1"),
         ({"bogus": "1"}, "Unknown config key 'bogus'"),
+        ({"max_instances": "2", "min_instances": "3"}, "'max_instances'.*=2 is below min_i"),
+        (
+            {"max_instances": "2", "serverless_config": '{"MemorySizeInMB": 2048}'},
+            "'max_instances'.*a serverless variant scales itself",
+        ),
     ],
 )
 def test_bad_config_is_refused_before_aws_is_asked(monkeypatch, config, fragment):
     with pytest.MonkeyPatch.context() as mp:
-        aws_environment(mp, None)
+        aws_environment(mp, None)  # no credentials: AWS would refuse if it were asked
+        config = {"execution_role_arn": ROLE, "bucket": "b", **config}
         with pytest.raises(MlflowException, match=fragment) as info:
             get_deploy_client("onnx-sagemaker").create_deployment("x", "models:/m/1", config=config)
     assert info.value.error_code == "INVALID_PARAMETER_VALUE"
