@@ -117,7 +117,11 @@ class SageMakerTarget:
                 "update takes mode=replace or mode=add"
             )
         self._check(cfg)
-        release = self._release(aws, name, model_uri or tags[_deployments.LABEL_MODEL_URI], cfg)
+        if info["EndpointStatus"] not in ("InService", "Failed", "OutOfService"):
+            raise _deployments.DeploymentError(
+                f"Endpoint '{name}' is {info['EndpointStatus']}: SageMaker takes no update "
+                "until that ends; try again later"
+            )
         old_config = aws.call(
             "sagemaker", "describe_endpoint_config", EndpointConfigName=info["EndpointConfigName"]
         )
@@ -126,6 +130,7 @@ class SageMakerTarget:
         variant = cfg.variant_name or model_name
         if mode == "add" and variant in old_variants:
             raise AlreadyExistsError(f"Variant '{variant}' already serves on '{name}'")
+        release = self._release(aws, name, model_uri or tags[_deployments.LABEL_MODEL_URI], cfg)
         weight = _weight(cfg, 0.0 if mode == "add" else 1.0)
         new_variant = sm.production_variant(cfg, variant, model_name, weight)
         variants = [new_variant] + (

@@ -456,6 +456,16 @@ def test_a_failed_update_keeps_the_old_version_and_removes_the_new_one(
 
 
 @pytest.mark.aws
+def test_an_endpoint_still_updating_takes_no_second_update(client, given_deployment, monkeypatch):
+    # moto's endpoints are always InService: its DescribeEndpoint answer is made to say Updating
+    SageMakerOutcome(describe_status="Updating").install(monkeypatch)
+    name = given_deployment["name"]
+    with pytest.raises(MlflowException, match=f"Endpoint '{name}' is Updating"):
+        client.update_deployment(name, config={"region_name": REGION, "image_url": IMAGE_URL})
+    assert endpoint_resources(name)["models"] == [given_deployment["variants"][0]["model"]]
+
+
+@pytest.mark.aws
 def test_update_of_a_missing_deployment_is_resource_does_not_exist(client):
     with pytest.raises(MlflowException) as info:
         client.update_deployment(new_name("none"), config={"region_name": REGION})
