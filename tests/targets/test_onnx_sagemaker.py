@@ -513,7 +513,7 @@ def test_create_pushes_the_image_and_run_local_serves_what_predict_returns(
         tags = sagemaker.list_tags(ResourceArn=info["endpoint_arn"])["Tags"]
         model = sagemaker.describe_model(ModelName=info["variants"][0]["model"])
         image = docker_client.images.get(f"{TEST_REPOSITORY}:{image_tag}")
-        rendered = json.dumps([tags, model, image.attrs], default=str)
+        rendered = json.dumps([tags, model, image.attrs, info["config"]], default=str)
         logs = "\n".join(client.lines) + caplog.text
         for text in (rendered, logs):
             assert FAKE_SECRET not in text and "AKIAFAKEFAKEFAKEFAKE" not in text
