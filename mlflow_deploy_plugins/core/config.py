@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import re
 import types
@@ -29,6 +30,7 @@ _EXPECTED = {
     float: "a number",
     bool: "a boolean (true/false, yes/no, on/off, 1/0)",
     str: "a string",
+    dict: 'a JSON object (e.g. {"key": "value"})',
 }
 _SIZE = re.compile(r"^\s*(\d[\d_]*)\s*(k|ki|m|mi|g|gi)?b?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": 1024**2, "g": 1000**3, "gi": 1024**3}
@@ -303,6 +305,8 @@ def _from_string(name: str, raw: str, base: Any) -> Any:
         return int(text)
     if base is float:
         return float(text)
+    if base is dict:
+        return _native(json.loads(text), dict)
     raise TypeError(f"no string form for {base!r}")
 
 
@@ -316,4 +320,6 @@ def _native(raw: Any, base: Any) -> Any:
         return float(raw)
     if base is str and isinstance(raw, str | os.PathLike):
         return os.fspath(raw)
+    if base is dict and isinstance(raw, dict):
+        return dict(raw)
     raise TypeError(type(raw).__name__)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -150,6 +152,34 @@ def run_container(
             f"Could not start a container for '{owner}': {e.explanation or e}"
         ) from e
     return container
+
+
+def run_foreground(
+    start: Callable[[], Any], name: str, stop_timeout: float, progress: Callable[[str], None]
+) -> None:
+    """``run_local``: start a container (``start`` returns it ready), stream its log to stderr
+    until it exits or Ctrl+C, then stop it gracefully and remove it.
+
+    Raises:
+        DeploymentError: the server exited with a non-zero code (its last log lines in ``logs``).
+    """
+    container = None
+    try:
+        container = start()
+        for chunk in container.logs(stream=True, follow=True, since=int(time.time())):
+            sys.stderr.write(chunk.decode(errors="replace"))
+        container.reload()
+        code = container.attrs["State"].get("ExitCode")
+        if code:
+            raise _deployments.DeploymentError(
+                f"'{name}' exited with code {code}", logs=tail(container)
+            )
+    except KeyboardInterrupt:
+        progress(f"Stopping '{name}'")
+    finally:
+        if container is not None:
+            stop(container, stop_timeout)
+            remove(container)
 
 
 def check_port(client, host: str, port: int, deployment: str | None = None) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -224,27 +222,16 @@ class DockerTarget:
         resolved, image = self._build(model_uri, cfg)
         local_name = f"{self.container_prefix}local-{name}-{uuid.uuid4().hex[:6]}"
         rollout = self._rollout_of(name, cfg, resolved, image, local=True)
-        container = None
-        try:
+
+        def start():
             container, _ = rollout.create(cfg, container_name=local_name, what=f"'{name}'")
             self.progress(
                 f"Serving '{name}' ({resolved.lineage()}) at "
                 f"{endpoint_url(cfg.host, cfg.port)}; Ctrl+C stops it"
             )
-            for chunk in container.logs(stream=True, follow=True, since=int(time.time())):
-                sys.stderr.write(chunk.decode(errors="replace"))
-            container.reload()
-            code = container.attrs["State"].get("ExitCode")
-            if code:
-                raise _deployments.DeploymentError(
-                    f"'{name}' exited with code {code}", logs=_docker.tail(container)
-                )
-        except KeyboardInterrupt:
-            self.progress(f"Stopping '{name}'")
-        finally:
-            if container is not None:
-                _docker.stop(container, cfg.stop_timeout)
-                _docker.remove(container)
+            return container
+
+        _docker.run_foreground(start, name, cfg.stop_timeout, self.progress)
 
     def docker(self):
         """The docker SDK client, connected (and pinged) on first use."""

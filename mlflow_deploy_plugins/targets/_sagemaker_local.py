@@ -1,0 +1,141 @@
+"""``run_local`` of the SageMaker target: the deployed image run as SageMaker runs it (argument
+``serve``, port 8080, the uploaded ``model.tar.gz`` unpacked read-only into /opt/ml/model, the
+model's ``env``), so the container contract is tested before anything is paid for."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+from mlflow_deploy_plugins.serving.settings import ServingSettings
+from mlflow_deploy_plugins.targets import _container, _deployments, _docker, _rollout
+from mlflow_deploy_plugins.targets import _sagemaker as sm
+from mlflow_deploy_plugins.targets._endpoints import endpoint_url
+from mlflow_deploy_plugins.targets._images import builder, recipes
+
+_logger = logging.getLogger(__name__)
+
+CONTAINER_PREFIX = "mlflow-deploy-sagemaker-"
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """The container keys of a local SageMaker-like run (what ``_container`` and ``_rollout``
+    read): nothing beyond SageMaker's own contract is mounted or limited."""
+
+    port: int
+    network_mode: str
+    ready_timeout: float
+    host: str = "127.0.0.1"
+    user: str = recipes.DEFAULT_USER
+    workers: int = 1
+    stop_timeout: float = 30.0
+    restart_policy: str = "no"
+    auth_token_file: str | None = None
+    payload_log_dir: str | None = None
+    memory: str | None = None
+    cpus: float | None = None
+
+
+def unpack_model_data(archive: bytes, model_dir: str) -> None:
+    """Unpack ``model.tar.gz`` as SageMaker does into the directory mounted at /opt/ml/model
+    (readable by the image's non-root user)."""
+    os.makedirs(model_dir, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(model_dir, filter="data")
+    os.chmod(model_dir, 0o755)
+    for root, dirs, files in os.walk(model_dir):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
+def container_spec(cfg, run: LocalRun, model_dir: str) -> dict:
+    """``containers.create`` options: the hardened spec, ``serve``, the model directory
+    read-only at /opt/ml/model and the model's ``env``. In bridge mode the image's own
+    settings apply (0.0.0.0:8080 inside, as on SageMaker); host mode moves the server to
+    ``127.0.0.1:port`` because the engine has no bridge to publish 8080 through."""
+    env = {str(k): str(v) for k, v in (cfg.env or {}).items()}
+    if run.network_mode == "host":
+        env[ServingSettings.env_var("host")] = run.host
+        env[ServingSettings.env_var("port")] = str(run.port)
+    options = _container.container_options(
+        run, run.port, env, container_port=recipes.CONTAINER_PORT
+    )
+    options["volumes"][os.path.abspath(model_dir)] = {"bind": sm.MODEL_DIR, "mode": "ro"}
+    options["command"] = ["serve"]
+    return options
+
+
+def serve_foreground(target, name: str, model_uri: str, flavor=None, config=None) -> None:
+    """Build (or reuse) the image, run it as SageMaker would, stream its log until Ctrl+C.
+
+    Args:
+        target: the ``SageMakerTarget`` (its config class, recipe, docker client, progress).
+        name: names the local container.
+        model_uri: the model.
+        flavor: must be an ONNX-serving flavor or None.
+        config: the ``-C`` values (``port``, ``network_mode``, ``ready_timeout``, ``env``,
+            the image keys; ``image_url`` runs that image instead of building).
+    """
+    _deployments.validate_name(name)
+    _deployments.check_flavor(flavor, target.target)
+    cfg = target.config_class.from_config(config)
+    run = LocalRun(cfg.port, cfg.network_mode, cfg.ready_timeout)
+    client = target.docker()
+    _docker.check_port(client, run.host, run.port)
+    with tempfile.TemporaryDirectory(prefix="mlflow-deploy-sagemaker-") as work:
+        resolved = _deployments.resolve_model(model_uri, os.path.join(work, "bundle"))
+        image = (
+            cfg.image_url
+            or builder.ensure_image(
+                client,
+                resolved,
+                recipe=target.recipe,
+                base_image=cfg.base_image,
+                repository=cfg.ecr_repository,
+                python_version=cfg.python_version,
+                platform=cfg.platform,
+                cache_dir=cfg.wheel_cache,
+                rebuild=cfg.rebuild,
+                progress=target.progress,
+            ).tag
+        )
+        model_dir = os.path.join(work, "model")
+        unpack_model_data(sm.bundle_archive(resolved.bundle.path), model_dir)
+        options = container_spec(cfg, run, model_dir)
+        labels = _container.container_labels(
+            target.target,
+            name,
+            resolved,
+            host=run.host,
+            port=run.port,
+            network_mode=run.network_mode,
+            image=image,
+            config=cfg.remembered(),
+            local=True,
+        )
+
+        def start_container(container_name: str, port: int, takeover):
+            return _docker.run_container(client, image, container_name, labels, options)
+
+        container_name = f"{CONTAINER_PREFIX}local-{name}-{uuid.uuid4().hex[:6]}"
+        rollout = _rollout.ContainerRollout(
+            name, container_name, start_container, target.recipe, target.progress
+        )
+
+        def start():
+            container, _ = rollout.create(run, what=f"'{name}'")
+            target.progress(
+                f"Serving '{name}' as SageMaker would ({resolved.lineage()}) at "
+                f"{endpoint_url(run.host, run.port)}/invocations; Ctrl+C stops it"
+            )
+            return container
+
+        _docker.run_foreground(start, name, run.stop_timeout, target.progress)
