@@ -13,7 +13,8 @@ model-settings.json of a deployment (written by the ``mlserver`` target)::
      "parameters": {"uri": "./bundle", "extra": {"intra_op_threads": 1, "invocations": ...}}}
 
 ``extra`` keys: ``intra_op_threads`` (onnxruntime threads per call, default 1),
-``max_elements`` (most tensor elements per request), ``offload_rows`` (requests with at least
+``max_elements`` (most tensor elements per request), ``max_body_bytes`` (largest decoded
+``Content-Encoding`` body on the scoring route), ``offload_rows`` (requests with at least
 this many rows run in a thread, off the event loop), ``invocations``: the REST paths of MLflow's
 scoring route (default ``["/v2/models/<name>/invocations"]``; a one-model server adds
 ``/invocations``).
@@ -41,12 +42,17 @@ from starlette.responses import Response
 from mlflow_deploy_plugins.core.constants import MLSERVER_INVOCATIONS
 from mlflow_deploy_plugins.core.manifest import BundleError
 from mlflow_deploy_plugins.serving import codecs
-from mlflow_deploy_plugins.serving.errors import ServingError, model_error
+from mlflow_deploy_plugins.serving.errors import NotReady, ServingError, model_error
 from mlflow_deploy_plugins.serving.model import ServedModel
+from mlflow_deploy_plugins.serving.wire import HttpLimits
 
 _logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+#: Model name -> the instance that answers for it (the last one loaded). MLServer adds a new
+#: instance's routes before loading it and keeps them when the load fails, so a route may belong
+#: to an instance that never loaded: every route answers with the loaded instance of its name.
+_LOADED: dict[str, OnnxRuntime] = {}
 #: Requests with at least this many rows run in a thread (the runtime's default too).
 DEFAULT_OFFLOAD_ROWS = 4096
 
@@ -64,10 +70,12 @@ class OnnxRuntime(MLModel):
         self._threads = int(extra.get("intra_op_threads", 1))
         self._max_elements = int(extra.get("max_elements", codecs.DEFAULT_MAX_ELEMENTS))
         self._offload_rows = int(extra.get("offload_rows", DEFAULT_OFFLOAD_ROWS))
+        self._max_body = int(extra.get("max_body_bytes", HttpLimits.max_body_bytes))
         self.served: ServedModel | None = None
         # One handler per path, made per instance: several models share one server, so each
         # needs its own path (MLServer finds handlers among the instance's attributes).
-        paths = extra.get("invocations") or [MLSERVER_INVOCATIONS.format(name=settings.name)]
+        default = [MLSERVER_INVOCATIONS.format(name=settings.name)]
+        paths = extra.get("invocations", default)
         for i, path in enumerate(paths):
             handler = self._invocations_handler()
             register_custom_handler(CustomHandler(rest_path=path, rest_method="POST"), handler)
@@ -94,6 +102,13 @@ class OnnxRuntime(MLModel):
             ) from e
         served.warm_up()
         self.served = served
+        _LOADED[self.name] = self
+        return True
+
+    async def unload(self) -> bool:
+        if _LOADED.get(self.name) is self:
+            del _LOADED[self.name]
+        self.served = None
         return True
 
     async def metadata(self) -> MetadataModelResponse:
@@ -141,29 +156,39 @@ class OnnxRuntime(MLModel):
             raise model_error(e) from None
 
     def _invocations_handler(self):
+        name = self.name
+
         async def invocations(request: Request) -> Response:
             """MLflow's scoring protocol (``/invocations``), answered like our runtime."""
-            try:
-                body = await request.body()
-                coding = request.headers.get("content-encoding")
-                if coding is not None:
-                    body = codecs.decode_body(body, coding, self._max_elements * 16)
-                io = self.served.io
-                decoded = codecs.decode_mlflow(
-                    body,
-                    request.headers.get("content-type"),
-                    io,
-                    max_elements=self._max_elements,
-                )
-                role = codecs.role_for(io, (decoded.params or {}).get("predict_method"))
-                outputs = await self._run(decoded)
-                named = dict(zip([o.name for o in io.outputs], outputs, strict=True))
-                content = codecs.encode_mlflow(codecs.mlflow_prediction(io, role, named))
-                return Response(content, 200, media_type=JSON)
-            except ServingError as e:
-                return Response(e.to_mlflow_body(), e.status, media_type=JSON)
+            model = _LOADED.get(name)
+            if model is None:
+                error = NotReady(f"Model '{name}' is not loaded")
+                return Response(error.to_mlflow_body(), error.status, media_type=JSON)
+            return await model.score_mlflow(request)
 
         return invocations
+
+    async def score_mlflow(self, request: Request) -> Response:
+        """One MLflow scoring request (JSON or CSV, ``params.predict_method``)."""
+        try:
+            body = await request.body()
+            coding = request.headers.get("content-encoding")
+            if coding is not None:
+                body = codecs.decode_body(body, coding, self._max_body)
+            io = self.served.io
+            decoded = codecs.decode_mlflow(
+                body,
+                request.headers.get("content-type"),
+                io,
+                max_elements=self._max_elements,
+            )
+            role = codecs.role_for(io, (decoded.params or {}).get("predict_method"))
+            outputs = await self._run(decoded)
+            named = dict(zip([o.name for o in io.outputs], outputs, strict=True))
+            content = codecs.encode_mlflow(codecs.mlflow_prediction(io, role, named))
+            return Response(content, 200, media_type=JSON)
+        except ServingError as e:
+            return Response(e.to_mlflow_body(), e.status, media_type=JSON)
 
 
 def _request_document(payload: InferenceRequest) -> dict[str, Any]:

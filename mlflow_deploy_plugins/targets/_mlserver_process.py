@@ -49,7 +49,11 @@ def require_mlserver(target: str) -> None:
     Raises:
         MlserverNotInstalledError: ``mlserver`` cannot be imported.
     """
-    if importlib.util.find_spec("mlserver") is None:
+    try:
+        found = importlib.util.find_spec("mlserver") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        found = False
+    if not found:
         raise MlserverNotInstalledError(
             f"The {target} target needs MLServer in this Python environment ({sys.executable}): "
             f"pip install '{DIST_NAME}[mlserver]'"

@@ -118,6 +118,7 @@ def model_settings(name: str, bundle_folder: str, cfg, *, root_invocations: bool
         bundle_folder: the bundle's directory, relative to the model's directory.
         cfg: the target config (batching, threads).
         root_invocations: also answer MLflow's ``/invocations`` (a server with one model).
+            With ``parallel_workers`` above 0 no scoring route is registered (V2 only).
     """
     paths = [MLSERVER_INVOCATIONS.format(name=name)] + (
         ["/invocations"] if root_invocations else []
