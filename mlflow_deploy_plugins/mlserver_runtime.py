@@ -44,7 +44,7 @@ from mlflow_deploy_plugins.core.manifest import BundleError
 from mlflow_deploy_plugins.serving import codecs
 from mlflow_deploy_plugins.serving.errors import NotReady, ServingError, model_error
 from mlflow_deploy_plugins.serving.model import ServedModel
-from mlflow_deploy_plugins.serving.wire import HttpLimits
+from mlflow_deploy_plugins.serving.settings import ServingSettings
 
 _logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class OnnxRuntime(MLModel):
         self._threads = int(extra.get("intra_op_threads", 1))
         self._max_elements = int(extra.get("max_elements", codecs.DEFAULT_MAX_ELEMENTS))
         self._offload_rows = int(extra.get("offload_rows", DEFAULT_OFFLOAD_ROWS))
-        self._max_body = int(extra.get("max_body_bytes", HttpLimits.max_body_bytes))
+        self._max_body = int(extra.get("max_body_bytes", ServingSettings.max_body_bytes))
         self.served: ServedModel | None = None
         # One handler per path, made per instance: several models share one server, so each
         # needs its own path (MLServer finds handlers among the instance's attributes).

@@ -10,7 +10,6 @@ so several share one server. MLServer is an optional extra: this module imports 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +19,7 @@ from mlflow_deploy_plugins.core import config
 
 # Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
 # subclass visible here and must find exactly one.
-from mlflow_deploy_plugins.targets import _container, _mlserver_target
+from mlflow_deploy_plugins.targets import _client, _container, _mlserver_target
 from mlflow_deploy_plugins.targets._config import TargetConfig, option
 
 _logger = logging.getLogger(__name__)
@@ -141,13 +140,7 @@ def run_local(name, model_uri, flavor=None, config=None):
     MlserverDeploymentClient(TARGET).serve_foreground(name, model_uri, flavor, config)
 
 
-def _stderr_progress(message: str) -> None:
-    _logger.debug("%s", message)
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-
-
-class MlserverDeploymentClient(BaseDeploymentClient):
+class MlserverDeploymentClient(_client.DelegatingClient, BaseDeploymentClient):
     """Deployments as models of an MLServer (the work is done by
     ``_mlserver_target.MlserverTarget``, whose docstrings say what each call guarantees).
 
@@ -157,7 +150,7 @@ class MlserverDeploymentClient(BaseDeploymentClient):
     def __init__(self, target_uri: str = TARGET):
         super().__init__(target_uri)
         _, _, repository = target_uri.partition(":")
-        self.progress = _stderr_progress
+        self.progress = _client.stderr_progress
         self.deployments = _mlserver_target.MlserverTarget(
             TARGET,
             FLAVOR,
@@ -166,32 +159,3 @@ class MlserverDeploymentClient(BaseDeploymentClient):
             # read at each call: callers replace ``progress`` after construction
             progress=lambda line: self.progress(line),
         )
-
-    def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
-        """Put ``model_uri`` into the repository and load it; blocks until it is loaded."""
-        return self.deployments.create_deployment(name, model_uri, flavor, config)
-
-    def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
-        """Reload ``name`` with ``model_uri`` (default: its model URI, re-resolved) and/or new
-        model config; the old version answers until the new one is loaded."""
-        return self.deployments.update_deployment(name, model_uri, flavor, config)
-
-    def delete_deployment(self, name, config=None, endpoint=None):
-        """Unload ``name`` and remove it from the repository; no error when absent."""
-        self.deployments.delete_deployment(name, config)
-
-    def list_deployments(self, endpoint=None):
-        """Every deployment in the repository, with its state in MLServer."""
-        return self.deployments.list_deployments()
-
-    def get_deployment(self, name, endpoint=None):
-        """The deployment ``name`` as ``list_deployments`` describes it."""
-        return self.deployments.get_deployment(name)
-
-    def predict(self, deployment_name=None, inputs=None, endpoint=None):
-        """Score ``inputs`` (DataFrame, MLflow or V2 JSON dict, records, numpy array)."""
-        return self.deployments.predict(deployment_name, inputs)
-
-    def serve_foreground(self, name, model_uri, flavor=None, config=None) -> None:
-        """``run_local``: a fresh MLServer with this one model, in the foreground."""
-        self.deployments.serve_foreground(name, model_uri, flavor, config)

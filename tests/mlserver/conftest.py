@@ -9,58 +9,11 @@ installed the tests skip with the reason; with CI=true they fail instead.
 from __future__ import annotations
 
 import contextlib
-import os
 from types import SimpleNamespace
 
-import numpy as np
-import pandas as pd
 import pytest
-from helpers import mixed_pipeline, register_sklearn, tracking_store
-
-COLUMNS = ["age", "income", "tenure", "city"]
-KEEPER = "keeper"
-
-
-def churn_frame(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "age": rng.normal(40, 10, n).round(3),
-            "income": rng.lognormal(10, 0.5, n).round(2),
-            "tenure": rng.integers(0, 20, n).astype(float),
-            "city": rng.choice(["paris", "lyon", "nice"], n),
-        }
-    )
-
-
-def churn_target(frame: pd.DataFrame) -> np.ndarray:
-    score = (frame.age - 40) / 10 + (np.log(frame.income) - 10) * 2 + (frame.city == "lyon")
-    return (score > 0).to_numpy()
-
-
-def mlserver_missing(reason: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            f"{reason}; CI=true, so the MLServer tests must run (pip install '.[mlserver]')"
-        )
-    pytest.skip(f"{reason}: pip install -c tests/constraints.txt '.[mlserver]'")
-
-
-@contextlib.contextmanager
-def using_store(uri: str):
-    """Point mlflow and its environment at ``uri`` for the duration (restored after)."""
-    import mlflow
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_REGISTRY_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        try:
-            yield uri
-        finally:
-            mlflow.set_tracking_uri(None)
-            mlflow.set_registry_uri(None)
+from helpers import churn_frame, mixed_pipeline, register_sklearn, tracking_store
+from mlserver_support import COLUMNS, KEEPER, churn_target, mlserver_missing, using_store
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import KEEPER, churn_frame
+from helpers import churn_frame
+from mlserver_support import KEEPER
 
 pytestmark = pytest.mark.mlserver
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLUMNS, KEEPER, churn_frame
+from helpers import churn_frame
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
+from mlserver_support import COLUMNS, KEEPER
 
 from mlflow_deploy_plugins.targets import _mlserver_repo, mlserver
 from mlflow_deploy_plugins.targets._mlserver_process import server_settings
@@ -392,3 +393,115 @@ def test_adaptive_batching_answers_each_request_with_its_own_rows(mlserver, mlse
             )
     finally:
         mlserver.client.delete_deployment(name)
+
+
+@pytest.mark.mlserver
+def test_run_local_serves_in_the_foreground_until_interrupted(mlserver, mlserver_models, tmp_path):
+    import os
+    import signal
+
+    from mlflow_deploy_plugins.targets._endpoints import free_port, port_in_use
+
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlserver_models.uri)
+    env["MLFLOW_REGISTRY_URI"] = mlserver_models.uri
+    log = tmp_path / "run-local.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "deployments", "run-local", "-t", "mlserver",
+             "--name", "try", "-m", "models:/churn-onnx/1", "-C", f"port={port}"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    frame = churn_frame(3, seed=4)
+    records = {"dataframe_records": json.loads(frame.to_json(orient="records"))}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                status, answer = post(f"http://127.0.0.1:{port}/invocations", records, timeout=5)
+            except OSError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.2)
+        # one model on the server: MLflow's /invocations answers at the root too
+        assert answer["predictions"] == mlserver_models.pyfuncs[1].predict(frame).tolist()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Serving 'try'" in log.read_text()
+    assert not port_in_use("127.0.0.1", port), "the foreground server is stopped on Ctrl+C"
+
+
+def test_the_runtime_inside_mlserver_imports_only_what_the_mlserver_extra_installs():
+    # what importing the runtime adds to what importing MLServer imports (MLServer itself
+    # brings pandas and pyarrow): none of the heavy stack, nothing outside the mlserver extra
+    pytest.importorskip("mlserver")
+    script = (
+        "import sys, mlserver, mlserver.handlers.custom, mlserver.utils, starlette.responses; "
+        "before = set(sys.modules); import mlflow_deploy_plugins.mlserver_runtime; "
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - "
+        "{'mlflow_deploy_plugins', 'onnxruntime', 'numpy', 'orjson'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.mlserver
+def test_remote_mode_drives_an_existing_server_through_its_repository(
+    mlserver, mlserver_models, store, tmp_path
+):
+    # a server someone else runs (started here as a user would), whose repository we can write
+    from mlflow_deploy_plugins.targets._endpoints import free_port, http_ready
+
+    repository = tmp_path / "shared-volume"
+    repository.mkdir()
+    port = free_port()
+    settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+                "metrics_port": free_port(), "parallel_workers": 0, "debug": False}  # fmt: skip
+    (repository / "settings.json").write_text(json.dumps(settings))
+    log = tmp_path / "remote.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-c", "from mlserver.cli import main; main()", "start",
+             str(repository)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not http_ready(url + "/v2/health/live"):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        client = get_deploy_client(f"mlserver:{repository}")
+        config = {"mode": "remote", "url": url}
+        info = client.create_deployment("churn", "models:/churn-onnx/1", config=config)
+        assert info["status"] == "READY" and info["endpoint_url"] == url
+        frame = churn_frame(3, seed=8)
+        assert client.predict("churn", frame)["predictions"] == (
+            mlserver_models.pyfuncs[1].predict(frame).tolist()
+        )
+        # later calls need no -C keys: the repository knows its server
+        updated = client.update_deployment("churn", "models:/churn-onnx/2")
+        assert updated["deployed_version"] == "2"
+        status, answer = post(f"{url}/v2/models/churn/infer", v2_body(frame))
+        np.testing.assert_allclose(
+            probabilities(answer, 3), expected_proba(mlserver_models, 2, frame), atol=1e-5
+        )
+        # one repository, one server: the local mode cannot take it over
+        with pytest.raises(MlflowException, match="serves deployments of mode remote"):
+            client.create_deployment("other", "models:/churn-onnx/1")
+        client.delete_deployment("churn")
+        assert client.list_deployments() == []
+        assert server.poll() is None, "remote mode never stops the server"
+        assert http_ready(url + "/v2/health/live")
+    finally:
+        server.terminate()
+        server.wait(30)
