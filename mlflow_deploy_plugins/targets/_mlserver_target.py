@@ -172,6 +172,16 @@ class MlserverTarget:
     def predict(self, deployment_name, inputs):
         """Score ``inputs`` (as onnx-docker's ``predict``) on the deployment's model."""
         info = self.get_deployment(deployment_name)
+        if info["status"] == "UNAVAILABLE":
+            raise _deployments.DeploymentError(
+                f"Deployment '{deployment_name}': no MLServer answers at {info['endpoint_url']}"
+                + (
+                    f"; `mlflow deployments update -t {self.target}:{self.root} --name "
+                    f"{deployment_name}` starts it again"
+                    if info["config"].get("mode") == "local"
+                    else ""
+                )
+            )
         if info["status"] != "READY":
             raise _deployments.DeploymentError(
                 f"Deployment '{deployment_name}' is {info['status']} in MLServer, not READY"

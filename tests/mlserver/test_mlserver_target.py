@@ -498,10 +498,19 @@ def test_remote_mode_drives_an_existing_server_through_its_repository(
         # one repository, one server: the local mode cannot take it over
         with pytest.raises(MlflowException, match="serves deployments of mode remote"):
             client.create_deployment("other", "models:/churn-onnx/1")
+        client.delete_deployment("churn")  # the last one: the server stays
+        assert server.poll() is None and http_ready(url + "/v2/health/live")
+        assert "churn" not in _mlserver_repo.RepositoryApi(url).index()
+        client.create_deployment("churn", "models:/churn-onnx/1", config=config)
+        # the server goes away: get says so, predict names the URL, delete still cleans up
+        server.terminate()
+        server.wait(30)
+        assert client.get_deployment("churn")["status"] == "UNAVAILABLE"
+        with pytest.raises(MlflowException, match=f"no MLServer answers at {url}"):
+            client.predict("churn", frame)
         client.delete_deployment("churn")
         assert client.list_deployments() == []
-        assert server.poll() is None, "remote mode never stops the server"
-        assert http_ready(url + "/v2/health/live")
+        assert not (repository / "churn").exists()
     finally:
         server.terminate()
         server.wait(30)
