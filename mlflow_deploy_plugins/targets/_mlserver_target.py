@@ -74,10 +74,16 @@ class MlserverTarget:
                 f"Deployment '{name}' already exists on {self.target} (repository {self.root}): "
                 "update it (mlflow deployments update) or delete it first"
             )
+        if self.repository.model_dir(name).exists():
+            raise AlreadyExistsError(
+                f"The repository {self.root} already has a directory '{name}' that this target "
+                "did not create (another model of the server?): choose another name"
+            )
         api = self._server(cfg)
         try:
             resolved, folder = self._stage(name, model_uri)
         except BaseException:
+            self.repository.remove(name)
             self._stop_if_empty(cfg)
             raise
         record = self._record(name, resolved, folder, cfg, api.url)

@@ -5,6 +5,7 @@ any server) run anywhere."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -482,6 +483,14 @@ def test_remote_mode_drives_an_existing_server_through_its_repository(
             time.sleep(0.2)
         client = get_deploy_client(f"mlserver:{repository}")
         config = {"mode": "remote", "url": url}
+        # a model of the server that is not ours is never overwritten
+        (repository / "theirs").mkdir()
+        (repository / "theirs" / "model-settings.json").write_text('{"name": "theirs"}')
+        with pytest.raises(MlflowException, match="did not create") as info:
+            client.create_deployment("theirs", "models:/churn-onnx/1", config=config)
+        assert info.value.error_code == "RESOURCE_ALREADY_EXISTS"
+        assert (repository / "theirs" / "model-settings.json").read_text() == '{"name": "theirs"}'
+        shutil.rmtree(repository / "theirs")
         info = client.create_deployment("churn", "models:/churn-onnx/1", config=config)
         assert info["status"] == "READY" and info["endpoint_url"] == url
         frame = churn_frame(3, seed=8)
