@@ -3,7 +3,8 @@ deterministic, so it compares two source trees on a shared, noisy machine where 
 
 In one process: the HTTP protocol (``HttpProtocol`` on a fake transport), the real app, the real
 batcher and the real onnxruntime session, under uvloop. 32 connections each send one 1-row request
-per loop iteration (as ``wrk -c32`` does), so requests batch as in production. The count is taken
+per loop iteration (as ``wrk -c32`` does; ``--conns`` changes it), so requests batch as in
+production. The count is taken
 twice (320 and 1,920 requests) and the difference divided by 1,600: start-up cancels out. Only
 the main thread is counted. Timer work (the server's sweep, once per 0.5 s of wall time) runs
 50x slower under callgrind than the requests, so counts move by about 1% with the machine's load:
@@ -11,7 +12,7 @@ run the trees side by side, several times.
 
 Run (needs valgrind, and a bundle + bodies from ``bench_serving.py --keep``)::
 
-    python benchmarks/bench_instructions.py WORKDIR TREE [TREE ...] [--body mlflow|tensor|v2]
+    python benchmarks/bench_instructions.py WORKDIR TREE [TREE ...] [--body mlflow|tensor|v2] [--conns N]
 
 where WORKDIR holds ``bundle/`` and ``body-*.json`` and each TREE is a checkout holding
 ``mlflow_deploy_plugins/`` (e.g. ``git worktree add /tmp/base <commit>``).
@@ -103,14 +104,14 @@ async def _drive(workdir: str, kind: str, n: int, conns: int = 32) -> float:
     return time.process_time() - started
 
 
-def _child(tree: str, workdir: str, kind: str, n: int) -> None:
+def _child(tree: str, workdir: str, kind: str, n: int, conns: int) -> None:
     sys.path.insert(0, tree)
     import uvloop
 
-    uvloop.run(_drive(workdir, kind, n))
+    uvloop.run(_drive(workdir, kind, n, conns))
 
 
-def _instructions(tree: str, workdir: str, kind: str, n: int) -> int:
+def _instructions(tree: str, workdir: str, kind: str, n: int, conns: int) -> int:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
             [
@@ -125,6 +126,7 @@ def _instructions(tree: str, workdir: str, kind: str, n: int) -> int:
                 workdir,
                 kind,
                 str(n),
+                str(conns),
             ],
             env=dict(os.environ, PYTHONHASHSEED="0"),
             capture_output=True,
@@ -136,17 +138,26 @@ def _instructions(tree: str, workdir: str, kind: str, n: int) -> int:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        _child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir")
     parser.add_argument("trees", nargs="+")
     parser.add_argument("--body", choices=sorted(BODIES), default="mlflow")
+    parser.add_argument(
+        "--conns",
+        type=int,
+        default=32,
+        help="connections sending one request each per loop iteration (wrk -c; 32: batches "
+        "of 32 rows, 1: every request alone in its loop iteration)",
+    )
     args = parser.parse_args()
+    if 320 % args.conns or 1920 % args.conns:
+        parser.error("--conns must divide 320 (1, 2, 4, 5, 8, 10, 16, 20, 32, ...)")
     rows = []
     for tree in args.trees:
-        low = _instructions(tree, args.workdir, args.body, 320)
-        high = _instructions(tree, args.workdir, args.body, 1920)
+        low = _instructions(tree, args.workdir, args.body, 320, args.conns)
+        high = _instructions(tree, args.workdir, args.body, 1920, args.conns)
         rows.append((tree, (high - low) / 1600))
     base = rows[0][1]
     print(f"{'tree':40s} {'instructions/request':>22s} {'ratio':>7s}")

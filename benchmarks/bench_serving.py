@@ -619,20 +619,23 @@ def server_specs(
 
     ours = runtime("ours", dict(base_env))
 
-    def minimal():
-        port = free_port()
-        cmd = [sys.executable, str(HERE / "minimal_v2_server.py"), bundle.path, str(port)]
-        return ManagedServer(
-            "uvicorn",
-            "uvicorn",
-            cmd,
-            dict(base_env),
-            str(workdir),
-            "/v2/health/ready",
-            port,
-            str(workdir / "uvicorn.log"),
-            60,
-        )
+    def minimal(name: str, script: str):
+        def start():
+            port = free_port()
+            cmd = [sys.executable, str(HERE / script), bundle.path, str(port)]
+            return ManagedServer(
+                name,
+                name,
+                cmd,
+                dict(base_env),
+                str(workdir),
+                "/v2/health/ready",
+                port,
+                str(workdir / f"{name}.log"),
+                60,
+            )
+
+        return start
 
     infer = f"/v2/models/{bundle.manifest.name}/infer"
     by_key = {s.key: s for s in BASE_SCENARIOS}
@@ -644,7 +647,12 @@ def server_specs(
     specs["ours"] = ("ours (mlflow_deploy_plugins.serving)", ours, ours_scenarios)
     specs["uvicorn"] = (
         "uvicorn + onnxruntime + orjson, a minimal V2 server (the graph's tensor)",
-        minimal,
+        minimal("uvicorn", "minimal_v2_server.py"),
+        [s.at(infer, "v2-tensor") for s in BASE_SCENARIOS],
+    )
+    specs["fastapi"] = (
+        "FastAPI + pydantic + onnxruntime on uvicorn, a V2 server (the graph's tensor)",
+        minimal("fastapi", "fastapi_v2_server.py"),
         [s.at(infer, "v2-tensor") for s in BASE_SCENARIOS],
     )
     if args.baseline_tree:
@@ -988,9 +996,10 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         default="mlflow,mlserver,ours",
-        help="comma-separated subset of mlflow,mlserver,mlserver-onnx,uvicorn,ours (uvicorn: a "
-        "minimal uvicorn + onnxruntime V2 server; mlserver-onnx: MLServer + our runtime, from "
-        "this venv, which needs the mlserver extra)",
+        help="comma-separated subset of mlflow,mlserver,mlserver-onnx,uvicorn,fastapi,ours "
+        "(uvicorn: a minimal raw-ASGI uvicorn + onnxruntime V2 server; fastapi: the same on "
+        "FastAPI + pydantic; mlserver-onnx: MLServer + our runtime, from this venv, which needs "
+        "the mlserver extra)",
     )
     parser.add_argument(
         "--mlserver-venv",
@@ -1084,7 +1093,15 @@ def main() -> int:
         specs = server_specs(args, workdir, tracking_uri, bundle, source_dir, mlserver_venv)
         if args.baseline_tree:
             wanted.append("baseline")
-        for name in ("mlflow", "mlserver", "mlserver-onnx", "uvicorn", "baseline", "ours"):
+        for name in (
+            "mlflow",
+            "mlserver",
+            "mlserver-onnx",
+            "uvicorn",
+            "fastapi",
+            "baseline",
+            "ours",
+        ):
             if name in wanted:
                 bench_server(name, specs[name], bodies, args, reports, running)
     except KeyboardInterrupt:

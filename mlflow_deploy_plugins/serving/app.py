@@ -82,6 +82,7 @@ class ServingApp:
         self.offload: ThreadPoolExecutor | None = None
         #: Bodies this large are decoded and run on ``offload`` (never, until it is open).
         self._offload_bytes = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None  # set when a request is offloaded
         self.ready = False
         #: Why the app is not ready although started (e.g. its payload log directory cannot be
         #: written, payload_log_unwritable=unready); None: nothing stands in the way.
@@ -213,7 +214,8 @@ class ServingApp:
             except ServingError as e:
                 return _error_response(e, request.path)
 
-        return asyncio.get_running_loop().run_in_executor(self.offload, work)
+        self._loop = loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.offload, work)
 
     def _ready_response(self, body: bytes, content_type: str) -> Response:
         if self.ready and self.unready_reason is None:
@@ -299,6 +301,8 @@ class ServingApp:
         bug). ``offloaded``: on the offload pool, the model runs right there and the response
         is returned."""
         if offloaded:
+            # batch_size counts this run too, observed on the loop (its histogram's thread)
+            self._loop.call_soon_threadsafe(self.metrics.batch_size.observe, decoded.n_rows)
             try:
                 outputs = self.model.run(decoded.feed)
             except Exception as e:

@@ -79,7 +79,10 @@ class HttpServer(asyncio.AbstractServer):
         self.limits = limits
         self.on_response = on_response
         self.loop = loop
-        self.connections: set[HttpProtocol] = set()
+        #: Open connections, oldest first (a dict: ordered, O(1) removal).
+        self.connections: dict[HttpProtocol, None] = {}
+        #: Idle connections closed to make room for a new one at ``max_connections``.
+        self.idle_closed_at_cap = 0
         #: Requests received whose response is not written yet.
         self.in_flight = 0
         self.shutting_down = False
@@ -114,14 +117,19 @@ class HttpServer(asyncio.AbstractServer):
         return self._rid_prefix + str(next(self._rid_counter))
 
     def admit(self, conn: HttpProtocol, transport: asyncio.Transport) -> bool:
-        """Register a new connection, or, at ``max_connections``, answer it 503 and close it at
-        once (accepting and closing frees the kernel's accept queue and tells the client to retry
-        now; not accepting would leave it, and health probes, hanging in the backlog)."""
-        if len(self.connections) < self.limits.max_connections:
-            self.connections.add(conn)
+        """Register a new connection. At ``max_connections`` the oldest idle connection (one
+        that sent nothing yet, or an idle keep-alive one: nothing in progress, nothing owed) is
+        closed to make room, as nginx reuses idle keep-alive connections, so silent clients
+        cannot lock probes and real clients out. When every connection is busy, the new one is
+        answered 503 and closed at once (accepting and closing frees the kernel's accept queue
+        and tells the client to retry now; not accepting would leave it hanging in the
+        backlog)."""
+        connections = self.connections
+        if len(connections) < self.limits.max_connections or self._close_oldest_idle():
+            connections[conn] = None
             return True
         error = Busy(
-            f"too many connections (max_connections={self.limits.max_connections})",
+            f"too many connections (max_connections={self.limits.max_connections}), all busy",
             field="max_connections",
         )
         request = Request("", "", "", {}, b"", "", self.next_request_id())
@@ -129,6 +137,14 @@ class HttpServer(asyncio.AbstractServer):
             render(error_response(error, request.request_id), request, CONN_CLOSE, self.date_line)
         )
         transport.close()
+        return False
+
+    def _close_oldest_idle(self) -> bool:
+        for old in self.connections:  # in the order they came: oldest first
+            if old.close_if_idle():
+                del self.connections[old]  # its connection_lost comes later
+                self.idle_closed_at_cap += 1
+                return True
         return False
 
     def preflight(self, exchange: Exchange, length: int) -> ServingError | None:
@@ -158,7 +174,7 @@ class HttpServer(asyncio.AbstractServer):
 
     def connection_closed(self, conn: HttpProtocol) -> None:
         """Called by a connection once its transport is gone."""
-        self.connections.discard(conn)
+        self.connections.pop(conn, None)
         if not self.connections and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 

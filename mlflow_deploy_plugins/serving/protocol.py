@@ -464,23 +464,27 @@ class HttpProtocol(asyncio.Protocol):
                 self.abort()
             elif self._in_request:
                 self._fail(RequestTimeout("request timeout"))
-            elif not self._queue:
-                self._no_more = self._closed = True  # idle keep-alive connection
-                self._transport.close()
+            else:
+                self.close_if_idle()  # an idle keep-alive connection
         elif self._write_deadline and self._write_deadline <= now:
             self.abort()
+
+    def close_if_idle(self, grace_s: float = 0.0) -> bool:
+        """Close the connection if no request is in progress and no response is owed (with
+        ``grace_s`` > 0: the sweeper closes it then, unless a request comes first)."""
+        if self._closed or self._lingering or self._in_request or self._queue:
+            return False
+        if grace_s > 0:
+            self._deadline = self._server.now + grace_s
+            return False
+        self._no_more = self._closed = True
+        self._transport.close()
+        return True
 
     def begin_shutdown(self, idle_grace_s: float = 0.0) -> None:
         """The server stops: close now if idle (or after ``idle_grace_s``), else after the
         responses owed (they go out with ``Connection: close``)."""
-        if self._closed or self._lingering:
-            return
-        if not self._in_request and not self._queue:
-            if idle_grace_s > 0:  # the sweeper closes it then, unless a request comes first
-                self._deadline = self._server.now + idle_grace_s
-                return
-            self._no_more = self._closed = True
-            self._transport.close()
+        self.close_if_idle(idle_grace_s)
 
     def abort(self) -> None:
         """Drop the connection at once (RST), whatever is still owed."""

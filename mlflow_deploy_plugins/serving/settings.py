@@ -89,8 +89,8 @@ class ServingSettings:
     )
     max_connections: int = setting(
         2048,
-        "Open connections per worker; a connection beyond it is accepted, answered 503 "
-        "(Retry-After) and closed at once.",
+        "Open connections per worker; beyond it the oldest idle connection is closed to make "
+        "room, or, when all are busy, the new one is answered 503 (Retry-After) and closed.",
         check=at_least(1),
     )
     max_inflight_body_bytes: int = setting(

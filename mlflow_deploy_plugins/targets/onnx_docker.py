@@ -94,7 +94,8 @@ class OnnxDockerConfig(TargetConfig):
     )
     max_connections: int | None = option(
         None,
-        "Open connections per server process; beyond: 503 and close (runtime default 2048).",
+        "Open connections per server process; beyond it the oldest idle one is closed, or 503 "
+        "when all are busy (runtime default 2048).",
         check=_container.runtime_setting("max_connections"),
     )
     max_body_bytes: int | None = option(

@@ -49,22 +49,51 @@ def test_a_connection_that_sends_nothing_is_closed_before_the_keepalive_timeout(
     assert not select.select([used.sock], [], [], 0.5)[0]
 
 
-def test_connections_beyond_the_cap_get_503_and_are_closed(serve):
+def test_connections_beyond_the_cap_get_503_when_every_connection_is_busy(serve):
     served = serve(limits=limits(max_connections=2))
     first, second = served.client(), served.client()
-    for client in (first, second):
-        client.send(get("/echo"))
-        assert client.read_response()[0] == 200
+    for client in (first, second):  # busy: a request whose body is still coming
+        client.send(post("/echo", b"x" * 100)[:-50])
+    assert wait_for(lambda: len(served.server.connections) == 2)
     extra = served.client()
     status, headers, body = extra.read_response()
     assert (status, headers["connection"], headers["retry-after"]) == (503, "close", "1")
     assert "max_connections=2" in error_of(body)
     assert extra.closed_by_peer()
+    first.send(b"x" * 50)
+    assert first.read_response()[0] == 200
     first.close()
     assert wait_for(lambda: len(served.server.connections) == 1)
     again = served.client()
     again.send(get("/echo"))
     assert again.read_response()[0] == 200
+    second.send(b"x" * 50)  # the busy one was never touched
+    assert second.read_response()[0] == 200
+
+
+def test_at_the_cap_the_oldest_idle_connection_makes_room(serve):
+    # The attack: connections that never send a byte held every slot, so health probes and real
+    # clients got 503 until the first-request timeout. Like nginx with idle keep-alive
+    # connections, the oldest idle one is closed to make room; busy ones are never touched.
+    served = serve(limits=limits(max_connections=3, first_request_timeout_s=60.0))
+    silent = served.client()  # oldest, never sends a byte
+    kept_alive = served.client()  # idle after a first request
+    kept_alive.send(get("/echo"))
+    assert kept_alive.read_response()[0] == 200
+    busy = served.client()
+    busy.send(post("/echo", b"x" * 100)[:-50])
+    assert wait_for(lambda: len(served.server.connections) == 3)
+    probe = served.client()
+    probe.send(get("/echo"))
+    assert probe.read_response()[0] == 200
+    assert silent.closed_by_peer()
+    late = served.client()  # next: the idle keep-alive one, then the probe (now idle too)
+    late.send(get("/echo"))
+    assert late.read_response()[0] == 200
+    assert kept_alive.closed_by_peer()
+    busy.send(b"x" * 50)
+    assert busy.read_response()[0] == 200
+    assert served.server.idle_closed_at_cap == 2
 
 
 def test_body_bytes_in_flight_are_capped_with_503_and_given_back(serve):

@@ -4,6 +4,7 @@ uploads, and a health probe answered while a huge request runs."""
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import time
@@ -112,6 +113,10 @@ def test_probe_is_answered_while_a_huge_request_runs(served, start_server, kit):
         status, answer = read_response(huge)
         assert status == 200
         assert len(json.loads(answer)["predictions"]) == len(rows)
+        # The run on the offload pool is counted in batch_size like the loop's runs.
+        metrics = server.get("/metrics").text
+        rows_run = re.search(r"^mlflow_deploy_batch_size_sum (\S+)$", metrics, re.M)
+        assert rows_run and float(rows_run.group(1)) >= len(rows), metrics[-2000:]
     finally:
         huge.close()
         probe.close()
