@@ -7,7 +7,8 @@ One run on this machine (issue 3, "Benchmark"):
    (``bench-onnx@champion``) and builds our serving bundle from the promoted twin;
 2. starts, one at a time and each pinned to core 0 with ``taskset``:
    ``mlflow models serve`` (1 worker), MLServer 1.7.1 + mlserver-mlflow (its own venv, created if
-   missing) and our runtime (``python -m mlflow_deploy_plugins.serving``);
+   missing), MLServer + our MLServer runtime (``--servers mlserver-onnx``: this venv, with the
+   ``mlserver`` extra) and our runtime (``python -m mlflow_deploy_plugins.serving``);
 3. per server: cold start (spawn -> first 200 on its readiness endpoint), RSS of the whole process
    tree after warm-up, then ``wrk`` pinned to core 1 (Lua script for POST bodies): 1-row requests at
    concurrency 1, 8, 32 and 100-row requests at concurrency 8. MLflow scoring protocol
@@ -66,6 +67,8 @@ GOAL_C1_P50_MS = 0.3
 GOAL_100ROW_THROUGHPUT_X = 15.0
 GOAL_COLD_START_S = 0.6
 GOAL_RSS_MIB = 100.0
+#: Issue 13: MLServer + our runtime against MLServer + mlserver-mlflow, 1 row c=32.
+GOAL_MLSERVER_ONNX_X = 10.0
 
 _logger = logging.getLogger("bench_serving")
 
@@ -519,52 +522,72 @@ def server_specs(
         [s.at("/invocations", "mlflow") for s in BASE_SCENARIOS],
     )
 
+    def mlserver_server(name: str, label: str, model: dict, command: list[str], env: dict):
+        """MLServer serving one model (``model``: its model-settings.json) with the settings
+        both MLServer rows share."""
+        port = free_port()
+        repo = workdir / name
+        (repo / MODEL_NAME).mkdir(parents=True, exist_ok=True)
+        settings = {
+            "host": "127.0.0.1",
+            "http_port": port,
+            "grpc_port": free_port(),
+            "metrics_port": free_port(),
+            "parallel_workers": args.mlserver_parallel_workers,
+            "debug": False,  # no access log, INFO logging (as ours with --no-access-log)
+        }
+        if name == "mlserver-onnx":
+            settings["metrics_endpoint"] = None  # the mlserver target's default
+        (repo / "settings.json").write_text(json.dumps(settings, indent=2))
+        model_settings = {"name": MODEL_NAME, **model}
+        (repo / MODEL_NAME / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+        return ManagedServer(
+            name,
+            label,
+            [*command, "start", str(repo)],
+            env,
+            str(repo),
+            "/v2/health/ready",
+            port,
+            str(workdir / f"{name}.log"),
+            180,
+        )
+
+    pw = args.mlserver_parallel_workers
+    v2_scenarios = [s.at(f"/v2/models/{MODEL_NAME}/infer", "v2") for s in BASE_SCENARIOS]
     if mlserver_venv is not None:
 
         def mlserver():
-            port = free_port()
-            repo = workdir / "mlserver"
-            (repo / MODEL_NAME).mkdir(parents=True, exist_ok=True)
-            settings = {
-                "host": "127.0.0.1",
-                "http_port": port,
-                "grpc_port": free_port(),
-                "metrics_port": free_port(),
-                "parallel_workers": args.mlserver_parallel_workers,
-                "debug": False,  # no access log, INFO logging (as ours with --no-access-log)
-            }
-            (repo / "settings.json").write_text(json.dumps(settings, indent=2))
-            (repo / MODEL_NAME / "model-settings.json").write_text(
-                json.dumps(
-                    {
-                        "name": MODEL_NAME,
-                        "implementation": "mlserver_mlflow.MLflowRuntime",
-                        "parameters": {"uri": source_dir},
-                    },
-                    indent=2,
-                )
-            )
             env = {k: v for k, v in base_env.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
             env["PATH"] = str(mlserver_venv / "bin") + os.pathsep + os.environ.get("PATH", "")
-            cmd = [str(mlserver_venv / "bin" / "mlserver"), "start", str(repo)]
-            return ManagedServer(
-                "mlserver",
-                "MLServer",
-                cmd,
-                env,
-                str(repo),
-                "/v2/health/ready",
-                port,
-                str(workdir / "mlserver.log"),
-                180,
-            )
+            model = {
+                "implementation": "mlserver_mlflow.MLflowRuntime",
+                "parameters": {"uri": source_dir},
+            }
+            command = [str(mlserver_venv / "bin" / "mlserver")]
+            return mlserver_server("mlserver", "MLServer", model, command, env)
 
-        pw = args.mlserver_parallel_workers
         specs["mlserver"] = (
             f"MLServer 1.7.1 + mlserver-mlflow (parallel_workers={pw})",
             mlserver,
-            [s.at(f"/v2/models/{MODEL_NAME}/infer", "v2") for s in BASE_SCENARIOS],
+            v2_scenarios,
         )
+
+    def mlserver_onnx():
+        # MLServer + our runtime, from this venv (it has MLServer: the mlserver extra)
+        model = {
+            "implementation": "mlflow_deploy_plugins.mlserver_runtime.OnnxRuntime",
+            "parameters": {"uri": bundle.path},
+        }
+        command = [sys.executable, "-c", "from mlserver.cli import main; main()"]
+        return mlserver_server("mlserver-onnx", "MLServer + ours", model, command, dict(base_env))
+
+    specs["mlserver-onnx"] = (
+        f"MLServer 1.7.1 + mlflow_deploy_plugins.mlserver_runtime (parallel_workers={pw}, "
+        "no metrics endpoint)",
+        mlserver_onnx,
+        v2_scenarios,
+    )
 
     def runtime(name: str, env: dict, extra: tuple[str, ...] = ()):
         def start():
@@ -812,6 +835,7 @@ def build_tables(reports: dict[str, ServerReport]) -> dict[str, list[list[str]]]
                     "",
                 ]
             )
+    ratio_rows += mlserver_ratio_rows(reports)
     tables["ratios"] = [
         ["ratio", "scenario", "throughput", "p99", "req/CPU-s"],
         *ratio_rows,
@@ -821,6 +845,34 @@ def build_tables(reports: dict[str, ServerReport]) -> dict[str, list[list[str]]]
         *goal_rows(reports),
     ]
     return tables
+
+
+def mlserver_ratio_rows(reports: dict[str, ServerReport]) -> list[list[str]]:
+    """MLServer + our runtime / MLServer + mlserver-mlflow, per scenario (issue 13's goal: at
+    least GOAL_MLSERVER_ONNX_X at 1 row c=32)."""
+    ours, base = reports.get("mlserver-onnx"), reports.get("mlserver")
+    if ours is None or base is None:
+        return []
+    by_key = {r.scenario: r for r in base.results}
+    rows = []
+    for r in ours.results:
+        b = by_key.get(r.scenario)
+        if b is None or not b.rps:
+            continue
+        goal = ""
+        if r.scenario == "1 row c=32":
+            met = r.rps / b.rps >= GOAL_MLSERVER_ONNX_X
+            goal = f" (goal >= {GOAL_MLSERVER_ONNX_X:.0f}x: {'met' if met else 'NOT met'})"
+        rows.append(
+            [
+                "mlserver-onnx / mlserver",
+                r.scenario,
+                f"{r.rps / b.rps:,.1f}x{goal}",
+                f"1/{b.p99_ms / r.p99_ms:,.1f}" if r.p99_ms else "",
+                f"{r.per_cpu_s / b.per_cpu_s:,.1f}x" if b.per_cpu_s else "",
+            ]
+        )
+    return rows
 
 
 def goal_rows(reports: dict[str, ServerReport]) -> list[list[str]]:
@@ -944,8 +996,10 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         default="mlflow,mlserver,ours",
-        help="comma-separated subset of mlflow,mlserver,uvicorn,fastapi,ours (uvicorn: a "
-        "minimal raw-ASGI uvicorn + onnxruntime V2 server; fastapi: the same on FastAPI + pydantic)",
+        help="comma-separated subset of mlflow,mlserver,mlserver-onnx,uvicorn,fastapi,ours "
+        "(uvicorn: a minimal raw-ASGI uvicorn + onnxruntime V2 server; fastapi: the same on "
+        "FastAPI + pydantic; mlserver-onnx: MLServer + our runtime, from this venv, which needs "
+        "the mlserver extra)",
     )
     parser.add_argument(
         "--mlserver-venv",
@@ -1039,7 +1093,15 @@ def main() -> int:
         specs = server_specs(args, workdir, tracking_uri, bundle, source_dir, mlserver_venv)
         if args.baseline_tree:
             wanted.append("baseline")
-        for name in ("mlflow", "mlserver", "uvicorn", "fastapi", "baseline", "ours"):
+        for name in (
+            "mlflow",
+            "mlserver",
+            "mlserver-onnx",
+            "uvicorn",
+            "fastapi",
+            "baseline",
+            "ours",
+        ):
             if name in wanted:
                 bench_server(name, specs[name], bodies, args, reports, running)
     except KeyboardInterrupt:

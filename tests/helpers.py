@@ -233,3 +233,16 @@ def plant_pickle_payload(store, model_id: str, model, marker, pickled: str = "mo
         path.write_bytes(pickle.dumps(Payload()))
         planted += 1
     assert planted, f"no {pickled} under {store}"
+
+
+def churn_frame(n: int, seed: int) -> pd.DataFrame:
+    """Distinct rows (continuous numbers): each row's prediction tells it apart from most others."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, n).round(3),
+            "income": rng.lognormal(10, 0.5, n).round(2),
+            "tenure": rng.integers(0, 20, n).astype(float),
+            "city": rng.choice(["paris", "lyon", "nice"], n),
+        }
+    )

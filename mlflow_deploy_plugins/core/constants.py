@@ -15,3 +15,6 @@ MODEL_FILE = "model.onnx"
 #: ``IOSpec.extra`` key: the source takes one unnamed tensor (an MLflow tensor signature), so
 #: its callers' column names carry no meaning and columns are taken by position, as MLflow does.
 POSITIONAL_COLUMNS = "positional_columns"
+#: MLflow's scoring route of one model on a shared MLServer (the mlserver target writes it into
+#: model-settings.json, ``mlserver_runtime`` registers it).
+MLSERVER_INVOCATIONS = "/v2/models/{name}/invocations"

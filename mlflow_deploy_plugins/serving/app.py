@@ -22,13 +22,12 @@ from mlflow_deploy_plugins.serving.access_log import LOGGER as ACCESS_LOGGER
 from mlflow_deploy_plugins.serving.access_log import AccessLog
 from mlflow_deploy_plugins.serving.batching import Batcher
 from mlflow_deploy_plugins.serving.errors import (
-    InternalError,
     MethodNotAllowed,
     NotFound,
     NotReady,
     ServingError,
     Unauthorized,
-    Unprocessable,
+    model_error,
 )
 from mlflow_deploy_plugins.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mlflow_deploy_plugins.serving.metrics import ServingMetrics
@@ -307,7 +306,7 @@ class ServingApp:
             try:
                 outputs = self.model.run(decoded.feed)
             except Exception as e:
-                return _error_response(_model_error(e), request.path)
+                return _error_response(model_error(e), request.path)
             return respond(outputs)
         reply = Pending()
 
@@ -315,7 +314,7 @@ class ServingApp:
             if reply.response is not None:
                 return
             if error is not None:
-                reply.set(_error_response(_model_error(error), request.path))
+                reply.set(_error_response(model_error(error), request.path))
                 return
             try:
                 response = respond(outputs)
@@ -398,16 +397,6 @@ def _allow(method: str, *allowed: str) -> None:
             f"Method {method} not allowed here; use {' or '.join(allowed)}",
             headers=[("Allow", ", ".join(allowed))],
         )
-
-
-def _model_error(error: BaseException) -> ServingError:
-    """onnxruntime refusing decoded input is a client mistake (422); anything else is ours."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    name = type(error).__name__
-    if name in ("InvalidArgument", "Fail", "InvalidGraph") or "INVALID_ARGUMENT" in text:
-        return Unprocessable(f"The model rejected the input: {text[:300]}")
-    _logger.error("Inference failed: %s: %s", name, text)
-    return InternalError("Inference failed")
 
 
 def _error_response(error: ServingError, path: str) -> Response:

@@ -8,12 +8,15 @@ the field at fault, never a stack trace.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, ClassVar
 
 import orjson
 
 if TYPE_CHECKING:  # numpy comes with iospec: the HTTP layer imports this module without it
     from mlflow_deploy_plugins.core.iospec import SchemaError
+
+_logger = logging.getLogger(__name__)
 
 #: Longest message put in a body: messages may quote client values, which may be huge.
 MAX_MESSAGE_CHARS = 1000
@@ -171,3 +174,14 @@ class InternalError(ServingError):
 def from_schema_error(e: SchemaError) -> Unprocessable:
     """The IOSpec's verdict on the client's data, as a 422 naming the column or input."""
     return Unprocessable(str(e), field=e.field)
+
+
+def model_error(error: BaseException) -> ServingError:
+    """An exception of the model's run as the client sees it: onnxruntime refusing decoded input
+    is a client mistake (422); anything else is ours (500, details in the log)."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    name = type(error).__name__
+    if name in ("InvalidArgument", "Fail", "InvalidGraph") or "INVALID_ARGUMENT" in text:
+        return Unprocessable(f"The model rejected the input: {text[:300]}")
+    _logger.error("Inference failed: %s: %s", name, text)
+    return InternalError("Inference failed")

@@ -18,17 +18,20 @@ from mlflow_deploy_plugins.targets import _deployments
 _logger = logging.getLogger(__name__)
 
 
-def request_body(inputs: Any, served_model: str) -> tuple[str, bytes]:
+def request_body(
+    inputs: Any, served_model: str, invocations: str = "/invocations"
+) -> tuple[str, bytes]:
     """The route and JSON body for ``inputs``.
 
     Args:
         inputs: a pandas DataFrame, a dict (MLflow's scoring JSON, or V2 with ``inputs`` a list
             of tensors), a list of records or values, or a numpy array.
         served_model: the model name of the V2 route.
+        invocations: the path of MLflow's scoring route (a shared MLServer has one per model).
 
     Returns:
         ``(path, body)``: V2 tensors go to ``/v2/models/{served_model}/infer``, the rest to
-        ``/invocations`` in MLflow's scoring format.
+        ``invocations`` in MLflow's scoring format.
 
     Raises:
         InvalidInputError: an input type none of the protocols takes.
@@ -37,7 +40,7 @@ def request_body(inputs: Any, served_model: str) -> tuple[str, bytes]:
 
     if isinstance(inputs, pd.DataFrame):
         split = inputs.to_json(orient="split", index=False, date_format="iso")
-        return "/invocations", b'{"dataframe_split": ' + split.encode() + b"}"
+        return invocations, b'{"dataframe_split": ' + split.encode() + b"}"
     if isinstance(inputs, dict):
         tensors = inputs.get("inputs")
         if (
@@ -46,13 +49,13 @@ def request_body(inputs: Any, served_model: str) -> tuple[str, bytes]:
             and all(isinstance(t, dict) and "datatype" in t for t in tensors)
         ):
             return f"/v2/models/{served_model}/infer", json.dumps(inputs).encode()
-        return "/invocations", json.dumps(inputs, default=_jsonable).encode()
+        return invocations, json.dumps(inputs, default=_jsonable).encode()
     if isinstance(inputs, list):
         if inputs and all(isinstance(r, dict) for r in inputs):
-            return "/invocations", json.dumps({"dataframe_records": inputs}).encode()
-        return "/invocations", json.dumps({"inputs": inputs}, default=_jsonable).encode()
+            return invocations, json.dumps({"dataframe_records": inputs}).encode()
+        return invocations, json.dumps({"inputs": inputs}, default=_jsonable).encode()
     if hasattr(inputs, "tolist"):
-        return "/invocations", json.dumps({"inputs": inputs.tolist()}).encode()
+        return invocations, json.dumps({"inputs": inputs.tolist()}).encode()
     raise InvalidInputError(
         f"Cannot send inputs of type {type(inputs).__name__}: pass a pandas DataFrame, a dict "
         "(MLflow scoring or V2 JSON), a list of records or a numpy array"
@@ -67,6 +70,7 @@ def predict(
     served_model: str,
     auth_token_file: str | None = None,
     timeout: float = 60,
+    invocations_path: str = "/invocations",
 ) -> PredictionsResponse:
     """Score ``inputs`` on a deployment's endpoint.
 
@@ -77,6 +81,7 @@ def predict(
         served_model: the model name of the V2 route.
         auth_token_file: a file holding the bearer token, sent when given.
         timeout: seconds to wait for the answer.
+        invocations_path: the path of MLflow's scoring route on the endpoint.
 
     Returns:
         The answer: ``{"predictions": ...}`` for MLflow inputs, the V2 response for V2 inputs.
@@ -85,7 +90,7 @@ def predict(
         InvalidInputError: the endpoint answered 4xx (its message included).
         DeploymentError: it answered 5xx or could not be reached.
     """
-    path, body = request_body(inputs, served_model)
+    path, body = request_body(inputs, served_model, invocations_path)
     headers = {"Content-Type": "application/json"}
     if auth_token_file:
         headers["Authorization"] = "Bearer " + _deployments.read_token(auth_token_file)

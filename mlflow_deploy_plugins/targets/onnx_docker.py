@@ -4,7 +4,6 @@ hardened container, with health-gated, zero-downtime updates in host network mod
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,7 +14,7 @@ from mlflow_deploy_plugins.serving.settings import LOG_LEVELS
 
 # Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
 # subclass visible here and must find exactly one.
-from mlflow_deploy_plugins.targets import _container, _docker_target
+from mlflow_deploy_plugins.targets import _client, _container, _docker_target
 from mlflow_deploy_plugins.targets._config import TargetConfig, option
 from mlflow_deploy_plugins.targets._images import recipes
 
@@ -207,13 +206,7 @@ def run_local(name, model_uri, flavor=None, config=None):
     OnnxDockerDeploymentClient(TARGET).serve_foreground(name, model_uri, flavor, config)
 
 
-def _stderr_progress(message: str) -> None:
-    _logger.debug("%s", message)
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-
-
-class OnnxDockerDeploymentClient(BaseDeploymentClient):
+class OnnxDockerDeploymentClient(_client.DelegatingClient, BaseDeploymentClient):
     """Deployments of ONNX serving containers on a Docker engine (the work is done by
     ``_docker_target.DockerTarget``, whose docstrings say what each call guarantees).
 
@@ -225,7 +218,7 @@ class OnnxDockerDeploymentClient(BaseDeploymentClient):
         super().__init__(target_uri)
         _, _, base_url = target_uri.partition(":/")
         self.base_url = base_url or None
-        self.progress = _stderr_progress
+        self.progress = _client.stderr_progress
         self.deployments = _docker_target.DockerTarget(
             TARGET,
             FLAVOR,
@@ -236,32 +229,3 @@ class OnnxDockerDeploymentClient(BaseDeploymentClient):
             base_url=self.base_url,
             container_prefix=CONTAINER_PREFIX,
         )
-
-    def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
-        """Build the image of ``model_uri`` and run it; blocks until the readiness probe passes."""
-        return self.deployments.create_deployment(name, model_uri, flavor, config)
-
-    def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
-        """Roll ``name`` to ``model_uri`` (default: its model URI, re-resolved) and/or new
-        config; the old version serves until the new one is ready."""
-        return self.deployments.update_deployment(name, model_uri, flavor, config)
-
-    def delete_deployment(self, name, config=None, endpoint=None):
-        """Stop (gracefully) and remove the container(s) of ``name``; no error when absent."""
-        self.deployments.delete_deployment(name, config)
-
-    def list_deployments(self, endpoint=None):
-        """Every onnx-docker deployment on the engine, read from container labels."""
-        return self.deployments.list_deployments()
-
-    def get_deployment(self, name, endpoint=None):
-        """The deployment ``name`` as ``list_deployments`` describes it."""
-        return self.deployments.get_deployment(name)
-
-    def predict(self, deployment_name=None, inputs=None, endpoint=None):
-        """Score ``inputs`` (DataFrame, MLflow or V2 JSON dict, records, numpy array)."""
-        return self.deployments.predict(deployment_name, inputs)
-
-    def serve_foreground(self, name, model_uri, flavor=None, config=None) -> None:
-        """``run_local``: build, run, stream the server's log until Ctrl+C, then remove."""
-        self.deployments.serve_foreground(name, model_uri, flavor, config)

@@ -25,25 +25,13 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import churn_frame
 
 HOST = "127.0.0.1"
 CLF_COLUMNS = ["age", "income", "tenure", "city"]
 REG_COLUMNS = [f"x{i}" for i in range(5)]
 #: (label, seconds from spawn to the first 200 on the ready probe) of every server started.
 COLD_STARTS: list[tuple[str, float]] = []
-
-
-def churn_frame(n: int, seed: int) -> pd.DataFrame:
-    """Distinct rows (continuous numbers): each row's prediction tells it apart from most others."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "age": rng.normal(40, 10, n).round(3),
-            "income": rng.lognormal(10, 0.5, n).round(2),
-            "tenure": rng.integers(0, 20, n).astype(float),
-            "city": rng.choice(["paris", "lyon", "nice"], n),
-        }
-    )
 
 
 def churn_target(frame: pd.DataFrame, seed: int = 0) -> np.ndarray:

@@ -35,8 +35,18 @@ from mlflow_deploy_plugins.serving.codecs.mlflow_encode import (
     role_for,
 )
 from mlflow_deploy_plugins.serving.codecs.v2_binary import HEADER_LENGTH, V2_BINARY_CONTENT_TYPE
-from mlflow_deploy_plugins.serving.codecs.v2_decode import MAX_RANK, V2Request, decode_v2
-from mlflow_deploy_plugins.serving.codecs.v2_encode import encode_v2, model_metadata
+from mlflow_deploy_plugins.serving.codecs.v2_decode import (
+    MAX_RANK,
+    V2Request,
+    decode_v2,
+    decode_v2_document,
+)
+from mlflow_deploy_plugins.serving.codecs.v2_encode import (
+    encode_v2,
+    json_data,
+    model_metadata,
+    response_outputs,
+)
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
@@ -53,9 +63,12 @@ __all__ = [
     "decode_body",
     "decode_mlflow",
     "decode_v2",
+    "decode_v2_document",
     "encode_mlflow",
     "encode_v2",
+    "json_data",
     "mlflow_prediction",
     "model_metadata",
+    "response_outputs",
     "role_for",
 ]

@@ -90,12 +90,35 @@ def decode_v2(
         Unprocessable: unknown or missing input or output, wrong datatype or shape, no rows.
         PayloadTooLarge: more than ``max_elements`` elements declared.
     """
-    plan = plan_for(io)
     json_part, binary = split_body(body, headers)
     if binary is not None and not json_part:
         doc = raw_input(body, io, max_elements)
     else:
         doc = loads_json(json_part)
+    return decode_v2_document(doc, io, binary, max_elements=max_elements)
+
+
+def decode_v2_document(
+    doc: Any,
+    io: IOSpec,
+    binary: memoryview | None = None,
+    *,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> V2Request:
+    """Decode a V2 inference request already parsed from JSON (``decode_v2`` after the body is
+    split and parsed; the MLServer runtime with the request MLServer parsed): the same checks,
+    the same binding, the same messages.
+
+    Args:
+        doc: the request document (``id``, ``parameters``, ``inputs``, ``outputs``).
+        io: The served model's IOSpec.
+        binary: the binary part of the body, when the request used the binary extension.
+        max_elements: Most tensor elements accepted, over all inputs.
+
+    Raises:
+        The errors of :func:`decode_v2`.
+    """
+    plan = plan_for(io)
     if type(doc) is not dict:
         raise BadRequest("A V2 inference request must be a JSON object with an 'inputs' list")
     request_id = doc.get("id")

@@ -38,24 +38,16 @@ def encode_v2(
     Returns:
         ``(body, extra_headers)``; ``extra_headers`` is empty for a pure JSON body.
     """
-    names = list(requested_outputs) if requested_outputs else _output_order(io, outputs)
     binary_outputs = frozenset(binary_outputs)
     entries, blobs = [], []
-    for name in names:
-        try:
-            arr = outputs[name]
-        except KeyError as e:
-            raise InternalError(f"The model produced no output '{name}'", field=name) from e
-        if not isinstance(arr, np.ndarray):
-            raise InternalError(f"Output '{name}' is not a tensor", field=name)
-        datatype = _datatype_of(arr.dtype, name)
+    for name, datatype, arr in response_outputs(outputs, io, requested_outputs):
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if name in binary_outputs:
             blob = pack_binary(arr, datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = _json_data(arr, datatype)
+            entry["data"] = json_data(arr, datatype)
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": model_name}
     if model_version is not None:
@@ -65,6 +57,30 @@ def encode_v2(
     doc["outputs"] = entries
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     return binary_body(header, blobs)
+
+
+def response_outputs(
+    outputs: Mapping[str, np.ndarray],
+    io: IOSpec,
+    requested_outputs: Sequence[str] | None = None,
+) -> list[tuple[str, str, np.ndarray]]:
+    """``(name, V2 datatype, array)`` of every output a response carries, in response order
+    (the requested outputs, else the IOSpec's order).
+
+    Raises:
+        InternalError: an output is missing, not a tensor, or of a dtype V2 cannot carry.
+    """
+    names = list(requested_outputs) if requested_outputs else _output_order(io, outputs)
+    found = []
+    for name in names:
+        try:
+            arr = outputs[name]
+        except KeyError as e:
+            raise InternalError(f"The model produced no output '{name}'", field=name) from e
+        if not isinstance(arr, np.ndarray):
+            raise InternalError(f"Output '{name}' is not a tensor", field=name)
+        found.append((name, _datatype_of(arr.dtype, name), arr))
+    return found
 
 
 def _output_order(io: IOSpec, outputs: Mapping[str, np.ndarray]) -> list[str]:
@@ -82,7 +98,8 @@ def _datatype_of(dtype: np.dtype, name: str) -> str:
     return datatype
 
 
-def _json_data(arr: np.ndarray, datatype: str) -> Any:
+def json_data(arr: np.ndarray, datatype: str) -> Any:
+    """An output's JSON ``data``: text for BYTES, else the flat native-endian array."""
     if datatype == "BYTES":
         return [as_text(v) for v in arr.reshape(-1).tolist()]
     flat = np.ascontiguousarray(arr).reshape(-1)
