@@ -19,6 +19,28 @@ from mlflow_deploy_plugins.errors import InvalidInputError
 option = config.setting
 
 
+# The image build's keys, the same in every target that builds the serving image (a new field
+# object per call: each config class declares its own).
+def python_version_option():
+    return option(
+        None, "Python version of the base image the wheels are for (e.g. 3.11); default: probed."
+    )
+
+
+def platform_option():
+    return option(
+        None, "pip platform tag of the base image (e.g. manylinux_2_28_x86_64); default: probed."
+    )
+
+
+def wheel_cache_option():
+    return option(None, "Host directory caching downloaded wheels; default ~/.cache/mlflow-deploy.")
+
+
+def rebuild_option():
+    return option(False, "Build the image even when one with the same content hash exists.")
+
+
 @dataclasses.dataclass(frozen=True)
 class TargetConfig:
     """Base class: subclasses add fields with ``option(...)``."""

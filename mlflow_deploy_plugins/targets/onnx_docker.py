@@ -14,7 +14,7 @@ from mlflow_deploy_plugins.serving.settings import LOG_LEVELS
 
 # Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
 # subclass visible here and must find exactly one.
-from mlflow_deploy_plugins.targets import _client, _container, _docker_target
+from mlflow_deploy_plugins.targets import _client, _config, _container, _docker_target
 from mlflow_deploy_plugins.targets._config import TargetConfig, option
 from mlflow_deploy_plugins.targets._images import recipes
 
@@ -146,21 +146,13 @@ class OnnxDockerConfig(TargetConfig):
         "before it is killed.",
         check=config.positive,
     )
-    python_version: str | None = option(
-        None, "Python version of the base image the wheels are for (e.g. 3.11); default: probed."
-    )
-    platform: str | None = option(
-        None, "pip platform tag of the base image (e.g. manylinux_2_28_x86_64); default: probed."
-    )
-    wheel_cache: str | None = option(
-        None, "Host directory caching downloaded wheels; default ~/.cache/mlflow-deploy."
-    )
+    python_version: str | None = _config.python_version_option()
+    platform: str | None = _config.platform_option()
+    wheel_cache: str | None = _config.wheel_cache_option()
     image_repository: str | None = option(
         None, "Repository of the image (its tag is a content hash); default mlflow-deploy/MODEL."
     )
-    rebuild: bool = option(
-        False, "Build the image even when one with the same content hash exists."
-    )
+    rebuild: bool = _config.rebuild_option()
     remove_image: bool = option(
         False, "delete: also remove the image; update: remove the previous version's image."
     )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,7 +13,13 @@ from mlflow_deploy_plugins.core import config
 
 # Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
 # subclass visible here and must find exactly one.
-from mlflow_deploy_plugins.targets import _container, _sagemaker_local, _sagemaker_target
+from mlflow_deploy_plugins.targets import (
+    _client,
+    _config,
+    _container,
+    _sagemaker_local,
+    _sagemaker_target,
+)
 from mlflow_deploy_plugins.targets._config import TargetConfig, option
 from mlflow_deploy_plugins.targets._images import recipes
 
@@ -125,18 +130,10 @@ class OnnxSageMakerConfig(TargetConfig):
     base_image: str = option(
         "python:3.11-slim", "Image the serving image is built FROM (needs python3 with venv)."
     )
-    python_version: str | None = option(
-        None, "Python version of the base image the wheels are for (e.g. 3.11); default: probed."
-    )
-    platform: str | None = option(
-        None, "pip platform tag of the base image (e.g. manylinux_2_28_x86_64); default: probed."
-    )
-    wheel_cache: str | None = option(
-        None, "Host directory caching downloaded wheels; default ~/.cache/mlflow-deploy."
-    )
-    rebuild: bool = option(
-        False, "Build the image even when one with the same content hash exists."
-    )
+    python_version: str | None = _config.python_version_option()
+    platform: str | None = _config.platform_option()
+    wheel_cache: str | None = _config.wheel_cache_option()
+    rebuild: bool = _config.rebuild_option()
     remove_image: bool = option(False, "delete: also delete the image's tag from ECR.")
     remove_model_data: bool = option(False, "delete: also delete the model.tar.gz objects from S3.")
     port: int = option(
@@ -197,15 +194,11 @@ def run_local(name, model_uri, flavor=None, config=None):
     OnnxSageMakerDeploymentClient(TARGET).serve_foreground(name, model_uri, flavor, config)
 
 
-def _stderr_progress(message: str) -> None:
-    _logger.debug("%s", message)
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-
-
-class OnnxSageMakerDeploymentClient(BaseDeploymentClient):
+class OnnxSageMakerDeploymentClient(_client.DelegatingClient, BaseDeploymentClient):
     """Deployments of ONNX models on SageMaker endpoints (the work is done by
-    ``_sagemaker_target.SageMakerTarget``, whose docstrings say what each call guarantees).
+    ``_sagemaker_target.SageMakerTarget``, whose docstrings say what each call guarantees:
+    create pushes the image, uploads the bundle and waits for InService; update is a new model
+    and endpoint config then UpdateEndpoint, ``mode=replace`` or ``add``; list reads the tags).
 
     The target URI may name the region: ``onnx-sagemaker:/eu-west-1``. ``progress`` (a
     callable taking one line) receives build, push and wait progress; by default stderr.
@@ -215,7 +208,7 @@ class OnnxSageMakerDeploymentClient(BaseDeploymentClient):
         super().__init__(target_uri)
         _, _, region = target_uri.partition(":/")
         self.region_name = region.strip("/") or None
-        self.progress = _stderr_progress
+        self.progress = _client.stderr_progress
         self.deployments = _sagemaker_target.SageMakerTarget(
             TARGET,
             FLAVOR,
@@ -224,30 +217,6 @@ class OnnxSageMakerDeploymentClient(BaseDeploymentClient):
             progress=lambda line: self.progress(line),
             region_name=self.region_name,
         )
-
-    def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
-        """Push the image, upload the bundle, create the endpoint; blocks until InService."""
-        return self.deployments.create_deployment(name, model_uri, flavor, config)
-
-    def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
-        """A new model and endpoint config, then UpdateEndpoint (mode=replace or add)."""
-        return self.deployments.update_deployment(name, model_uri, flavor, config)
-
-    def delete_deployment(self, name, config=None, endpoint=None):
-        """Delete the endpoint, its configs and models; no error when absent."""
-        self.deployments.delete_deployment(name, config)
-
-    def list_deployments(self, endpoint=None):
-        """Every onnx-sagemaker endpoint of the region, read from SageMaker (tags)."""
-        return self.deployments.list_deployments()
-
-    def get_deployment(self, name, endpoint=None):
-        """The deployment ``name`` as ``list_deployments`` describes it."""
-        return self.deployments.get_deployment(name)
-
-    def predict(self, deployment_name=None, inputs=None, endpoint=None):
-        """Score ``inputs`` (DataFrame, MLflow JSON dict, records, array) via invoke_endpoint."""
-        return self.deployments.predict(deployment_name, inputs)
 
     def serve_foreground(self, name, model_uri, flavor=None, config=None) -> None:
         """``run_local``: the image as SageMaker runs it, until Ctrl+C."""
