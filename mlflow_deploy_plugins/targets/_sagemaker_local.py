@@ -16,7 +16,7 @@ from mlflow_deploy_plugins.serving.settings import ServingSettings
 from mlflow_deploy_plugins.targets import _container, _deployments, _docker, _rollout
 from mlflow_deploy_plugins.targets import _sagemaker as sm
 from mlflow_deploy_plugins.targets._endpoints import endpoint_url
-from mlflow_deploy_plugins.targets._images import builder, recipes
+from mlflow_deploy_plugins.targets._images import recipes
 
 _logger = logging.getLogger(__name__)
 
@@ -92,21 +92,7 @@ def serve_foreground(target, name: str, model_uri: str, flavor=None, config=None
     _docker.check_port(client, run.host, run.port)
     with tempfile.TemporaryDirectory(prefix="mlflow-deploy-sagemaker-") as work:
         resolved = _deployments.resolve_model(model_uri, os.path.join(work, "bundle"))
-        image = (
-            cfg.image_url
-            or builder.ensure_image(
-                client,
-                resolved,
-                recipe=target.recipe,
-                base_image=cfg.base_image,
-                repository=cfg.ecr_repository,
-                python_version=cfg.python_version,
-                platform=cfg.platform,
-                cache_dir=cfg.wheel_cache,
-                rebuild=cfg.rebuild,
-                progress=target.progress,
-            ).tag
-        )
+        image = cfg.image_url or target.build_image(client, resolved, cfg).tag
         model_dir = os.path.join(work, "model")
         unpack_model_data(sm.bundle_archive(resolved.bundle.path), model_dir)
         options = container_spec(cfg, run, model_dir)

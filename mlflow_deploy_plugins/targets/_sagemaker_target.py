@@ -324,9 +324,9 @@ class SageMakerTarget:
         self.progress(f"Model data {data.uri} ({data.size / 1e6:.1f} MB, sha256 {data.sha256})")
         return state.Release(resolved, image, data)
 
-    def _push(self, aws, resolved, cfg) -> str:
-        client = self.docker()
-        built = builder.ensure_image(
+    def build_image(self, client, resolved, cfg):
+        """The serving image of ``resolved`` (built, or found by its content hash)."""
+        return builder.ensure_image(
             client,
             resolved,
             recipe=self.recipe,
@@ -338,6 +338,10 @@ class SageMakerTarget:
             rebuild=cfg.rebuild,
             progress=self.progress,
         )
+
+    def _push(self, aws, resolved, cfg) -> str:
+        client = self.docker()
+        built = self.build_image(client, resolved, cfg)
         repository = built.tag.rsplit(":", 1)[0]
         tags = {_deployments.LABEL_TARGET: self.target, **(cfg.tags or {})}
         return _ecr.push_image(aws, client, built.tag, repository, tags, self.progress).uri
