@@ -29,20 +29,20 @@ MISSING_SHARE = 0.3
 _CARRIES_MISSING = ("float32", "float64", "string")
 
 
-def _missing_marker(dtype: str):
-    return None if dtype == "string" else np.nan
-
-
 def _with_missing(rows: pd.DataFrame, columns: list[str], dtypes: dict) -> pd.DataFrame:
-    rows = rows.copy()
-    for column in columns:
-        marker = _missing_marker(dtypes[column])
-        if marker is None:
-            rows[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
-        else:
-            rows[column] = rows[column].astype(np.float64)
-            rows[column] = np.nan
-    return rows
+    """``rows`` with every cell of ``columns`` missing (one frame built, not one edit per
+    column: the probe runs on every conversion)."""
+    blank = set(columns)
+    n = len(rows)
+    data = {
+        c: (
+            (np.full(n, None, dtype=object) if dtypes[c] == "string" else np.full(n, np.nan))
+            if c in blank
+            else rows[c]
+        )
+        for c in rows.columns
+    }
+    return pd.DataFrame(data, index=rows.index, columns=rows.columns)
 
 
 def probe_accepts_missing(
