@@ -323,3 +323,14 @@ def test_missing_string_cell_answered_like_mlflow_where_the_source_accepts_it(
     assert assert_same(clf_server, served, split, "application/json").status == 200
     records = _j({"dataframe_records": json.loads(holes.to_json(orient="records"))})
     assert assert_same(clf_server, served, records, "application/json").status == 200
+
+
+@pytest.mark.parametrize("cell", ["paris", "NA "])  # pandas keeps 'NA ' (a space) as text
+def test_unseen_category_refused_like_mlflow_where_the_encoder_refuses_it(strict_city, cell):
+    # OneHotEncoder(handle_unknown='error') raises on a city it never saw; skl2onnx's graph
+    # would answer it (all zeros)
+    server, source = strict_city
+    ours = assert_same_as(server, source, f"age,city\n23,{cell}\n".encode(), "text/csv")
+    assert ours.status == 422 and ours.json()["field"] == "city"
+    split = _j({"dataframe_split": {"columns": ["age", "city"], "data": [[23, cell]]}})
+    assert assert_same_as(server, source, split).json()["field"] == "city"

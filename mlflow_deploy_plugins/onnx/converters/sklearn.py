@@ -19,6 +19,7 @@ from mlflow_deploy_plugins.core.iospec import (
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
 from mlflow_deploy_plugins.onnx import optimize
 from mlflow_deploy_plugins.onnx.converters import (
+    _encoders,
     _missing,
     boosters,
     hist_gradient_boosting,
@@ -98,7 +99,10 @@ class SklearnConverter:
             task=task,
             classes=tuple(np.asarray(model.classes_).tolist()) if classifier else None,
             default_role=_default_role(source.pyfunc_predict_fn, LABEL in methods),
-            extra={"source_methods": {r: methods[r] for r in roles.values()}},
+            extra={
+                "source_methods": {r: methods[r] for r in roles.values()},
+                **_encoders.refusing_encoders_extra(_column_selector(model), inputs),
+            },
         )
         return ConvertedModel(
             onnx_model=onx,
