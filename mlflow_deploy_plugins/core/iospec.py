@@ -356,8 +356,12 @@ def _column_array(
             return np.where(np.isnan(arr.astype(float)), None, arr).astype(str).astype(object)
         if arr.dtype.kind == "O" and _plain_strings(arr):
             return arr  # what the round trip below would give back
-        if not missing_ok and arr.dtype.kind == "O" and has_missing(arr):
-            raise missing_refused(column)
+        if arr.dtype.kind == "O" and has_missing(arr):
+            if not missing_ok:
+                raise missing_refused(column)
+            # None and NaN reach the graph as one text, the one the gate's missing rows use
+            arr = arr.copy()
+            arr[[type(v) is float and v != v for v in arr.tolist()]] = None
         return arr.astype(str).astype(object)
     target = _NUMPY[dtype]
     if arr.dtype.kind in "OUS":

@@ -56,7 +56,8 @@ def unseen_category_refused(column: str, value: Any, known: frozenset) -> Schema
     text = text if len(text) <= 40 else text[:37] + "..."
     return SchemaError(
         f"Column '{column}' holds the category {text!r}, which the source model never saw in "
-        f"training and refuses (XGBoost: 'not in the training set'); known categories: {listed}. "
+        f"training and refuses (XGBoost: 'not in the training set', scikit-learn encoders with "
+        f"handle_unknown='error': 'Found unknown categories'); known categories: {listed}. "
         "Map it to one of them before predicting",
         field=column,
     )

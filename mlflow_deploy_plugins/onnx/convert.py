@@ -69,6 +69,9 @@ class ConversionResult:
 
     #: opsets of the converter's graph (the saved, optimised graph may import more domains)
     opsets: dict[str, int] = field(default_factory=dict)
+    #: onnxruntime's session over ``onnx_model`` (the gate's): ``save`` predicts the signature's
+    #: example with it instead of loading the graph again
+    session: Any = field(default=None, repr=False, compare=False)
 
     def save(self, path: str, **kwargs) -> None:
         from mlflow_deploy_plugins.onnx.flavor import save_model
@@ -134,6 +137,7 @@ def load_source(model_uri: str) -> SourceModel:
         run_id=mlmodel.run_id,
         model_name=name,
         model_version=version,
+        metadata=mlmodel.metadata or {},
     )
 
 
@@ -246,16 +250,24 @@ def convert(
     else:
         gate_frame, gate_reference = frame, reference
     baseline = converted.onnx_model
-    model = optimize.optimize_graph(baseline, optimize.SAVED_LEVEL)
+    # one onnxruntime session per graph: the converter's own load check is reused when it
+    # still holds this graph; the optimised graph's session serves gate, latency and sample
+    loaded = converted.loaded
+    if loaded is None or not loaded.same_graph(baseline):
+        loaded = optimize.load_graph(baseline)
+    model = loaded.optimized
     variant = f"optimized:{optimize.SAVED_LEVEL}"
     if quantize:
         model = optimize.quantize_int8(model)
         variant += "+int8"
+    served = optimize.served_session(model)
+    gate_outputs = parity.onnx_outputs(served, io, gate_frame)
 
-    def gate(rows: pd.DataFrame, expected: dict, n_missing: int) -> parity.ParityReport:
+    def gate(expected: dict, n_missing: int) -> parity.ParityReport:
+        rows = len(gate_frame) - len(nan_rows) + n_missing  # the sample's rows come first
         return parity.compare(
             expected,
-            parity.onnx_outputs(model.SerializeToString(), io, rows),
+            {role: values[:rows] for role, values in gate_outputs.items()},
             io,
             tolerances,
             variant=variant,
@@ -264,8 +276,8 @@ def convert(
             missing_value_rows=n_missing,
         )
 
-    report = gate(gate_frame, gate_reference, len(nan_rows))
-    if not report.passed and len(nan_rows) and gate(frame, reference, 0).passed:
+    report = gate(gate_reference, len(nan_rows))
+    if not report.passed and len(nan_rows) and gate(reference, 0).passed:
         report.structural = parity.missing_semantics_failure(report)
     report.notes.extend([*resolved.notes, *converted.notes, *served_notes, *missing_notes])
     timings["parity_s"] = time.perf_counter() - t2
@@ -278,10 +290,13 @@ def convert(
     optimization = optimize.make_report(
         optimize.SAVED_LEVEL,
         quantize,
-        optimize.measure(baseline, feed_for, repeats=20),
-        optimize.measure(model, feed_for, repeats=20),
+        optimize.measure(loaded.session, len(loaded.data), feed_for, repeats=20),
+        optimize.measure(served, model.ByteSize(), feed_for, repeats=20),
     )
-    reference_sample = build_reference_sample(model.SerializeToString(), io, frame, reference_rows)
+    picked = reference_rows_of(frame, reference_rows)
+    reference_sample = reference_frame(
+        frame, io, picked, {role: np.asarray(v)[picked] for role, v in gate_outputs.items()}
+    )
     timings["total_s"] = time.perf_counter() - t0
     _logger.info("%s (%.2fs)", report.summary(), timings["total_s"])
     return ConversionResult(
@@ -298,6 +313,7 @@ def convert(
         notes=[*converted.notes, *served_notes, *missing_notes],
         timings=timings,
         opsets={(o.domain or "ai.onnx"): o.version for o in baseline.opset_import},
+        session=served,
     )
 
 
@@ -372,11 +388,27 @@ def sample_rejected(frame: pd.DataFrame, error: Exception) -> InvalidInputError:
     return InvalidInputError(f"The source model rejects the sample: {error}")
 
 
+def reference_rows_of(frame: pd.DataFrame, rows: int) -> np.ndarray:
+    """Positions of a bounded uniform sample of ``frame``'s rows (all of them when it fits)."""
+    if len(frame) <= rows:
+        return np.arange(len(frame))
+    return np.random.RandomState(0).permutation(len(frame))[:rows]
+
+
 def build_reference_sample(model_bytes: bytes, io: IOSpec, frame: pd.DataFrame, rows: int):
     """A bounded uniform sample of the inputs plus the model's predictions on them."""
-    sample = frame.sample(n=rows, random_state=0) if len(frame) > rows else frame
-    sample = sample[io.columns].reset_index(drop=True)
-    outputs = parity.onnx_outputs(model_bytes, io, sample, level="all")
+    from mlflow_deploy_plugins.core.session import make_session
+
+    picked = reference_rows_of(frame, rows)
+    sample = frame.iloc[picked]
+    outputs = parity.onnx_outputs(make_session(model_bytes, level="all"), io, sample)
+    return reference_frame(frame, io, picked, outputs)
+
+
+def reference_frame(frame: pd.DataFrame, io: IOSpec, picked: np.ndarray, outputs: dict):
+    """The rows ``picked`` of ``frame`` (model columns) with the predictions ``outputs`` on them,
+    one column per class probability / value column."""
+    sample = frame.iloc[picked][io.columns].reset_index(drop=True)
     predictions = {}
     for role, values in outputs.items():
         values = np.asarray(values)

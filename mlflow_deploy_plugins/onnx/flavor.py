@@ -53,9 +53,8 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
     result.reference_sample.to_parquet(os.path.join(path, REFERENCE_FILE), index=False)
 
     example = result.sample_frame[result.io.columns].head(input_example_rows)
-    default_out = _predict(
-        make_session(result.onnx_model.SerializeToString()), result.io, example, None
-    )
+    session = result.session or make_session(result.onnx_model.SerializeToString())
+    default_out = _predict(session, result.io, example, None)
     if _takes_arrays(result):
         # The source was logged with an array (tensor signature): keep taking arrays, which
         # MLflow's schema enforcement refuses for a signature with named columns.

@@ -25,24 +25,27 @@ MISSING_ROWS = 500
 #: Share of the accepting cells set missing in each such row (at least one per row).
 MISSING_SHARE = 0.3
 
+#: What a missing value (None, NaN) in a string column becomes in the graph's string tensor
+#: (``IOSpec.encode_columns``); a category of that name could not be told apart from it.
+MISSING_TEXTS = ("None", "nan")
 #: Column dtypes a missing value can reach the graph in (int/bool tensors have no NaN).
 _CARRIES_MISSING = ("float32", "float64", "string")
 
 
-def _missing_marker(dtype: str):
-    return None if dtype == "string" else np.nan
-
-
 def _with_missing(rows: pd.DataFrame, columns: list[str], dtypes: dict) -> pd.DataFrame:
-    rows = rows.copy()
-    for column in columns:
-        marker = _missing_marker(dtypes[column])
-        if marker is None:
-            rows[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
-        else:
-            rows[column] = rows[column].astype(np.float64)
-            rows[column] = np.nan
-    return rows
+    """``rows`` with every cell of ``columns`` missing (one frame built, not one edit per
+    column: the probe runs on every conversion)."""
+    blank = set(columns)
+    n = len(rows)
+    data = {
+        c: (
+            (np.full(n, None, dtype=object) if dtypes[c] == "string" else np.full(n, np.nan))
+            if c in blank
+            else rows[c]
+        )
+        for c in rows.columns
+    }
+    return pd.DataFrame(data, index=rows.index, columns=rows.columns)
 
 
 def probe_accepts_missing(
@@ -80,6 +83,14 @@ def probe_accepts_missing(
             "them"
         )
     accepted = [c for c in accepted if c not in unbindable]
+    ambiguous = _ambiguous_categories(accepted, io)
+    if ambiguous:
+        notes.append(
+            f"categorical column(s) {ambiguous} have a category spelled like a missing value "
+            f"({', '.join(MISSING_TEXTS)}), which is what a missing value reaches the graph as: "
+            "the twin refuses missing values there although the source accepts them"
+        )
+    accepted = [c for c in accepted if c not in ambiguous]
     refused = [c for c in columns if c not in accepted]
     _logger.info("Source accepts missing values in %s, refuses them in %s", accepted, refused)
     if accepted:
@@ -87,6 +98,13 @@ def probe_accepts_missing(
     if refused:
         notes.append(f"source refuses missing values in {refused}: the twin refuses them too")
     return tuple(accepted), notes
+
+
+def _ambiguous_categories(columns: list[str], io: IOSpec) -> list[str]:
+    """Columns of ``columns`` whose training categories (``io.extra["categories"]``: LightGBM,
+    XGBoost) include a text a missing value becomes on its way into a string tensor."""
+    categories = io.extra.get("categories") or {}
+    return [c for c in columns if set(MISSING_TEXTS) & {str(v) for v in categories.get(c, ())}]
 
 
 def _answers(predict, rows: pd.DataFrame) -> bool:

@@ -33,6 +33,10 @@ class VariantStats:
 
 @dataclass
 class OptimizationReport:
+    """Size and latency of the converter's graph (``before``: loaded at the saved level, the
+    session the conversion already holds) and of the saved graph as served (``after``: level
+    ``all``), both on one intra-op thread."""
+
     level: str
     onnxruntime_version: str
     quantized: bool
@@ -52,19 +56,44 @@ class OptimizationReport:
         return out
 
 
-def optimize_graph(model: onnx.ModelProto, level: str = SAVED_LEVEL) -> onnx.ModelProto:
-    """Return ``model`` after onnxruntime's graph optimisations at ``level``."""
+@dataclass
+class LoadedGraph:
+    """A graph loaded once: the one session over its bytes serves the load check, the saved
+    optimisation and the latency measurement (a conversion builds one session per graph)."""
+
+    data: bytes
+    session: ort.InferenceSession
+    #: the graph after onnxruntime's optimisations at ``SAVED_LEVEL``: what is saved
+    optimized: onnx.ModelProto
+
+    def same_graph(self, model: onnx.ModelProto) -> bool:
+        """``model`` is still the graph this session was built from (not edited since)."""
+        return model.SerializeToString() == self.data
+
+
+def load_graph(model: onnx.ModelProto, level: str = SAVED_LEVEL) -> LoadedGraph:
+    """Load ``model`` into onnxruntime once, optimised at ``level``; one intra-op thread (the
+    latency measurement's setting, and no slower for the gate on a shared machine).
+
+    Raises:
+        ConversionError: onnxruntime cannot load the graph.
+    """
+    data = model.SerializeToString()
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "optimized.onnx")
-        opts = session_options(level)
+        opts = session_options(level, intra_op_threads=1)
         opts.optimized_model_filepath = out
         try:
-            ort.InferenceSession(
-                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-            )
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ConversionError(f"onnxruntime cannot load the converted model: {e}") from e
-        return onnx.load(out)
+        return LoadedGraph(data=data, session=session, optimized=onnx.load(out))
+
+
+def served_session(model: onnx.ModelProto):
+    """The one session over the graph that is saved, as the runtime serves it (level ``all``),
+    on one intra-op thread: the gate, the reference sample and the latency use it."""
+    return make_session(model.SerializeToString(), level="all", intra_op_threads=1)
 
 
 def quantize_int8(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -81,11 +110,10 @@ def quantize_int8(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(dst)
 
 
-def measure(model: onnx.ModelProto, feed_for, repeats: int = 50) -> VariantStats:
-    """Size and median latency for 1 and 100 rows; ``feed_for(n)`` builds a feed of n rows."""
-    data = model.SerializeToString()
-    session = make_session(data, level="all", intra_op_threads=1)
-    stats = VariantStats(size_bytes=len(data))
+def measure(session, size_bytes: int, feed_for, repeats: int = 50) -> VariantStats:
+    """``size_bytes`` and median latency for 1 and 100 rows on ``session`` (one intra-op
+    thread); ``feed_for(n)`` builds a feed of n rows."""
+    stats = VariantStats(size_bytes=size_bytes)
     for rows, attr in ((1, "latency_ms_1_row"), (100, "latency_ms_100_rows")):
         feed = feed_for(rows)
         if feed is None:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mlflow_deploy_plugins.core.iospec import LABEL, PREDICT_METHODS, IOSpec, SchemaError
-from mlflow_deploy_plugins.core.session import make_session, run_by_role
+from mlflow_deploy_plugins.core.session import run_by_role
 from mlflow_deploy_plugins.errors import InvalidInputError, ParityError
 
 _logger = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ class ParityReport:
         )
 
 
-def onnx_outputs(model_bytes: bytes, io: IOSpec, frame: pd.DataFrame, level="disable") -> dict:
-    session = make_session(model_bytes, level=level)
+def onnx_outputs(session, io: IOSpec, frame: pd.DataFrame) -> dict:
+    """``role -> outputs`` of the onnxruntime ``session`` on ``frame``'s rows (one run)."""
     try:
         feed = io.encode_columns({c: frame[c].to_numpy() for c in io.columns}, n_rows=len(frame))
     except SchemaError as e:

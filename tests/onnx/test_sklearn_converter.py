@@ -319,3 +319,38 @@ def test_simple_imputer_runs_in_float64(store, mixed_frame, mixed_target):
     assert_mixed_io(result)
     assert not any(n.startswith("float32 inputs") for n in result.notes)
     assert_matches_source(result, model, sample, classifier=True)
+
+
+@pytest.mark.parametrize("encoder", ["onehot", "onehot-in-pipeline", "ordinal"])
+def test_an_encoder_refusing_unseen_categories_is_refused_like_the_source(store, tmp_path, encoder):
+    """OneHotEncoder / OrdinalEncoder default to handle_unknown='error': the source raises on a
+    category it never saw; skl2onnx's graph answers it (all zeros / a default code). The twin
+    refuses it naming the column and the value; known categories are answered as before."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler, OneHotEncoder, OrdinalEncoder
+
+    from mlflow_deploy_plugins.errors import InvalidInputError
+
+    rng = np.random.default_rng(2)
+    x = pd.DataFrame({"age": rng.normal(40, 10, 400), "city": rng.choice(["lyon", "nice"], 400)})
+    y = ((x.age - 40) / 10 + (x.city == "lyon") * 1.5 > 0).astype(int)
+    encode = {
+        "onehot": OneHotEncoder(),
+        "onehot-in-pipeline": make_pipeline(OneHotEncoder(), MaxAbsScaler()),
+        "ordinal": OrdinalEncoder(),
+    }[encoder]
+    columns = ColumnTransformer([("num", "passthrough", ["age"]), ("cat", encode, ["city"])])
+    model = Pipeline([("columns", columns), ("lr", LogisticRegression())]).fit(x, y)
+    fresh = x.head(10).copy()
+    fresh.loc[fresh.index[3], "city"] = "paris"
+    with pytest.raises(ValueError, match="unknown categor"):
+        model.predict(fresh)
+    uri = log_sklearn(model, x.head(3)).model_uri
+    result = mlflow_deploy_plugins.convert(uri, sample=x)
+    assert result.io.refused_categories == {"city": frozenset({"lyon", "nice"})}
+    result.save(str(tmp_path / "twin"))
+    twin = mlflow.pyfunc.load_model(str(tmp_path / "twin"))
+    np.testing.assert_array_equal(np.asarray(twin.predict(x.head(10))), model.predict(x.head(10)))
+    with pytest.raises(InvalidInputError, match="Column 'city' holds the category 'paris'"):
+        twin.predict(fresh)

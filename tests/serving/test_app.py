@@ -633,16 +633,6 @@ def _corpus(frame):
             "age",
         ),
         (
-            "mlflow-null-in-string",
-            post,
-            "/invocations",
-            _j({"dataframe_records": [{"age": 1, "income": 2, "tenure": 3, "city": None}]}),
-            None,
-            422,
-            "city",
-            "city",
-        ),
-        (
             "mlflow-nan",
             post,
             "/invocations",

@@ -257,3 +257,80 @@ def test_tensor_model_wrong_width_refused_by_both(tensor, width):
     records = [dict(zip("abcdefg"[:width], row, strict=True)) for row in data]
     ours = assert_same_as(server, source, _j({"dataframe_records": records}))
     assert ours.status == 422
+
+
+# --- an empty CSV cell (or JSON null) in a string column is a missing value, as pandas reads it
+
+
+@pytest.fixture(scope="module")
+def strict_city(tmp_path_factory, start_server):
+    """A source that refuses a missing city (OneHotEncoder(handle_unknown='error') raises on
+    NaN) but knows its cities: its bundle served by us, and its pyfunc for MLflow's server."""
+    import mlflow
+    import pandas as pd
+    from helpers import register_sklearn, tracking_store
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from mlflow_deploy_plugins import build_bundle
+
+    root = tmp_path_factory.mktemp("strict-city")
+    rng = np.random.default_rng(6)
+    x = pd.DataFrame({"age": rng.normal(40, 10, 300), "city": rng.choice(["NA", "lyon"], 300)})
+    y = ((x.age - 40) / 10 + (x.city == "lyon") * 1.5 > 0).astype(int)
+    columns = ColumnTransformer(
+        [("num", "passthrough", ["age"]), ("cat", OneHotEncoder(handle_unknown="error"), ["city"])]
+    )
+    model = Pipeline([("columns", columns), ("lr", LogisticRegression())]).fit(x, y)
+    with tracking_store(root):
+        register_sklearn(model, "strict-city", x.head(5))
+        bundle = build_bundle("models:/strict-city/1", str(root / "bundle"), sample=x)
+        source = mlflow.pyfunc.load_model("models:/strict-city/1")
+    return start_server(bundle.path, label="m-strict-city"), source
+
+
+@pytest.mark.parametrize("cell", ["", '""', "NA", "null"])
+def test_missing_string_cell_refused_like_mlflow_where_the_source_refuses_it(strict_city, cell):
+    # MLflow reads the cell as NaN (pandas' default NA values, also in string columns) and the
+    # source refuses it; we used to send the category '' (or 'NA', a training city) and answer
+    server, source = strict_city
+    body = f"age,city\n41.5,lyon\n23,{cell}\n".encode()
+    ours = assert_same_as(server, source, body, "text/csv")
+    assert ours.status == 422 and ours.json()["field"] == "city"
+    assert "'city' contains missing values" in ours.json()["message"]
+    assert assert_same_as(server, source, b"age,city\n41.5,lyon\n", "text/csv").status == 200
+    null = _j({"dataframe_split": {"columns": ["age", "city"], "data": [[41.5, None]]}})
+    assert assert_same_as(server, source, null).json()["field"] == "city"
+
+
+def test_missing_string_cell_answered_like_mlflow_where_the_source_accepts_it(
+    clf_server, served, frame
+):
+    # the session's classifier one-hot encodes city with handle_unknown='ignore': the source
+    # answers a missing city, and so do we, with the same predictions
+    holes = frame.copy()
+    holes.loc[holes.index[[0, 3]], "city"] = None
+    body = holes.to_csv(index=False).encode()
+    import pandas as pd
+
+    assert pd.read_csv(io.BytesIO(body))["city"].isna().sum() == 2  # two empty cells
+    assert assert_same(clf_server, served, body, "text/csv").status == 200
+    # JSON null: the same missing value (we used to refuse it: 'expected string, got null')
+    split = _j({"dataframe_split": json.loads(holes.to_json(orient="split", index=False))})
+    assert b"null" in split
+    assert assert_same(clf_server, served, split, "application/json").status == 200
+    records = _j({"dataframe_records": json.loads(holes.to_json(orient="records"))})
+    assert assert_same(clf_server, served, records, "application/json").status == 200
+
+
+@pytest.mark.parametrize("cell", ["paris", "NA "])  # pandas keeps 'NA ' (a space) as text
+def test_unseen_category_refused_like_mlflow_where_the_encoder_refuses_it(strict_city, cell):
+    # OneHotEncoder(handle_unknown='error') raises on a city it never saw; skl2onnx's graph
+    # would answer it (all zeros)
+    server, source = strict_city
+    ours = assert_same_as(server, source, f"age,city\n23,{cell}\n".encode(), "text/csv")
+    assert ours.status == 422 and ours.json()["field"] == "city"
+    split = _j({"dataframe_split": {"columns": ["age", "city"], "data": [[23, cell]]}})
+    assert assert_same_as(server, source, split).json()["field"] == "city"

@@ -43,6 +43,7 @@ def xgb(tmp_path_factory, start_server):
     assert Manifest.read(bundle.path).io.extra["unseen_categories"] == "refuse"
     server = start_server(bundle.path, label="unseen-categories")
     server.infer = f"/v2/models/{Manifest.read(bundle.path).name}/infer"
+    server.bundle_path = bundle.path
     return model, server
 
 
@@ -113,3 +114,28 @@ def test_v2_refuses_an_unseen_category_json_and_binary(xgb):
         },
     )
     _refused(reply, "atlantis")
+
+
+def test_a_missing_category_is_answered_like_the_source(xgb):
+    """A missing region (JSON null, an empty CSV cell or an NA token, as pandas reads them) is
+    not an unseen category: XGBoost reads it as missing and answers; so do we, with the source's
+    predictions. Before, null was refused as a missing value the source 'refuses' and an empty
+    CSV cell was refused as the category ''."""
+    model, server = xgb
+    rows = _rows(6)
+    for i in (1, 4):
+        rows[i][2] = None
+    native = pd.DataFrame(rows, columns=COLUMNS).astype({"region": pd.CategoricalDtype(LEVELS)})
+    expected = model.predict(native).tolist()
+    assert native["region"].isna().sum() == 2
+    assert "region" in Manifest.read(server.bundle_path).io.accepts_missing
+
+    split = {"dataframe_split": {"columns": COLUMNS, "data": rows}}
+    reply = server.post("/invocations", json.dumps(split))
+    assert reply.status == 200, reply.text
+    assert json.loads(reply.text)["predictions"] == expected
+    for cell in ("", "NA", "null"):
+        lines = ["a,b,region", *(f"{a},{b},{cell if r is None else r}" for a, b, r in rows)]
+        reply = server.post("/invocations", "\n".join(lines) + "\n", {"Content-Type": "text/csv"})
+        assert reply.status == 200, (cell, reply.text)
+        assert json.loads(reply.text)["predictions"] == expected, cell

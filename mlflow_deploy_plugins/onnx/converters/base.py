@@ -32,6 +32,8 @@ class SourceModel:
     run_id: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+    #: the MLmodel's ``metadata`` (None: not read, e.g. a SourceModel built by hand)
+    metadata: dict | None = None
 
 
 @dataclass
@@ -55,6 +57,9 @@ class ConvertedModel:
     converter: str
     converter_version: str
     notes: list[str] = field(default_factory=list)
+    #: ``optimize.LoadedGraph`` of ``onnx_model`` when the converter already loaded it into
+    #: onnxruntime (its load check): ``convert()`` reuses it instead of a second session
+    loaded: Any = None
 
 
 class Converter(Protocol):

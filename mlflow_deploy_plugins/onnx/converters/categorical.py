@@ -50,12 +50,21 @@ def table_inputs(
 
 
 def native_frame(sample: pd.DataFrame, columns: Sequence[str], categories: Mapping) -> pd.DataFrame:
-    """The frame the source is given: categorical columns as pandas ``category`` (values the
-    model never saw included, so the source itself decides what they mean)."""
+    """The frame the source is given: categorical columns as pandas ``category`` with the
+    training categories, then any value the model never saw (so the source itself decides what
+    it means); a missing value (None, NaN) stays missing. A column of missing values only thus
+    keeps the training categories, as a caller's column would (xgboost 3.2 fails on a
+    ``category`` column without categories: the probe would read that as a refusal)."""
     frame = sample[list(columns)].copy()
-    for column in categories:
-        if not isinstance(frame[column].dtype, pd.CategoricalDtype):
-            frame[column] = frame[column].astype("category")
+    for column, known in categories.items():
+        values = frame[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        present = pd.unique(values[values.notna()].astype(str))
+        unseen = [v for v in present if v not in set(map(str, known))]
+        frame[column] = pd.Categorical(
+            values.where(values.isna(), values.astype(str)), categories=[*known, *unseen]
+        )
     return frame
 
 

@@ -85,14 +85,7 @@ class OnnxPassthroughConverter:
     def reference_outputs(
         self, source: SourceModel, sample: pd.DataFrame, io: IOSpec
     ) -> dict[str, np.ndarray]:
-        from mlflow_deploy_plugins.core.session import make_session
-
-        try:
-            session = make_session(_serialized(source), level="disable")
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented
-            raise ConversionError(
-                f"onnxruntime cannot load the ONNX model {source.model_uri}: {e}"
-            ) from e
+        session = self._source_session(source)
         feed = io.encode_columns({c: sample[c].to_numpy() for c in io.columns}, n_rows=len(sample))
         wanted = [o for o in io.outputs if o.role in ROLES]
         try:
@@ -105,6 +98,23 @@ class OnnxPassthroughConverter:
         for out, value in zip(wanted, results, strict=True):
             reference.setdefault(out.role, np.asarray(value))  # first output of a role wins
         return reference
+
+    def _source_session(self, source: SourceModel):
+        """One session over the original model per conversion (the gate, the probe and the
+        missing-value rows all ask the source)."""
+        from mlflow_deploy_plugins.core.session import make_session
+
+        cached = getattr(self, "_session", None)
+        if cached is not None and cached[0] is source.native:
+            return cached[1]
+        try:
+            session = make_session(_serialized(source), level="disable")
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented
+            raise ConversionError(
+                f"onnxruntime cannot load the ONNX model {source.model_uri}: {e}"
+            ) from e
+        self._session = (source.native, session)
+        return session
 
 
 # --------------------------------------------------------------------------- helpers

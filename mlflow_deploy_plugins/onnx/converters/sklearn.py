@@ -17,7 +17,9 @@ from mlflow_deploy_plugins.core.iospec import (
     spec_inputs_from_columns,
 )
 from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
+from mlflow_deploy_plugins.onnx import optimize
 from mlflow_deploy_plugins.onnx.converters import (
+    _encoders,
     _missing,
     boosters,
     hist_gradient_boosting,
@@ -60,25 +62,24 @@ class SklearnConverter:
         inputs = _input_bindings(model, sample)
         conv_options = sklearn_outputs.skl2onnx_options(
             model,
-            sklearn_outputs.user_converter_options(options.extra, source.local_path),
+            sklearn_outputs.user_converter_options(options.extra, source),
         )
         notes += sklearn_outputs.describe_options(conv_options)
         try:
-            onx = _to_onnx(model, inputs, options, conv_options)
+            onx, loaded = _to_onnx(model, inputs, options, conv_options, notes)
         except ConversionError as e:
             if not any(b.dtype == _FLOAT for b in inputs):
                 raise ConversionError(f"{e.message}. {_NOT_A_TOLERANCE}") from e
             # e.g. SimpleImputer: ai.onnx.ml ops onnxruntime only runs on float32
             inputs = tuple(replace(b, dtype="float32") if b.dtype == _FLOAT else b for b in inputs)
             try:
-                onx = _to_onnx(model, inputs, options, conv_options)
+                onx, loaded = _to_onnx(model, inputs, options, conv_options, notes)
             except ConversionError as e32:
                 raise ConversionError(_both_failed(e.message, e32.message)) from e32
             notes.append(
                 f"float32 inputs: float64 preprocessing did not convert ({e.message}); the "
                 "parity gate checks the float32 rounding"
             )
-        notes += _missing.route_missing_like_sklearn(onx, list(iter_estimators(model)))
 
         classifier = is_classifier(model)
         methods = sklearn_outputs.source_methods(model)
@@ -91,14 +92,17 @@ class SklearnConverter:
 
             raise sample_rejected(sample, e) from e
         roles = sklearn_outputs.served_roles(default_roles(onx), methods)
-        notes += _narrow_scores(self, source, onx, roles, reference, sample, io)
+        notes += _narrow_scores(self, source, loaded, onx, roles, reference, sample, io)
         io = IOSpec(
             inputs=inputs,
             outputs=outputs_from_graph(onx, roles, reference),
             task=task,
             classes=tuple(np.asarray(model.classes_).tolist()) if classifier else None,
             default_role=_default_role(source.pyfunc_predict_fn, LABEL in methods),
-            extra={"source_methods": {r: methods[r] for r in roles.values()}},
+            extra={
+                "source_methods": {r: methods[r] for r in roles.values()},
+                **_encoders.refusing_encoders_extra(_column_selector(model), inputs),
+            },
         )
         return ConvertedModel(
             onnx_model=onx,
@@ -106,6 +110,7 @@ class SklearnConverter:
             converter="skl2onnx",
             converter_version=package_version("skl2onnx"),
             notes=notes,
+            loaded=loaded,
         )
 
     def uniform_missing(self, source: SourceModel) -> bool:
@@ -127,15 +132,18 @@ class SklearnConverter:
         return {role: np.asarray(getattr(model, method)(x)) for role, method in methods.items()}
 
 
-def _narrow_scores(converter, source, onx, roles, reference, sample, io) -> list[str]:
-    """A binary SVC's ``[N, 2]`` decision scores narrowed to the column the source returns."""
+def _narrow_scores(converter, source, loaded, onx, roles, reference, sample, io) -> list[str]:
+    """A binary SVC's ``[N, 2]`` decision scores narrowed to the column the source returns
+    (``loaded``: the session over ``onx`` as converted)."""
     names = sklearn_outputs.two_column_scores(onx, roles, reference)
+    if not names:
+        return []
     probe = sample.dropna().head(32)
-    if not names or not len(probe):
+    if not len(probe):
         return []
     expected = converter.reference_outputs(source, probe, io)[VALUE]
     feed = io.encode_columns({c: probe[c].to_numpy() for c in io.columns}, len(probe))
-    return sklearn_outputs.narrow_scores(onx, names, feed, expected)
+    return sklearn_outputs.narrow_scores(onx, names, feed, expected, loaded.session)
 
 
 _NOT_A_TOLERANCE = (
@@ -153,11 +161,14 @@ def _both_failed(float64_message: str, float32_message: str) -> str:
     return f"{float64_message}; with float32 inputs: {reason32}. {_NOT_A_TOLERANCE}"
 
 
-def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict):
-    """skl2onnx, then a check that onnxruntime can load the graph."""
-    from skl2onnx import convert_sklearn
+def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict, notes: list):
+    """skl2onnx, NaN routing like scikit-learn (notes appended), then the graph loaded into
+    onnxruntime once: the load check, and the session ``convert()`` optimises and measures.
 
-    from mlflow_deploy_plugins.core.session import make_session
+    Returns:
+        (graph, ``optimize.LoadedGraph`` of it)
+    """
+    from skl2onnx import convert_sklearn
 
     float64 = any(b.dtype == _FLOAT for b in inputs)
     try:
@@ -167,13 +178,19 @@ def _to_onnx(model: Any, inputs, options: ConversionOptions, conv_options: dict)
             target_opset={"": options.target_opset, "ai.onnx.ml": options.ml_opset},
             options=conv_options,
         )
-        if float64:
-            make_session(onx.SerializeToString(), level="disable")
     except Exception as e:  # skl2onnx raises RuntimeError/TypeError/... for its many cases
         raise ConversionError(
             f"skl2onnx could not convert {_describe(model)}: {_short_error(e)}"
         ) from e
-    return onx
+    routing = _missing.route_missing_like_sklearn(onx, list(iter_estimators(model)))
+    try:
+        loaded = optimize.load_graph(onx)
+    except ConversionError as e:
+        raise ConversionError(
+            f"skl2onnx could not convert {_describe(model)}: {_short_error(e.__cause__ or e)}"
+        ) from e
+    notes += routing
+    return onx, loaded
 
 
 # --------------------------------------------------------------------------- model inspection

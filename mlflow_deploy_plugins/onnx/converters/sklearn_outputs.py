@@ -98,18 +98,19 @@ def two_column_scores(onx: Any, roles: Mapping[str, str], reference: Mapping[str
     ]
 
 
-def narrow_scores(onx: Any, names: list, feed: Mapping[str, Any], expected: Any) -> list[str]:
+def narrow_scores(
+    onx: Any, names: list, feed: Mapping[str, Any], expected: Any, session: Any
+) -> list[str]:
     """Make each ``[N, 2]`` output in ``names`` return its one column that equals ``expected``
     (the source's 1-D values on ``feed``'s rows), in place; the gate then checks it on the whole
-    sample. No matching column leaves the output as it is: the gate refuses it, naming shapes."""
+    sample. No matching column leaves the output as it is: the gate refuses it, naming shapes.
+    ``session``: onnxruntime's session over ``onx`` as it is before this edit."""
     import numpy as np
     from onnx import numpy_helper
 
-    from mlflow_deploy_plugins.core.session import make_session
     from mlflow_deploy_plugins.onnx.converters._trees import rewrite_output
 
     expected = np.asarray(expected, dtype=float)
-    session = make_session(onx.SerializeToString())
     notes = []
     for name in names:
         got = session.run([name], dict(feed))[0]
@@ -240,18 +241,19 @@ def _allowed_options(est: Any) -> set[str]:
         return set()
 
 
-def user_converter_options(options_extra: Mapping, local_path: str | None) -> dict:
+def user_converter_options(options_extra: Mapping, source: Any) -> dict:
     """Per-class skl2onnx options: the source MLmodel's ``metadata["converter_options"]``,
     overridden by ``ConversionOptions.extra["converter_options"]``."""
     merged: dict = {}
-    if local_path:
+    metadata = source.metadata
+    if metadata is None and source.local_path:  # a SourceModel built without its MLmodel read
         try:
             from mlflow.models import Model
 
-            metadata = Model.load(local_path).metadata or {}
+            metadata = Model.load(source.local_path).metadata
         except Exception:  # a model without an MLmodel file (tests, raw paths): no metadata
-            metadata = {}
-        merged.update(_checked(metadata.get(CONVERTER_OPTIONS), "the MLmodel metadata"))
+            metadata = None
+    merged.update(_checked((metadata or {}).get(CONVERTER_OPTIONS), "the MLmodel metadata"))
     merged.update(_checked(options_extra.get(CONVERTER_OPTIONS), "ConversionOptions.extra"))
     return merged
 

@@ -17,7 +17,8 @@ from mlflow_deploy_plugins.serving.errors import BadRequest, PayloadTooLarge, Un
 
 _logger = logging.getLogger(__name__)
 
-#: What pandas.read_csv reads as a missing value (NaN) in a float column.
+#: What pandas.read_csv reads as a missing value (NaN), in every column: its default
+#: ``na_values`` (``pandas._libs.parsers.STR_NA_VALUES``), matched exactly in string columns.
 _CSV_NA = frozenset(
     {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
     | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
@@ -73,7 +74,9 @@ def csv_columns(
 def _csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
     """CSV text -> 1-D array of ``dtype``, read as pandas.read_csv(dtype=...) would."""
     if dtype == "string":
-        return string_array(values)
+        # an empty cell or "NA" is a missing value (None), not the category "" or "NA":
+        # refused or answered as the source treats missing values in this column
+        return string_array([None if v in _CSV_NA else v for v in values])
     text = np.array(values)
     target = np.dtype(dtype)
     if target.kind == "b":

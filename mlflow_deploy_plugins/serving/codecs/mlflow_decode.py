@@ -95,7 +95,9 @@ def decode_mlflow(
         raise BadRequest("'params' must be a JSON object", field="params")
     plan = plan_for(io)
     feed, n_rows, columns = _mlflow_table(keys[0], doc[keys[0]], plan, max_elements)
-    return MlflowRequest(refuse_missing(plan, feed), n_rows, io, params, columns)
+    if columns is None:  # else encode_columns checked the raw values (a null is no category)
+        feed = refuse_missing(plan, feed)
+    return MlflowRequest(feed, n_rows, io, params, columns)
 
 
 def _mime(content_type: str | None) -> tuple[str, bool]:

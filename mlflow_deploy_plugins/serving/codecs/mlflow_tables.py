@@ -214,7 +214,9 @@ def _json_column(values: Sequence, column: str, dtype: str) -> np.ndarray:
     """One column's JSON values -> 1-D array of ``dtype``; errors name the column and type."""
     if dtype == "string":
         for i, v in enumerate(values):
-            if type(v) is not str:
+            # null is a missing value, as pandas reads it: refused or answered by
+            # encode_columns as the source treats missing values in this column
+            if type(v) is not str and v is not None:
                 raise Unprocessable(
                     f"Incompatible input types for column '{column}': expected string, "
                     f"got {show(v)} (row {i})",

@@ -141,3 +141,75 @@ def test_lightgbm_twin_still_reads_an_unseen_category_as_missing(store, tmp_path
     native = sent.astype({"region": pd.CategoricalDtype([*LEVELS, "atlantis"])})
     assert not result.io.refused_categories
     np.testing.assert_array_equal(np.asarray(twin.predict(sent)), model.predict(native))
+
+
+def _with_missing_regions(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with None and NaN in some of its ``region`` cells (an object column, as callers
+    send it to the twin)."""
+    sent = df.astype({"region": object})
+    sent.loc[sent.index[::3], "region"] = None
+    sent.loc[sent.index[1::7], "region"] = np.nan
+    return sent
+
+
+@pytest.mark.parametrize("library", ["xgboost", "lightgbm"])
+def test_missing_category_is_answered_like_the_source_pyfunc(store, tmp_path, library):
+    """A missing value in a category column: the source pyfunc (logged with its own flavor, fed
+    a ``category`` column) answers, reading it as missing; the twin answers the same. The probe
+    used to hand XGBoost a category column without categories (an xgboost error) and concluded
+    that the source refuses missing values there."""
+    train = frame(1000, 0)
+    if library == "xgboost":
+        model = xgboost.XGBClassifier(n_estimators=20, enable_categorical=True)
+        flavor = mlflow.xgboost
+    else:
+        model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1)
+        flavor = mlflow.lightgbm
+    model.fit(train, target(train))
+    with mlflow.start_run():
+        info = flavor.log_model(model, name="model", pip_requirements=PIP)
+    result = mlflow_deploy_plugins.convert(info.model_uri, sample=frame(400, 1))
+    assert "region" in result.io.accepts_missing
+    assert result.parity.missing_value_rows > 0
+    result.save(str(tmp_path / "twin"))
+    twin = mlflow.pyfunc.load_model(str(tmp_path / "twin"))
+    source = mlflow.pyfunc.load_model(info.model_uri)
+
+    sent = _with_missing_regions(frame(60, 5))
+    native = sent.astype({"region": pd.CategoricalDtype(LEVELS)})
+    assert native["region"].isna().sum() == sent["region"].isna().sum() > 20
+    np.testing.assert_array_equal(np.asarray(twin.predict(sent)), source.predict(native))
+    np.testing.assert_allclose(
+        np.asarray(twin.predict(sent, params={"predict_method": "predict_proba"})),
+        model.predict_proba(native),
+        atol=1e-6,
+    )
+
+
+def test_a_category_spelled_like_a_missing_value_refuses_missing_values(store, tmp_path):
+    """A missing value reaches the graph's string tensor as the text 'None': with a training
+    category 'None' the twin could not tell them apart, so it refuses missing values in that
+    column (the source answers them: refusing is allowed, a made-up category is not)."""
+    levels = ["None", "east", "west"]
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"a": rng.normal(size=1000)})
+    train["region"] = pd.Categorical(rng.choice(levels, 1000), categories=levels)
+    y = ((train["a"] + (train["region"] == "None") * 2.0) > 0.8).astype(int)
+    model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(train, y)
+    with mlflow.start_run():
+        info = flavor_log(model)
+    result = mlflow_deploy_plugins.convert(info.model_uri, sample=train.head(400))
+    assert result.io.accepts_missing == ("a",)
+    assert any("spelled like a missing value" in note for note in result.notes)
+    result.save(str(tmp_path / "twin"))
+    twin = mlflow.pyfunc.load_model(str(tmp_path / "twin"))
+
+    sent = train.head(20).astype({"region": object})
+    np.testing.assert_array_equal(np.asarray(twin.predict(sent)), model.predict(train.head(20)))
+    sent.loc[sent.index[4], "region"] = None
+    with pytest.raises(InvalidInputError, match="Column 'region' contains missing values"):
+        twin.predict(sent)
+
+
+def flavor_log(model):
+    return mlflow.lightgbm.log_model(model, name="model", pip_requirements=PIP)
