@@ -82,7 +82,7 @@ class ServingApp:
         self.offload: ThreadPoolExecutor | None = None
         #: Bodies this large are decoded and run on ``offload`` (never, until it is open).
         self._offload_bytes = float("inf")
-        self._loop: asyncio.AbstractEventLoop | None = None  # set when a request is offloaded
+        self._loop: asyncio.AbstractEventLoop | None = None  # bound by open_offload
         self.ready = False
         #: Why the app is not ready although started (e.g. its payload log directory cannot be
         #: written, payload_log_unwritable=unready); None: nothing stands in the way.
@@ -198,7 +198,9 @@ class ServingApp:
 
     # ------------------------------------------------------------------ offloading
     def open_offload(self) -> ThreadPoolExecutor:
-        """Start the thread pool large requests run on; the caller shuts it down."""
+        """On the running loop: bind the app to it and start the thread pool large requests
+        run on; the caller shuts the pool down."""
+        self._loop = self.batcher.loop = asyncio.get_running_loop()
         self.offload = self.batcher.executor = ThreadPoolExecutor(
             self.settings.offload_threads, "offload"
         )
@@ -214,8 +216,7 @@ class ServingApp:
             except ServingError as e:
                 return _error_response(e, request.path)
 
-        self._loop = loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.offload, work)
+        return self._loop.run_in_executor(self.offload, work)
 
     def _ready_response(self, body: bytes, content_type: str) -> Response:
         if self.ready and self.unready_reason is None:

@@ -41,7 +41,9 @@ class Batcher:
         self._run = run
         self.max_batch_size = max(1, int(max_batch_size))
         self._delay = max(0.0, float(max_batch_time_ms)) / 1000.0
-        self._loop = loop
+        #: The loop flushes are scheduled on; None: the running loop, looked up per call (which
+        #: costs a getpid system call in CPython 3.11's get_running_loop).
+        self.loop = loop
         self._pending: list[tuple[dict, int, Callback]] = []
         self._rows = 0
         self._scheduled = False
@@ -64,7 +66,7 @@ class Batcher:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            loop = self._loop or asyncio.get_running_loop()
+            loop = self.loop or asyncio.get_running_loop()
             if self._delay:
                 loop.call_later(self._delay, self.flush)
             else:
@@ -73,7 +75,7 @@ class Batcher:
     def _offload(self, feed: dict, n_rows: int, callback: Callback) -> None:
         if self._on_batch is not None:
             self._on_batch(n_rows)
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, self._run, feed)
 
         def done(f: asyncio.Future) -> None:
