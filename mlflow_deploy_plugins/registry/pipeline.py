@@ -39,11 +39,23 @@ _logger = logging.getLogger(__name__)
 WORK_RESULTS = ("converted", "reused", "removed", "failed", "refused")
 
 
-def preload_converters() -> None:
-    """Import the conversion stack now (about 3 s) so the first promotion does not pay for it.
+#: Set while no preload runs. Conversions wait for it: two threads importing the same modules
+#: for the first time can see a partially initialised module (an ImportError that read as a
+#: missing package and failed a promotion for good in a watcher's first seconds).
+_PRELOAD_DONE = threading.Event()
+_PRELOAD_DONE.set()
 
-    For long-running processes (receiver, watcher); run it in a background thread.
-    """
+
+def start_preload() -> None:
+    """Import the conversion stack in a background thread (about 3 s) so the first promotion
+    does not pay for it; promotions wait until it is done. For long-running processes (receiver,
+    watcher)."""
+    _PRELOAD_DONE.clear()
+    threading.Thread(target=preload_converters, name="preload", daemon=True).start()
+
+
+def preload_converters() -> None:
+    """Import the conversion stack now (see :func:`start_preload`)."""
     try:
         import onnxruntime  # noqa: F401
         import skl2onnx  # noqa: F401
@@ -51,6 +63,8 @@ def preload_converters() -> None:
         import mlflow_deploy_plugins.onnx.convert  # noqa: F401
     except ImportError as e:  # an optional converter missing only matters when it is needed
         _logger.debug("Preloading the converters stopped early: %s", e)
+    finally:
+        _PRELOAD_DONE.set()
 
 
 def read_slot_state(
@@ -240,6 +254,7 @@ class Pipeline:
     ) -> Outcome:
         slot, current = trigger.slot, state.source_version
         record = self._record(trigger, "failed", twin_name, state.twin_version, current)
+        _PRELOAD_DONE.wait(120)  # bounded: a stuck preload only costs the time
         t0 = time.monotonic()
         record.timings["queue"] = t0 - trigger.enqueued_at
         try:

@@ -20,7 +20,7 @@ from mlflow_deploy_plugins.core import tags as tag_keys
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig
 from mlflow_deploy_plugins.registry.decision import Slot, SlotState, explain
 from mlflow_deploy_plugins.registry.gateway import RegistryGateway
-from mlflow_deploy_plugins.registry.pipeline import Pipeline, preload_converters, read_slot_state
+from mlflow_deploy_plugins.registry.pipeline import Pipeline, read_slot_state, start_preload
 from mlflow_deploy_plugins.registry.triggers import Outcome, Trigger
 
 _logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def watch(
             pipeline.drain()
             return [f.result() for f in futures]
         stop = stop or _stop_on_signals()
-        threading.Thread(target=preload_converters, name="preload", daemon=True).start()
+        start_preload()
         _logger.info("Watching the registry every %.0f s (Ctrl+C to stop)", interval)
         reconciler.run_forever(interval, stop)
         pipeline.drain()

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, load_config
 from mlflow_deploy_plugins.registry.defaults import SECRET_ENV, default_delivery_log
-from mlflow_deploy_plugins.registry.pipeline import Pipeline, preload_converters
+from mlflow_deploy_plugins.registry.pipeline import Pipeline, start_preload
 from mlflow_deploy_plugins.registry.watch import DEFAULT_INTERVAL_S, Reconciler
 from mlflow_deploy_plugins.registry.webhooks.receiver import Reply, WebhookReceiver
 from mlflow_deploy_plugins.serving.errors import PayloadTooLarge
@@ -67,7 +67,7 @@ class AutomationService:
         """Start the reconcile loop (idempotent)."""
         with self._lock:
             if self._thread is None:
-                threading.Thread(target=preload_converters, name="preload", daemon=True).start()
+                start_preload()
                 self._thread = threading.Thread(
                     target=self._loop, name="mlflow-deploy-reconcile", daemon=True
                 )
