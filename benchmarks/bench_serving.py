@@ -603,19 +603,14 @@ def server_specs(
                 *([] if args.default_config else ["--no-access-log"]),
                 *extra,
             ]
-            return ManagedServer(
-                name,
-                name,
-                cmd,
-                env,
-                str(workdir),
-                "/v2/health/ready",
-                port,
-                str(workdir / f"{name}.log"),
-                60,
-            )
+            return v2_server(name, cmd, env, port)
 
         return start
+
+    def v2_server(name: str, cmd: list[str], env: dict, port: int) -> ManagedServer:
+        """A server answering /v2/health/ready, logging to WORKDIR/NAME.log, ready within 60 s."""
+        log = str(workdir / f"{name}.log")
+        return ManagedServer(name, name, cmd, env, str(workdir), "/v2/health/ready", port, log, 60)
 
     ours = runtime("ours", dict(base_env))
 
@@ -623,17 +618,7 @@ def server_specs(
         def start():
             port = free_port()
             cmd = [sys.executable, str(HERE / script), bundle.path, str(port)]
-            return ManagedServer(
-                name,
-                name,
-                cmd,
-                dict(base_env),
-                str(workdir),
-                "/v2/health/ready",
-                port,
-                str(workdir / f"{name}.log"),
-                60,
-            )
+            return v2_server(name, cmd, dict(base_env), port)
 
         return start
 

@@ -247,16 +247,12 @@ class DockerTarget:
             return resolved, self._image(resolved, cfg)
 
     def _image(self, resolved: _deployments.ResolvedModel, cfg) -> builder.BuiltImage:
-        return builder.ensure_image(
+        return builder.ensure_image_for(
             self.docker(),
             resolved,
+            cfg,
             recipe=self.recipe,
-            base_image=cfg.base_image,
             repository=cfg.image_repository,
-            python_version=cfg.python_version,
-            platform=cfg.platform,
-            cache_dir=cfg.wheel_cache,
-            rebuild=cfg.rebuild,
             progress=self.progress,
         )
 

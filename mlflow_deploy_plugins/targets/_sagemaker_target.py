@@ -326,16 +326,12 @@ class SageMakerTarget:
 
     def build_image(self, client, resolved, cfg):
         """The serving image of ``resolved`` (built, or found by its content hash)."""
-        return builder.ensure_image(
+        return builder.ensure_image_for(
             client,
             resolved,
+            cfg,
             recipe=self.recipe,
-            base_image=cfg.base_image,
             repository=cfg.ecr_repository,
-            python_version=cfg.python_version,
-            platform=cfg.platform,
-            cache_dir=cfg.wheel_cache,
-            rebuild=cfg.rebuild,
             progress=self.progress,
         )
 

@@ -53,6 +53,31 @@ def default_repository(served_name: str) -> str:
     return f"mlflow-deploy/{slug}"
 
 
+def ensure_image_for(
+    client,
+    resolved: _deployments.ResolvedModel,
+    cfg,
+    *,
+    recipe: Recipe,
+    repository: str | None,
+    progress: Progress,
+) -> BuiltImage:
+    """:func:`ensure_image` with the build keys every image-building target config has
+    (``base_image``, ``python_version``, ``platform``, ``wheel_cache``, ``rebuild``)."""
+    return ensure_image(
+        client,
+        resolved,
+        recipe=recipe,
+        base_image=cfg.base_image,
+        repository=repository,
+        python_version=cfg.python_version,
+        platform=cfg.platform,
+        cache_dir=cfg.wheel_cache,
+        rebuild=cfg.rebuild,
+        progress=progress,
+    )
+
+
 def ensure_image(
     client,
     resolved: _deployments.ResolvedModel,
