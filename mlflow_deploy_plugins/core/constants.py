@@ -18,3 +18,12 @@ POSITIONAL_COLUMNS = "positional_columns"
 #: MLflow's scoring route of one model on a shared MLServer (the mlserver target writes it into
 #: model-settings.json, ``mlserver_runtime`` registers it).
 MLSERVER_INVOCATIONS = "/v2/models/{name}/invocations"
+#: The mlserver target's containers (``-C mode=docker``): what the target writes into the
+#: environment and ``mlserver_serve`` (the image's entrypoint) reads. The JSON of settings.json,
+#: of the one model's model-settings.json (its uri is ``./bundle``), and the HTTP socket count of
+#: the server a new container replaces on a shared port (steer new connections to the new one).
+MLSERVER_SETTINGS_ENV = "MLFLOW_DEPLOY_MLSERVER_SETTINGS"
+MLSERVER_MODEL_ENV = "MLFLOW_DEPLOY_MLSERVER_MODEL"
+MLSERVER_TAKEOVER_ENV = "MLFLOW_DEPLOY_MLSERVER_TAKEOVER"
+#: The link to the image's bundle in the container's model directory (model-settings.json's uri).
+MLSERVER_BUNDLE_LINK = "bundle"

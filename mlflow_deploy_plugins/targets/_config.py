@@ -37,6 +37,24 @@ def wheel_cache_option():
     return option(None, "Host directory caching downloaded wheels; default ~/.cache/mlflow-deploy.")
 
 
+def base_image_option():
+    return option(
+        "python:3.11-slim", "Image the serving image is built FROM (needs python3 with venv)."
+    )
+
+
+def image_repository_option():
+    return option(
+        None, "Repository of the image (its tag is a content hash); default mlflow-deploy/MODEL."
+    )
+
+
+def remove_image_option():
+    return option(
+        False, "delete: also remove the image; update: remove the previous version's image."
+    )
+
+
 def rebuild_option():
     return option(False, "Build the image even when one with the same content hash exists.")
 

@@ -45,6 +45,46 @@ def runtime_setting(name: str) -> config.Check:
     return config.check_of(ServingSettings, name)
 
 
+# The container -C keys every target running hardened serving containers declares with the same
+# name, rule and help (a new field object per call: each config class declares its own).
+def network_mode_option():
+    return config.setting(
+        "host",
+        "host: the server binds host:port directly (zero-downtime updates with SO_REUSEPORT); "
+        "bridge: the container port 8080 is published on host:port (short gap on update).",
+        choices=("host", "bridge"),
+    )
+
+
+def user_option(default: str):
+    return config.setting(
+        default,
+        "UID:GID (numbers) the server runs as; it must be able to read auth_token_file and "
+        "write payload_log_dir.",
+        check=user_spec,
+    )
+
+
+def memory_option():
+    return config.setting(
+        None, "Memory limit of the container, e.g. 512m or 2g.", check=memory_size
+    )
+
+
+def cpus_option():
+    return config.setting(
+        None, "CPU limit of the container in cores, e.g. 1.5.", check=config.positive
+    )
+
+
+def restart_policy_option():
+    return config.setting(
+        "unless-stopped",
+        "Docker restart policy of the container.",
+        choices=("no", "on-failure", "unless-stopped", "always"),
+    )
+
+
 class ContainerConfig(Protocol):
     """The ``-C`` keys a target running hardened serving containers declares (same names)."""
 
@@ -79,7 +119,12 @@ def uid_gid(user: str) -> tuple[int, int]:
 
 
 def serving_environment(
-    cfg: ContainerConfig, port: int, *, container_port: int, takeover: int | None = None
+    cfg: ContainerConfig,
+    port: int,
+    *,
+    container_port: int,
+    takeover: int | None = None,
+    deployment: str = "",
 ) -> dict[str, str]:
     """The serving runtime's ``MLFLOW_DEPLOY_*`` variables for one container on ``port``.
 
@@ -89,6 +134,8 @@ def serving_environment(
         container_port: where the image's server listens in bridge network mode.
         takeover: host mode, same port: the worker count of the server this one replaces
             (the new server then steers every new connection to itself).
+        deployment: the deployment's name (unused: this runtime names its model after the
+            bundle; another image's environment may need it).
 
     Returns:
         Variable -> value.

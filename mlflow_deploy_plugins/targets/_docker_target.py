@@ -19,7 +19,7 @@ from mlflow_deploy_plugins.targets._images.recipes import Recipe
 
 _logger = logging.getLogger(__name__)
 
-#: ``(cfg, host port, container_port=, takeover=) -> the container's environment``.
+#: ``(cfg, host port, container_port=, takeover=, deployment=) -> the container's environment``.
 Environment = Callable[..., dict[str, str]]
 
 
@@ -54,6 +54,8 @@ class DockerTarget:
     container_prefix: str = "mlflow-deploy-"
     #: What the image's server is told; the default suits this package's serving runtime.
     environment: Environment = _container.serving_environment
+    #: The model name of the V2 route: the deployment's (True) or the served model's.
+    model_named_after_deployment: bool = False
     #: The docker SDK client, connected on first use.
     client: Any = field(default=None, repr=False)
 
@@ -206,7 +208,9 @@ class DockerTarget:
             deployment_name,
             info["endpoint_url"],
             inputs,
-            served_model=info["served_model"],
+            served_model=deployment_name
+            if self.model_named_after_deployment
+            else info["served_model"],
             auth_token_file=info["config"].get("auth_token_file"),
         )
 
@@ -272,7 +276,9 @@ class DockerTarget:
                 local=local,
             )
             port_inside = self.recipe.container_port
-            env = self.environment(cfg, port, container_port=port_inside, takeover=takeover)
+            env = self.environment(
+                cfg, port, container_port=port_inside, takeover=takeover, deployment=name
+            )
             options = _container.container_options(cfg, port, env, container_port=port_inside)
             return _docker.run_container(self.docker(), image.tag, container_name, labels, options)
 

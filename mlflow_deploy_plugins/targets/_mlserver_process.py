@@ -75,6 +75,23 @@ def server_settings(cfg, repository: Path) -> dict:
     }
 
 
+def check_ports(
+    host: str, settings: dict, target: str, keys=("http_port", "grpc_port", "metrics_port")
+) -> None:
+    """Refuse ports of ``settings`` (server settings) that are taken on ``host``.
+
+    Raises:
+        InvalidInputError: naming the port, its key and how to choose others.
+    """
+    for key in keys:
+        if _endpoints.port_in_use(host, settings[key]):
+            raise InvalidInputError(
+                f"Port {settings[key]} ({key} of the MLServer for {target}) on {host} "
+                "is already in use: choose another -C port= (gRPC and metrics take the next "
+                "two unless -C grpc_port= / metrics_port= say otherwise)"
+            )
+
+
 def config_of(settings: dict) -> dict:
     """The ``-C`` values of the server settings in ``settings`` (a settings.json we wrote)."""
     found = {
@@ -145,13 +162,7 @@ class LocalServer:
             if _endpoints.http_ready(url + LIVE_PATH):
                 return url
             self.stop(10)  # hung: replaced below
-        for key in ("http_port", "grpc_port", "metrics_port"):
-            if _endpoints.port_in_use(cfg.host, wanted[key]):
-                raise InvalidInputError(
-                    f"Port {wanted[key]} ({key} of the MLServer for {self.target}) on {cfg.host} "
-                    "is already in use: choose another -C port= (gRPC and metrics take the next "
-                    "two unless -C grpc_port= / metrics_port= say otherwise)"
-                )
+        check_ports(cfg.host, wanted, self.target)
         return self._start(wanted, cfg, progress)
 
     def _start(self, settings: dict, cfg, progress) -> str:

@@ -19,14 +19,28 @@ from mlflow_deploy_plugins.core import config
 
 # Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
 # subclass visible here and must find exactly one.
-from mlflow_deploy_plugins.targets import _client, _container, _mlserver_target
+from mlflow_deploy_plugins.targets import (
+    _client,
+    _config,
+    _container,
+    _docker_target,
+    _mlserver_docker,
+    _mlserver_target,
+)
 from mlflow_deploy_plugins.targets._config import TargetConfig, option
+from mlflow_deploy_plugins.targets._images import recipes
 
 _logger = logging.getLogger(__name__)
 
 TARGET = "mlserver"
 FLAVOR = "onnx"
-MODES = ("local", "remote")
+MODES = ("local", "remote", "docker")
+#: The image of ``-C mode=docker`` (its ``target`` is this target's name).
+RECIPE = recipes.MLSERVER
+#: Names of docker-mode containers: this prefix + the deployment's name.
+CONTAINER_PREFIX = "mlflow-mlserver-"
+#: -C keys that act on one call and are not remembered.
+ACTION_KEYS = ("rebuild", "remove_image")
 
 
 @dataclass(frozen=True)
@@ -34,35 +48,48 @@ class MlserverConfig(TargetConfig):
     """``-C key=value`` settings of the mlserver target."""
 
     target: ClassVar[str] = TARGET
+    # What the hardened container spec and the rollout read of a container target's config,
+    # fixed for MLServer: one HTTP server process (the rollout's takeover counts its sockets),
+    # and neither our bearer token nor our payload log (MLServer has its own features).
+    workers: ClassVar[int] = 1
+    auth_token_file: ClassVar[None] = None
+    payload_log_dir: ClassVar[None] = None
 
     mode: str = option(
         "local",
         "local: an MLServer process started and supervised by this target on host:port; "
         "remote: an existing MLServer at url whose model repository (the target URI's "
-        "directory) is writable here.",
+        "directory) is writable here; docker: an image with MLServer, the runtime and the "
+        "model, run as a hardened container (one per deployment).",
         choices=MODES,
     )
     url: str | None = option(
         None, "remote: the MLServer's HTTP address, e.g. http://127.0.0.1:8080 (required)."
     )
-    host: str = option("127.0.0.1", "local: the address the server binds.")
-    port: int = option(8080, "local: the HTTP port of the server.", check=_container.HOST_PORT)
+    host: str = option(
+        "127.0.0.1",
+        "local, docker: the address the server binds (docker bridge mode: where the port is "
+        "published).",
+    )
+    port: int = option(
+        8080, "local, docker: the HTTP port of the server.", check=_container.HOST_PORT
+    )
     grpc_port: int | None = option(
-        None, "local: the gRPC port (default port+1).", check=_container.HOST_PORT
+        None, "local, docker: the gRPC port (default port+1).", check=_container.HOST_PORT
     )
     metrics_port: int | None = option(
-        None, "local: the metrics port (default port+2).", check=_container.HOST_PORT
+        None, "local, docker: the metrics port (default port+2).", check=_container.HOST_PORT
     )
     metrics: bool = option(
-        False, "local: serve Prometheus metrics on metrics_port (costs throughput)."
+        False, "local, docker: serve Prometheus metrics on metrics_port (costs throughput)."
     )
     parallel_workers: int = option(
         0,
-        "local: MLServer inference worker processes; 0 runs models in the server process "
-        "(measured faster on one core, 200 MiB less, 1.7 s quicker start).",
+        "local, docker: MLServer inference worker processes; 0 runs models in the server "
+        "process (measured faster on one core, 200 MiB less, 1.7 s quicker start).",
         check=config.at_least(0),
     )
-    debug: bool = option(False, "local: MLServer's debug mode (access log; slower).")
+    debug: bool = option(False, "local, docker: MLServer's debug mode (access log; slower).")
     max_batch_size: int = option(
         0,
         "Adaptive batching: most requests merged into one model call (0 or 1: off).",
@@ -82,12 +109,27 @@ class MlserverConfig(TargetConfig):
         check=config.positive,
     )
     stop_timeout: float = option(
-        30.0, "local: seconds a stopping server gets before it is killed.", check=config.positive
+        30.0,
+        "local, docker: seconds a stopping server gets before it is killed.",
+        check=config.positive,
     )
+    # docker mode: the image (built like onnx-docker's, another recipe) and its container
+    network_mode: str = _container.network_mode_option()
+    base_image: str = _config.base_image_option()
+    user: str = _container.user_option(recipes.DEFAULT_USER)
+    memory: str | None = _container.memory_option()
+    cpus: float | None = _container.cpus_option()
+    restart_policy: str = _container.restart_policy_option()
+    python_version: str | None = _config.python_version_option()
+    platform: str | None = _config.platform_option()
+    wheel_cache: str | None = _config.wheel_cache_option()
+    image_repository: str | None = _config.image_repository_option()
+    rebuild: bool = _config.rebuild_option()
+    remove_image: bool = _config.remove_image_option()
 
     def remembered(self) -> dict[str, Any]:
-        """What the deployment record keeps (update starts from it)."""
-        return self.to_dict()
+        """What the deployment record or container label keeps (update starts from it)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ACTION_KEYS}
 
 
 def target_help() -> str:
@@ -142,7 +184,9 @@ def run_local(name, model_uri, flavor=None, config=None):
 
 class MlserverDeploymentClient(_client.DelegatingClient, BaseDeploymentClient):
     """Deployments as models of an MLServer (the work is done by
-    ``_mlserver_target.MlserverTarget``, whose docstrings say what each call guarantees).
+    ``_mlserver_target.MlserverTarget`` in modes local and remote, by
+    ``_docker_target.DockerTarget`` with the MLServer image recipe in mode docker; their
+    docstrings say what each call guarantees).
 
     ``progress`` (a callable taking one line) receives progress; by default it goes to stderr.
     """
@@ -151,11 +195,30 @@ class MlserverDeploymentClient(_client.DelegatingClient, BaseDeploymentClient):
         super().__init__(target_uri)
         _, _, repository = target_uri.partition(":")
         self.progress = _client.stderr_progress
-        self.deployments = _mlserver_target.MlserverTarget(
-            TARGET,
-            FLAVOR,
-            MlserverConfig,
-            _mlserver_target.repository_path(repository or None),
+
+        def progress(line: str) -> None:
             # read at each call: callers replace ``progress`` after construction
-            progress=lambda line: self.progress(line),
+            self.progress(line)
+
+        self.deployments = _mlserver_docker.MlserverDeployments(
+            TARGET,
+            MlserverConfig,
+            repository=_mlserver_target.MlserverTarget(
+                TARGET,
+                FLAVOR,
+                MlserverConfig,
+                _mlserver_target.repository_path(repository or None),
+                progress=progress,
+            ),
+            # the engine from DOCKER_HOST (the target URI names the repository)
+            containers=_docker_target.DockerTarget(
+                TARGET,
+                FLAVOR,
+                MlserverConfig,
+                RECIPE,
+                progress=progress,
+                container_prefix=CONTAINER_PREFIX,
+                environment=_mlserver_docker.mlserver_environment,
+                model_named_after_deployment=True,
+            ),
         )

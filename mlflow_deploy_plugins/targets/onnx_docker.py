@@ -41,21 +41,9 @@ class OnnxDockerConfig(TargetConfig):
         "Address the server binds in host network mode, or the address the port is published "
         "on in bridge mode; 0.0.0.0 answers on every interface.",
     )
-    network_mode: str = option(
-        "host",
-        "host: the server binds host:port directly (zero-downtime updates with SO_REUSEPORT); "
-        "bridge: the container port 8080 is published on host:port (short gap on update).",
-        choices=("host", "bridge"),
-    )
-    base_image: str = option(
-        "python:3.11-slim", "Image the serving image is built FROM (needs python3 with venv)."
-    )
-    user: str = option(
-        recipes.DEFAULT_USER,
-        "UID:GID (numbers) the server runs as; it must be able to read auth_token_file and "
-        "write payload_log_dir.",
-        check=_container.user_spec,
-    )
+    network_mode: str = _container.network_mode_option()
+    base_image: str = _config.base_image_option()
+    user: str = _container.user_option(recipes.DEFAULT_USER)
     workers: int = option(
         1,
         "Server processes sharing the port; one per core scales best.",
@@ -124,17 +112,9 @@ class OnnxDockerConfig(TargetConfig):
         "Requests with this many rows run off the event loop (runtime default 4096).",
         check=_container.runtime_setting("offload_rows"),
     )
-    memory: str | None = option(
-        None, "Memory limit of the container, e.g. 512m or 2g.", check=_container.memory_size
-    )
-    cpus: float | None = option(
-        None, "CPU limit of the container in cores, e.g. 1.5.", check=config.positive
-    )
-    restart_policy: str = option(
-        "unless-stopped",
-        "Docker restart policy of the container.",
-        choices=("no", "on-failure", "unless-stopped", "always"),
-    )
+    memory: str | None = _container.memory_option()
+    cpus: float | None = _container.cpus_option()
+    restart_policy: str = _container.restart_policy_option()
     ready_timeout: float = option(
         60.0,
         "Seconds create/update wait for the readiness probe before giving up.",
@@ -149,13 +129,9 @@ class OnnxDockerConfig(TargetConfig):
     python_version: str | None = _config.python_version_option()
     platform: str | None = _config.platform_option()
     wheel_cache: str | None = _config.wheel_cache_option()
-    image_repository: str | None = option(
-        None, "Repository of the image (its tag is a content hash); default mlflow-deploy/MODEL."
-    )
+    image_repository: str | None = _config.image_repository_option()
     rebuild: bool = _config.rebuild_option()
-    remove_image: bool = option(
-        False, "delete: also remove the image; update: remove the previous version's image."
-    )
+    remove_image: bool = _config.remove_image_option()
 
     def remembered(self) -> dict[str, Any]:
         """What the container label keeps (update starts from it)."""

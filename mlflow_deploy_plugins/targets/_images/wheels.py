@@ -93,9 +93,15 @@ def runtime_lock(target: ImagePlatform, extra: str) -> list[str]:
             f"The installed {DIST_NAME} declares no '{extra}' extra: its metadata is "
             "stale, reinstall it (pip install -e . from a source tree)"
         )
+    extras_done: set[tuple[str, str]] = set()
     while queue:
         req = queue.pop()
         name = canonicalize_name(req.name)
+        # a requirement's extras (tritonclient[http]) bring their own requirements
+        for extra in sorted(req.extras):
+            if (name, extra) not in extras_done:
+                extras_done.add((name, extra))
+                queue.extend(requirements(req.name, extra))
         if name in pins:
             continue
         try:
