@@ -1,4 +1,10 @@
-"""Shared fixtures: a real local tracking store per test, tiny real datasets."""
+"""Shared fixtures: a real local tracking store per test, tiny real datasets, a real Docker engine
+and the local base image (the target tests of onnx-docker, onnx-sagemaker and the mlserver
+target's docker mode use them).
+
+Without an engine the Docker tests skip with the reason; with CI=true they fail instead, since
+CI starts the engine itself (tests/infra/docker.sh) and nothing that can run may be skipped there.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from docker_support import BASE_IMAGE, engine_unavailable, remove_test_images
 
 
 @pytest.fixture
@@ -56,3 +63,32 @@ def numeric_xy():
     y_reg = x["x0"] * 3 + x["x1"] ** 2 - x["x2"] + rng.normal(scale=0.1, size=300)
     y_cls = (y_reg > y_reg.median()).astype(int).to_numpy()
     return x, y_reg.to_numpy(), y_cls
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A docker SDK client of a running engine (skip or, under CI, fail without one)."""
+    try:
+        import docker
+    except ImportError:
+        engine_unavailable("the docker SDK is not installed (pip install '.[docker]')")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        engine_unavailable(f"no Docker engine answers ({e})")
+    yield client
+    remove_test_images(client)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client) -> str:
+    """The local base image the tests build on (tests/infra/docker.sh makes it)."""
+    import docker
+
+    try:
+        docker_client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        engine_unavailable(f"the local base image {BASE_IMAGE} is missing")
+    return BASE_IMAGE
