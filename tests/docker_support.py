@@ -1,10 +1,13 @@
-"""Shared by the target tests (a uniquely named module: every test folder has a conftest.py)."""
+"""Shared by the Docker tests of every target (a uniquely named module: every test folder has a
+conftest.py); the engine fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +42,21 @@ def remove_deployment_containers(client, names) -> None:
             for container in client.containers.list(all=True, filters={"label": f"{label}={name}"}):
                 with contextlib.suppress(docker.errors.NotFound):
                     container.remove(force=True)
+
+
+def corrupt_bundles(monkeypatch):
+    """Make every bundle built from now on record a wrong sha256: the runtime refuses it."""
+    from mlflow_deploy_plugins import bundle as bundle_module
+    from mlflow_deploy_plugins.core.manifest import MANIFEST_FILE, Manifest
+
+    real = bundle_module.build_bundle
+
+    def broken(model_uri, output_dir, **kwargs):
+        built = real(model_uri, output_dir, **kwargs)
+        path = os.path.join(output_dir, MANIFEST_FILE)
+        raw = json.loads(Path(path).read_text())
+        raw["sha256"] = "0" * 64
+        Path(path).write_text(json.dumps(raw))
+        return bundle_module.Bundle(built.path, Manifest.read(output_dir))
+
+    monkeypatch.setattr(bundle_module, "build_bundle", broken)

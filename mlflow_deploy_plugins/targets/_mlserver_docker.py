@@ -115,6 +115,11 @@ class MlserverDeployments:
     #: ``DockerTarget`` with the MLServer recipe: docker deployments (containers).
     containers: Any
 
+    @property
+    def root(self) -> Path:
+        """The model repository of the local and remote deployments (the target URI's)."""
+        return self.repository.root
+
     def create_deployment(self, name, model_uri, flavor=None, config=None) -> dict:
         """Create ``name`` in the mode ``-C mode`` asks for (see the lifecycles' docstrings)."""
         cfg = self.config_class.from_config(config)
@@ -219,7 +224,7 @@ class MlserverDeployments:
         )
         raise _deployments.DeploymentNotFoundError(
             f"No deployment named '{name}' on {self.target} (repository "
-            f"{self.repository.root}; deployments there: "
+            f"{self.root}; deployments there: "
             f"{', '.join(self.repository.repository.names()) or 'none'}; {docker})"
         )
 

@@ -145,7 +145,8 @@ $MLFLOW_DEPLOY_MLSERVER_REPOSITORY), or mlserver:/<repository directory>, e.g.
 mlserver:/srv/mlserver-models. The repository is where deployments live (one directory each);
 every command (create, get, list, predict, delete) finds them there.
 
-Modes (-C mode=, given on create; later calls read it from the repository):
+Modes (-C mode=, given on create; later calls find the deployment in the repository, or as a
+docker-mode container on the engine of DOCKER_HOST):
   local   an MLServer process this target starts on host:port (detached; found again by
           later calls; stopped when its last deployment is deleted) with a model repository
           directory it manages. Deployments are models in that repository: several share
@@ -153,6 +154,12 @@ Modes (-C mode=, given on create; later calls read it from the repository):
   remote  an existing MLServer at -C url=, whose model repository directory (the target
           URI's) is writable from here; models are written there and loaded through the server's
           repository API. The server needs this package installed (the runtime).
+  docker  an image with MLServer, the runtime and the model (built like onnx-docker's: the
+          same builder, wheels downloaded on the host, no network in the build), run as a
+          hardened container per deployment (non-root, read-only root, no capabilities,
+          limits, HEALTHCHECK) on host:port (gRPC on port+1). MLServer's settings come from
+          the same keys as in local mode. Needs the docker extra and MLServer on this host
+          (the image pins the host's versions).
 
 Model URI: models:/name/version, models:/name@alias, runs:/..., or a local path. A model of
 the mlflow_deploy_plugins (ONNX) flavor is deployed as is; any other model is converted through
@@ -165,6 +172,11 @@ create blocks until MLServer has loaded the model; if it fails to load, MLServer
 reported, the model is unloaded and the repository is left as it was. update writes the new
 version and reloads it: the old one answers until the new one is loaded, and stays if the new
 one fails. delete unloads and removes the model (idempotent).
+mode=docker: update starts the new version's container beside the old one; it loads its model
+before it listens, then joins the port (network_mode=host, SO_REUSEPORT) and takes every new
+connection; the old container then stops gracefully: no request fails. If the new one does not
+load, its log (MLServer's error) is reported and the old one keeps serving. delete stops and
+removes the container (-C remove_image=true: its image too).
 
 Config (-C key=value):
 {MlserverConfig.help_table()}
@@ -174,6 +186,8 @@ Example:
   mlflow deployments predict -t mlserver --name churn --input-path rows.json
   mlflow deployments update -t mlserver --name churn -m models:/churn/4
   mlflow deployments delete -t mlserver --name churn
+  mlflow deployments create -t mlserver --name churn-d -m models:/churn@champion \\
+      -C mode=docker -C port=8090
 """
 
 

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from docker_support import BASE_IMAGE, TEST_REPOSITORY, remove_deployment_containers
+from docker_support import (
+    BASE_IMAGE,
+    TEST_REPOSITORY,
+    corrupt_bundles,
+    remove_deployment_containers,
+)
 from helpers import CATEGORICAL, NUMERIC, mixed_data, mixed_pipeline, tracking_store
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
@@ -255,24 +260,6 @@ def source_deployment(client, registry):
     info = client.create_deployment(name, f"models:/{registry['name']}/1", config=config(port))
     info["create_seconds"] = time.monotonic() - started
     return info
-
-
-def corrupt_bundles(monkeypatch):
-    """Make every bundle built from now on record a wrong sha256: the runtime refuses it."""
-    from mlflow_deploy_plugins import bundle as bundle_module
-    from mlflow_deploy_plugins.core.manifest import MANIFEST_FILE, Manifest
-
-    real = bundle_module.build_bundle
-
-    def broken(model_uri, output_dir, **kwargs):
-        built = real(model_uri, output_dir, **kwargs)
-        path = os.path.join(output_dir, MANIFEST_FILE)
-        raw = json.loads(Path(path).read_text())
-        raw["sha256"] = "0" * 64
-        Path(path).write_text(json.dumps(raw))
-        return bundle_module.Bundle(built.path, Manifest.read(output_dir))
-
-    monkeypatch.setattr(bundle_module, "build_bundle", broken)
 
 
 def mlflow_cli(*args, env_uri: str, timeout: float = 300) -> subprocess.CompletedProcess:
