@@ -125,9 +125,9 @@ class MlserverDeployments:
         cfg = self.config_class.from_config(config)
         check_mode_keys(cfg.mode, config, self.target)
         _deployments.validate_name(name)
+        if self._container_of(name) is not None:
+            raise self._exists(name, DOCKER)
         if cfg.mode != DOCKER:
-            if self._container_of(name) is not None:
-                raise self._exists(name, DOCKER)
             return self.repository.create_deployment(name, model_uri, flavor, config)
         if self.repository.repository.record(name) is not None:
             raise self._exists(name, "local/remote")
