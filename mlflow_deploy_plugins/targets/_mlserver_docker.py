@@ -139,7 +139,9 @@ class MlserverDeployments:
 
     def update_deployment(self, name, model_uri=None, flavor=None, config=None) -> dict:
         """Update ``name`` in its mode; the mode cannot change."""
-        if self.repository.repository.record(name) is not None:
+        record = self.repository.repository.record(name)
+        if record is not None:
+            check_mode_keys(record.get("config", {}).get("mode", "local"), config, self.target)
             return self.repository.update_deployment(name, model_uri, flavor, config)
         self._known_container(name)
         cfg = self.config_class.from_config(config)

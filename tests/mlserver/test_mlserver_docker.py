@@ -312,6 +312,8 @@ def test_update_while_clients_poll_fails_no_request(deployed, mlserver_models, d
             info = client.update_deployment(name, f"models:/churn-onnx/{version}")
             print(f"update to v{version}: {time.monotonic() - started:.1f} s")
             assert info["deployed_version"] == version
+    print(f"{len(order)} updates while polling: {len(polling.seen)} answered, "
+          f"{len(polling.failed)} failed")  # fmt: skip
     assert polling.failed == [], f"{len(polling.failed)} failed: {polling.failed[:3]}"
     assert len(polling.seen) > 50 and set(polling.seen) == {1, 2}, set(polling.seen)
     # the version that answered last is the one deployed last
