@@ -130,18 +130,24 @@ def main() -> int:
     ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     ours.propagate = False
+    missing = [
+        v for v in (MLSERVER_SETTINGS_ENV, MLSERVER_MODEL_ENV, BUNDLE_ENV) if v not in os.environ
+    ]
+    if missing:
+        _logger.error(
+            "The container's environment lacks %s (set by the mlserver target)", ", ".join(missing)
+        )
+        return 2
     try:
         settings = json.loads(os.environ[MLSERVER_SETTINGS_ENV])
         model = json.loads(os.environ[MLSERVER_MODEL_ENV])
-        bundle = os.environ[BUNDLE_ENV]
         takeover = int(os.environ.get(MLSERVER_TAKEOVER_ENV) or 0) or None
-    except (KeyError, ValueError) as e:
+    except ValueError as e:
         _logger.error(
-            "The container's environment lacks a valid %s: %s (set by the mlserver target)",
-            e,
-            type(e).__name__,
+            "The container's MLServer settings are not valid (set by the mlserver target): %s", e
         )
         return 2
+    bundle = os.environ[BUNDLE_ENV]
     repository = Path(tempfile.mkdtemp(prefix="mlserver-"))  # /tmp: a tmpfs in the container
     write_repository(repository, settings, model, bundle)
     loop = shared_port_loop(settings["http_port"], takeover, model["name"])

@@ -8,7 +8,11 @@ build stage) and the session's registry (churn-onnx v1 and v2, conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -122,6 +126,47 @@ def test_the_lock_follows_the_extras_of_a_requirement():
     assert {"mlserver", "onnxruntime", "httptools", "uvloop"} <= names
     # MLServer requires tritonclient[http]: its http extra (aiohttp, geventhttpclient) too
     assert {"tritonclient", "aiohttp", "geventhttpclient"} <= names
+
+
+def test_the_entrypoint_loop_shares_the_port_and_says_when_it_listens(caplog):
+    from mlflow_deploy_plugins.mlserver_serve import shared_port_loop
+
+    pytest.importorskip("uvloop")
+    port = _endpoints.free_port()
+
+    async def listen():
+        # what uvicorn does inside MLServer: create_server(host=, port=) on the running loop
+        return await asyncio.get_running_loop().create_server(
+            asyncio.Protocol, host="127.0.0.1", port=port
+        )
+
+    caplog.set_level(logging.INFO)
+    with (
+        asyncio.Runner(loop_factory=shared_port_loop(port, None, "old")) as old,
+        asyncio.Runner(loop_factory=shared_port_loop(port, 1, "new")) as new,
+    ):
+        first = old.run(listen())
+        second = new.run(listen())  # the same port: SO_REUSEPORT on both
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(
+            m.startswith(f"MLServer serving old on http://127.0.0.1:{port}") for m in messages
+        )
+        assert any(
+            m.startswith(f"MLServer serving new on http://127.0.0.1:{port}") for m in messages
+        )
+        assert any("Taking over the port" in m for m in messages)  # only the new one steers
+        first.close()
+        second.close()
+
+
+def test_the_entrypoint_refuses_a_container_without_its_settings():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_DEPLOY_MLSERVER")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow_deploy_plugins.mlserver_serve"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert MLSERVER_SETTINGS_ENV in done.stderr and "set by the mlserver target" in done.stderr
 
 
 # --- against the engine --------------------------------------------------------------------
@@ -348,6 +393,65 @@ def test_a_model_mlserver_cannot_load_leaves_the_old_one_serving(
         all=True, filters={"label": f"mlflow_deploy.deployment={name}"}
     )
     assert len(containers) == 1
+
+
+@pytest.mark.docker
+def test_create_of_a_model_mlserver_cannot_load_leaves_nothing(
+    deployed, mlserver_models, docker_client, monkeypatch
+):
+    client, name = deployed["client"], f"broken-{uuid.uuid4().hex[:6]}"
+    images_before = {i.id for i in docker_client.images.list(name=TEST_REPOSITORY)}
+    corrupt_bundles(monkeypatch)
+    try:
+        with using_store(mlserver_models.uri), pytest.raises(MlflowException) as info:
+            client.create_deployment(
+                name, "models:/churn-onnx/2", config=docker_config(free_ports(2))
+            )
+        message = info.value.message
+        assert "exited at start" in message and "MLServer could not load the model" in message
+        assert "sha256" in message
+        assert not docker_client.containers.list(
+            all=True, filters={"label": f"mlflow_deploy.deployment={name}"}
+        )
+        assert {i.id for i in docker_client.images.list(name=TEST_REPOSITORY)} <= images_before
+    finally:
+        remove_deployment_containers(docker_client, [name])
+
+
+@pytest.mark.docker
+def test_run_local_in_docker_mode_serves_until_interrupted(
+    deployed, mlserver_models, docker_client
+):
+    name = f"try-{uuid.uuid4().hex[:6]}"
+    port = free_ports(2)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlserver_models.uri)
+    cmd = [sys.executable, "-m", "mlflow", "deployments", "run-local", "-t", deployed["target_uri"],
+           "--name", name, "-m", "models:/churn-onnx/1"]  # fmt: skip
+    for key, value in docker_config(port).items():
+        cmd += ["-C", f"{key}={value}"]
+    process = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        _endpoints.wait_until(
+            lambda: any("Ctrl+C stops it" in line for line in lines), 240, what="run-local"
+        )
+        frame = churn_frame(2, seed=3)
+        np.testing.assert_allclose(
+            v2_proba(port, name, frame), expected(mlserver_models, 1, frame), atol=1e-5
+        )
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        reader.join(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        remove_deployment_containers(docker_client, [name])
+    assert any(line.startswith("Stopping") for line in lines), lines[-5:]
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"mlflow_deploy.run_local={name}"}
+    )
 
 
 @pytest.mark.docker
