@@ -13,7 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 from helpers import churn_frame, mixed_pipeline, register_sklearn, tracking_store
-from mlserver_support import COLUMNS, KEEPER, churn_target, mlserver_missing, using_store
+from mlserver_support import (
+    COLUMNS,
+    KEEPER,
+    churn_target,
+    free_ports,
+    mlserver_missing,
+    using_store,
+)
 
 
 @pytest.fixture(scope="session")
@@ -57,14 +64,12 @@ def mlserver(mlserver_models, tmp_path_factory):
 
     from mlflow.deployments import get_deploy_client
 
-    from mlflow_deploy_plugins.targets import _endpoints, _mlserver_process
+    from mlflow_deploy_plugins.targets import _mlserver_process
 
     if importlib.util.find_spec("mlserver") is None:
         mlserver_missing("MLServer is not installed")
     repository = tmp_path_factory.mktemp("mlserver-repository")
-    port = _endpoints.free_port()
-    while any(_endpoints.port_in_use("127.0.0.1", p) for p in (port + 1, port + 2)):
-        port = _endpoints.free_port()
+    port = free_ports(3)
     target_uri = f"mlserver:{repository}"
     client = get_deploy_client(target_uri)
     server = _mlserver_process.LocalServer(repository, "mlserver")

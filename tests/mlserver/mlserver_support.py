@@ -18,6 +18,17 @@ def churn_target(frame: pd.DataFrame) -> np.ndarray:
     return (score > 0).to_numpy()
 
 
+def free_ports(count: int = 3) -> int:
+    """A free 127.0.0.1 port whose next ``count - 1`` ports are free too (MLServer takes
+    port+1 for gRPC and port+2 for metrics)."""
+    from mlflow_deploy_plugins.targets import _endpoints
+
+    while True:
+        port = _endpoints.free_port()
+        if not any(_endpoints.port_in_use("127.0.0.1", port + i) for i in range(1, count)):
+            return port
+
+
 def mlserver_missing(reason: str):
     if os.environ.get("CI") == "true":
         pytest.fail(

@@ -33,7 +33,7 @@ from docker_support import (
 from helpers import churn_frame
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
-from mlserver_support import COLUMNS, mlserver_missing, using_store
+from mlserver_support import COLUMNS, free_ports, mlserver_missing, using_store
 
 from mlflow_deploy_plugins.core.constants import (
     MLSERVER_MODEL_ENV,
@@ -170,14 +170,6 @@ def test_the_entrypoint_refuses_a_container_without_its_settings():
 
 
 # --- against the engine --------------------------------------------------------------------
-
-
-def free_ports(count: int) -> int:
-    """A port whose next ``count - 1`` ports are free too (MLServer's gRPC is port+1)."""
-    while True:
-        port = _endpoints.free_port()
-        if not any(_endpoints.port_in_use("127.0.0.1", port + i) for i in range(1, count)):
-            return port
 
 
 def docker_config(port: int, **extra) -> dict[str, str]:

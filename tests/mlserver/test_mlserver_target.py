@@ -20,7 +20,7 @@ import pytest
 from helpers import churn_frame
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
-from mlserver_support import COLUMNS, KEEPER, mlserver_missing
+from mlserver_support import COLUMNS, KEEPER, free_ports, mlserver_missing
 
 from mlflow_deploy_plugins.targets import _mlserver_repo, mlserver
 from mlflow_deploy_plugins.targets._mlserver_process import server_settings
@@ -401,9 +401,9 @@ def test_run_local_serves_in_the_foreground_until_interrupted(mlserver, mlserver
     import os
     import signal
 
-    from mlflow_deploy_plugins.targets._endpoints import free_port, port_in_use
+    from mlflow_deploy_plugins.targets._endpoints import port_in_use
 
-    port = free_port()
+    port = free_ports(3)  # gRPC and metrics take the next two
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlserver_models.uri)
     env["MLFLOW_REGISTRY_URI"] = mlserver_models.uri
     log = tmp_path / "run-local.log"
