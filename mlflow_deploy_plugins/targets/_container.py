@@ -271,7 +271,12 @@ def container_labels(
 
 def remembered_config(container) -> dict[str, Any]:
     """The ``-C`` settings a container was started with (its config label)."""
-    return json.loads(container.labels.get(_deployments.LABEL_CONFIG, "{}"))
+    return remembered_config_of(container.labels)
+
+
+def remembered_config_of(labels: Mapping[str, str]) -> dict[str, Any]:
+    """The ``-C`` settings kept in a config label (of a container or a service)."""
+    return json.loads(labels.get(_deployments.LABEL_CONFIG, "{}"))
 
 
 def describe_container(container, *, target: str, flavor: str) -> dict[str, Any]:
