@@ -185,6 +185,11 @@ class ServingApp:
             given.strip().encode(), self._token
         )
 
+    def token_matches(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` value (HTTP header, gRPC metadata) carries the bearer
+        token; always True when none is configured."""
+        return self._token is None or self._token_in({"authorization": authorization or ""})
+
     def _authorize(self, request: Request) -> None:
         if not self._has_token(request):
             raise _unauthorized()
@@ -352,16 +357,20 @@ class ServingApp:
             children = self._children_for(key)
         children[0].inc()
         children[1].observe(duration_s)
-        if self.access_log is not None and (self._log_every_request or response.status >= 400):
-            self.access_log.record(
-                request.method,
-                request.path,
-                response.status,
-                duration_s,
-                len(response.body),
-                request.request_id,
-                request.remote,
-            )
+        self.log_access(
+            request.method,
+            request.path,
+            response.status,
+            duration_s,
+            len(response.body),
+            request.request_id,
+            request.remote,
+        )
+
+    def log_access(self, method, path, status, duration_s, size, request_id, remote) -> None:
+        """One access log line: for every request with ``--access-log``, else for errors."""
+        if self.access_log is not None and (self._log_every_request or status >= 400):
+            self.access_log.record(method, path, status, duration_s, size, request_id, remote)
 
 
 def _unauthorized() -> Unauthorized:
