@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     for noisy in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    # An absolute path: the printed `mlflow ui` command works from any directory.
+    default_store = f"sqlite:///{os.path.abspath('mlflow.db')}"
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", default_store)
     mlflow.set_tracking_uri(tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the deployment client reads it
     step = Steps()
