@@ -187,6 +187,11 @@ def test_predict_table_model_rows_and_columns(clf_server, served, frame):
     reply = clf_server.post(f"/v1/models/{CLF}:predict", {"inputs": nested})
     assert reply.status == 200, reply.text
     assert reply.json()["outputs"]["label"] == labels
+    # TF Serving's paths are case-insensitive (its regexes are (?i)); the model name is not
+    reply = clf_server.post(f"/V1/Models/{CLF}/Versions/1:Predict", {"inputs": columns})
+    assert reply.status == 200, reply.text
+    assert reply.json()["outputs"]["label"] == labels
+    assert_error(clf_server.post(f"/v1/models/{CLF.upper()}:predict", {"inputs": columns}), 404)
 
 
 def test_predict_base64_string_values(clf_server, served, frame):
