@@ -336,9 +336,10 @@ def encode_tfserving(outputs: dict[str, np.ndarray], columnar: bool) -> bytes:
         data: Any = next(iter(values.values()))
     elif columnar:
         data = values
-    else:
-        n_rows = len(next(iter(outputs.values())))
-        data = [{name: v[i] for name, v in values.items()} for i in range(n_rows)]
+    else:  # one object per instance: each output split into its rows once, then zipped
+        names = list(values)
+        rows = [v if type(v) is list else list(v) for v in values.values()]
+        data = [dict(zip(names, row, strict=True)) for row in zip(*rows, strict=True)]
     key = "outputs" if columnar else "predictions"
     return orjson.dumps({key: data}, option=orjson.OPT_SERIALIZE_NUMPY, default=as_text)
 
