@@ -113,7 +113,7 @@ def score_table_spark(
             )
         dtypes = io.column_dtypes()
         arguments = [
-            _typed(F, F.col(f"`{source}`"), dtypes[column], fmt == "csv").alias(column)
+            _typed(F, F.col(f"`{source}`"), column, dtypes[column], fmt == "csv").alias(column)
             for column, source in sources.items()
         ]
         kind = result_type(io, role)
@@ -130,7 +130,7 @@ def score_table_spark(
             head, tail = os.path.split(os.path.abspath(output_path))
             target = os.path.join(head, f".{tail}.partial-{os.getpid()}")
         try:
-            _write(scored, target, out_format)
+            _write(scored, target, out_format, input_path)
             rows = _read(spark, target, out_format).count()
         except BaseException:
             if local_output:
@@ -176,33 +176,67 @@ def _twin(model_uri: str, work: str) -> tuple[str, IOSpec]:
     return local, IOSpec.from_dict(flavors[FLAVOR_NAME]["io"])
 
 
-def _typed(F, column, dtype: str, text: bool):  # noqa: N803 - pyspark.sql.functions
-    """A model column as the model takes it: CSV text cast to its type (pandas' missing-value
-    tokens as null first; anything else that is not a number fails the job, naming the value)."""
+def _typed(F, column, name: str, dtype: str, text: bool):  # noqa: N803 - pyspark.sql.functions
+    """A model column as the model takes it: CSV text cast to its type, pandas' missing-value
+    tokens as null first; any other text that is not a number fails the job naming the column
+    and the value (as the in-process reading does), never a silent null."""
     if not text or dtype == "string":
         return column
     spark_type = _SPARK_TYPES.get(dtype, "double")
     missing = column.isNull() | column.isin(*sorted(CSV_NA))
-    return F.when(missing, F.lit(None)).otherwise(column).cast(spark_type)
+    typed = column.try_cast(spark_type)
+    refused = F.raise_error(
+        F.concat(
+            F.lit(f"Incompatible input types for column '{name}': expected {dtype}, got '"),
+            column,
+            F.lit("'"),
+        )
+    )
+    return F.when(missing, F.lit(None)).when(typed.isNull(), refused).otherwise(typed)
 
 
 def _read(spark, path: str, fmt: str):
+    from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
 
     try:
         if fmt == "parquet":
             return spark.read.parquet(path)
         return spark.read.option("header", True).option("enforceSchema", False).csv(path)
-    except PySparkException as e:
-        raise unreadable(path, fmt, e) from e
+    except (PySparkException, Py4JJavaError) as e:
+        raise unreadable(path, fmt, job_error(e)) from e
 
 
-def _write(frame, path: str, fmt: str) -> None:
+def _write(frame, path: str, fmt: str, input_path: str) -> None:
+    """Run the job. Its failures (a value the model refuses, text that is not a number, an
+    unreadable part file) come back from the JVM: reported as the line that says what failed."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
     writer = frame.write.mode("errorifexists")
-    if fmt == "parquet":
-        writer.parquet(path)
-    else:
-        writer.option("header", True).csv(path)
+    try:
+        if fmt == "parquet":
+            writer.parquet(path)
+        else:
+            writer.option("header", True).csv(path)
+    except (PySparkException, Py4JJavaError) as e:
+        raise InvalidInputError(f"Scoring {input_path!r} failed in Spark: {job_error(e)}") from e
+
+
+def job_error(error: Exception) -> str:
+    """The line of a Spark failure that names the problem: our (or MLflow's) exception raised in
+    a Python worker, else the JVM's root cause, else Spark's error class line
+    (``[CAST_INVALID_INPUT] ...``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for marker in ("InvalidInputError: ", "MlflowException: "):
+        found = [line for line in lines if marker in line]
+        if found:
+            return found[-1].split(marker, 1)[1][:500]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+    if causes:  # "java.lang.RuntimeException: file:/x is not a Parquet file ..."
+        return causes[-1].split(": ", 1)[-1][:500]
+    tagged = [line for line in lines if line.startswith("[")]
+    return (tagged or lines or [type(error).__name__])[0][:500]
 
 
 def _remove(path: str) -> None:

@@ -89,7 +89,7 @@ class TableReader:
             self.schema = self._dataset.schema
             self.num_rows = self._dataset.count_rows() if fmt == "parquet" else None
         except (pa.ArrowException, OSError, ValueError) as e:
-            raise unreadable(path, fmt, e) from e
+            raise unreadable(path, fmt, first_line(e)) from e
 
     @property
     def columns(self) -> list[str]:
@@ -107,7 +107,7 @@ class TableReader:
                 for start in range(0, batch.num_rows, self.chunk_rows):
                     yield batch.slice(start, self.chunk_rows)
         except (pa.ArrowException, OSError) as e:
-            raise unreadable(self.path, self.format, e) from e
+            raise unreadable(self.path, self.format, first_line(e)) from e
 
 
 def _csv_format(path: str):
@@ -132,13 +132,17 @@ def _csv_format(path: str):
     return ds.CsvFileFormat(convert_options=convert)
 
 
-def unreadable(path: str, fmt: str, error: Exception) -> InvalidInputError:
+def unreadable(path: str, fmt: str, detail: str) -> InvalidInputError:
     """A read failure, naming the file, the format it was read as, and the way out."""
     other = [f for f in FORMATS if f != fmt]
     return InvalidInputError(
-        f"Cannot read {path!r} as {fmt}: {str(error).splitlines()[0] if str(error) else error}. "
+        f"Cannot read {path!r} as {fmt}: {detail}. "
         f"If it is {' or '.join(other)}, pass --format {other[0]}"
     )
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class TableWriter:
