@@ -122,12 +122,7 @@ class ChunkScorer:
             self.role = self.io.role_for(method)
         except SchemaError as e:
             raise InvalidInputError(str(e)) from e
-        self.sources = model_columns(self.io, columns)
-        if prediction_column in columns:
-            raise InvalidInputError(
-                f"The input already has a column '{prediction_column}': pass "
-                "--prediction-column with another name (nothing of the input is overwritten)"
-            )
+        self.sources = model_columns(self.io, columns, prediction_column)
         self.dtypes = self.io.column_dtypes()
         self._prediction_type = None
 
@@ -168,13 +163,19 @@ class ChunkScorer:
         return csv_column(tuple("" if v is None else v for v in column.to_pylist()), name, dtype)
 
 
-def model_columns(io: IOSpec, columns: list[str]) -> dict[str, str]:
+def model_columns(io: IOSpec, columns: list[str], prediction_column: str) -> dict[str, str]:
     """``model column -> input column``: by name; by position for a tensor-signature model
     (whose column labels carry no meaning) when the input has exactly its width.
 
     Raises:
-        InvalidInputError: naming the columns the model needs that the input lacks.
+        InvalidInputError: naming the columns the model needs that the input lacks, or the
+            input's column that has the prediction column's name (never overwritten).
     """
+    if prediction_column in columns:
+        raise InvalidInputError(
+            f"The input already has a column '{prediction_column}': pass "
+            "--prediction-column with another name (nothing of the input is overwritten)"
+        )
     if io.extra.get(POSITIONAL_COLUMNS) and len(columns) == len(io.columns):
         return dict(zip(io.columns, columns, strict=True))
     missing = [c for c in io.columns if c not in columns]

@@ -105,12 +105,7 @@ def score_table_spark(
         except SchemaError as e:
             raise InvalidInputError(str(e)) from e
         frame = _read(spark, input_path, fmt)
-        sources = model_columns(io, frame.columns)
-        if prediction_column in frame.columns:
-            raise InvalidInputError(
-                f"The input already has a column '{prediction_column}': pass "
-                "--prediction-column with another name (nothing of the input is overwritten)"
-            )
+        sources = model_columns(io, frame.columns, prediction_column)
         dtypes = io.column_dtypes()
         arguments = [
             _typed(F, F.col(f"`{source}`"), column, dtypes[column], fmt == "csv").alias(column)

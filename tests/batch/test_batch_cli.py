@@ -199,3 +199,24 @@ def test_the_console_script_loads_no_scoring_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_predict_method_probabilities_from_a_label_model(registered, tmp_path):
+    rows = registered.frame.head(25)
+    rows.to_parquet(tmp_path / "in.parquet", index=False)
+    out = tmp_path / "p.parquet"
+    result = batch(
+        registered.twin,
+        "--input",
+        tmp_path / "in.parquet",
+        "--output",
+        out,
+        "--predict-method",
+        "predict_proba",
+    )
+    assert result.exit_code == 0, result.output
+    got = np.stack(pd.read_parquet(out).prediction.to_numpy())
+    model = mlflow.pyfunc.load_model(registered.twin)
+    expected = model.predict(rows, params={"predict_method": "predict_proba"})
+    assert got.shape == (25, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
