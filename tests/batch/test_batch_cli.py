@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from mlflow_deploy_plugins.cli import main
@@ -220,3 +221,18 @@ def test_predict_method_probabilities_from_a_label_model(registered, tmp_path):
     expected = model.predict(rows, params={"predict_method": "predict_proba"})
     assert got.shape == (25, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_an_empty_table_gives_an_empty_output_with_the_prediction_column(
+    registered, tmp_path, suffix
+):
+    empty = registered.frame.head(0)
+    path = tmp_path / f"in.{suffix}"
+    empty.to_parquet(path, index=False) if suffix == "parquet" else empty.to_csv(path, index=False)
+    out = tmp_path / f"out.{suffix}"
+    result = batch(registered.twin, "--input", path, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "0 rows scored" in result.output
+    read = pd.read_parquet if suffix == "parquet" else pd.read_csv
+    assert list(read(out).columns) == [*empty.columns, "prediction"]
