@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import mlflow
 import numpy as np
@@ -56,3 +57,30 @@ def numeric_xy():
     y_reg = x["x0"] * 3 + x["x1"] ** 2 - x["x2"] + rng.normal(scale=0.1, size=300)
     y_cls = (y_reg > y_reg.median()).astype(int).to_numpy()
     return x, y_reg.to_numpy(), y_cls
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session for the whole test run (starting one costs 5-10 s): one
+    core, one shuffle partition, no UI, bound to 127.0.0.1; its Python workers run this
+    interpreter (pandas, mlflow and this package). CI installs pyspark (the ``spark`` extra,
+    pinned in constraints.txt) and a JRE; elsewhere the Spark tests skip without them."""
+    if os.environ.get("CI"):
+        import pyspark
+    else:
+        pyspark = pytest.importorskip("pyspark")
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("mlflow-deploy-plugins-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
+    assert pyspark.__version__
+    yield session
+    session.stop()
