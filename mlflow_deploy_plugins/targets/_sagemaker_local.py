@@ -10,7 +10,6 @@ import os
 import tarfile
 import tempfile
 import uuid
-from dataclasses import dataclass
 
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 from mlflow_deploy_plugins.targets import _container, _deployments, _docker, _rollout
@@ -23,23 +22,8 @@ _logger = logging.getLogger(__name__)
 CONTAINER_PREFIX = "mlflow-deploy-sagemaker-"
 
 
-@dataclass(frozen=True)
-class LocalRun:
-    """The container keys of a local SageMaker-like run (what ``_container`` and ``_rollout``
-    read): nothing beyond SageMaker's own contract is mounted or limited."""
-
-    port: int
-    network_mode: str
-    ready_timeout: float
-    host: str = "127.0.0.1"
-    user: str = recipes.DEFAULT_USER
-    workers: int = 1
-    stop_timeout: float = 30.0
-    restart_policy: str = "no"
-    auth_token_file: str | None = None
-    payload_log_dir: str | None = None
-    memory: str | None = None
-    cpus: float | None = None
+#: The container keys of a local run (shared with the other targets' ``run_local``).
+LocalRun = _container.LocalRun
 
 
 def unpack_model_data(archive: bytes, model_dir: str) -> None:
