@@ -56,6 +56,11 @@ def runtime_setting(name: str) -> config.Check:
     return config.check_of(ServingSettings, name)
 
 
+def runtime_option(name: str, default: Any, help: str, **kwargs: Any):
+    """A target ``-C`` key that is the serving setting ``name``: same name, the runtime's rule."""
+    return config.setting(default, help, check=runtime_setting(name), **kwargs)
+
+
 class ContainerConfig(Protocol):
     """The ``-C`` keys a target running hardened serving containers declares (same names)."""
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import uuid
 
 from mlflow_deploy_plugins.targets import _container, _deployments, _docker, _rollout
-from mlflow_deploy_plugins.targets._endpoints import endpoint_url
 from mlflow_deploy_plugins.targets._images import builder, recipes
 
 _logger = logging.getLogger(__name__)
@@ -73,32 +71,14 @@ def serve_foreground(target, name: str, model_uri: str, flavor=None, config=None
     options = _container.container_options(
         run, run.port, local_environment(cfg, run), container_port=recipes.CONTAINER_PORT
     )
-    labels = _container.container_labels(
-        target.target,
+    _rollout.serve_image_foreground(
+        target,
         name,
         resolved,
-        host=run.host,
-        port=run.port,
-        network_mode=run.network_mode,
-        image=image,
-        config=cfg.remembered(),
-        local=True,
+        image,
+        run,
+        options,
+        container_prefix=CONTAINER_PREFIX,
+        remembered=cfg.remembered(),
+        serving_as="as its pods would",
     )
-
-    def start_container(container_name: str, port: int, takeover):
-        return _docker.run_container(client, image, container_name, labels, options)
-
-    container_name = f"{CONTAINER_PREFIX}local-{name}-{uuid.uuid4().hex[:6]}"
-    rollout = _rollout.ContainerRollout(
-        name, container_name, start_container, target.recipe, target.progress
-    )
-
-    def start():
-        container, _ = rollout.create(run, what=f"'{name}'")
-        target.progress(
-            f"Serving '{name}' as its pods would ({resolved.lineage()}) at "
-            f"{endpoint_url(run.host, run.port)}; Ctrl+C stops it"
-        )
-        return container
-
-    _docker.run_foreground(start, name, run.stop_timeout, target.progress)

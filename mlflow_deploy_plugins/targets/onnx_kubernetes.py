@@ -109,24 +109,15 @@ class OnnxKubernetesConfig(TargetConfig):
         "UID:GID (numbers) the server runs as (runAsUser/runAsGroup/fsGroup).",
         check=_container.user_spec,
     )
-    workers: int = option(
-        1, "Server processes per pod.", check=_container.runtime_setting("workers")
+    workers: int = _container.runtime_option("workers", 1, "Server processes per pod.")
+    max_batch_size: int | None = _container.runtime_option(
+        "max_batch_size", None, "Most rows per onnxruntime call (runtime default 64)."
     )
-    max_batch_size: int | None = option(
-        None,
-        "Most rows per onnxruntime call (runtime default 64).",
-        check=_container.runtime_setting("max_batch_size"),
+    max_batch_time_ms: float | None = _container.runtime_option(
+        "max_batch_time_ms", None, "Longest wait to fill a batch in ms (runtime default 0)."
     )
-    max_batch_time_ms: float | None = option(
-        None,
-        "Longest wait to fill a batch in ms (runtime default 0: adaptive).",
-        check=_container.runtime_setting("max_batch_time_ms"),
-    )
-    log_level: str = option(
-        "INFO",
-        "Log level of the server.",
-        choices=LOG_LEVELS,
-        check=_container.runtime_setting("log_level"),
+    log_level: str = _container.runtime_option(
+        "log_level", "INFO", "Log level of the server.", choices=LOG_LEVELS
     )
     auth_token_file: str | None = option(
         None,
@@ -152,9 +143,7 @@ class OnnxKubernetesConfig(TargetConfig):
         False, "Write the manifests as YAML (to output, else stdout) instead of applying them."
     )
     output: str | None = option(None, "dry_run: directory the manifests are written to.")
-    base_image: str = option(
-        "python:3.11-slim", "Image the serving image is built FROM (needs python3 with venv)."
-    )
+    base_image: str = _config.base_image_option()
     python_version: str | None = _config.python_version_option()
     platform: str | None = _config.platform_option()
     wheel_cache: str | None = _config.wheel_cache_option()
