@@ -248,7 +248,8 @@ class Cluster:
         return before, self.patch(obj["kind"], obj["metadata"]["name"], patch)
 
     def crd_installed(self, crd: str) -> bool:
-        """Whether CustomResourceDefinition ``crd`` exists (read through ApiextensionsV1Api)."""
+        """Whether CustomResourceDefinition ``crd`` exists (read through ApiextensionsV1Api;
+        a user who may not read CRDs is answered by listing the resource in the namespace)."""
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -258,7 +259,12 @@ class Cluster:
         except ApiException as e:
             if e.status == 404:
                 return False
-            raise self._translate(e, f"read CustomResourceDefinition {crd}", "CRD") from e
+            if e.status != 403 or crd != manifests.KSERVE_CRD:
+                raise self._translate(e, f"read CustomResourceDefinition {crd}", "CRD") from e
+            try:
+                self.call("list", "InferenceService")
+            except _deployments.DeploymentError:  # 404: the API does not exist here
+                return False
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _deployments.EngineUnavailableError(
                 f"The Kubernetes API server {self.server} ({self.where}) does not answer: {e}"
@@ -273,7 +279,8 @@ class Cluster:
             for e in self.list("Event")
             if e.get("involvedObject", {}).get("name", "").startswith(name)
         ]
-        found.sort(key=lambda e: (e.get("type") != "Warning", _event_time(e)), reverse=False)
+        found.sort(key=_event_time, reverse=True)  # newest first,
+        found.sort(key=lambda e: e.get("type") != "Warning")  # then warnings first (stable)
         lines = []
         for e in found[:limit]:
             involved = e.get("involvedObject", {})

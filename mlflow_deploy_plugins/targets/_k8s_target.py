@@ -146,6 +146,8 @@ class KubernetesTarget:
         for kind in _COMPANIONS:  # e.g. a PodDisruptionBudget no longer asked for
             if kind not in {o["kind"] for o in objects} and _ours(cluster.read(kind, name)):
                 cluster.delete(kind, name)
+        if not token and cluster.delete("Secret", manifests.secret_name(name)):
+            self.progress(f"Deleted Secret {manifests.secret_name(name)} (no auth_token_file)")
         return self.get_deployment(name, cluster)
 
     def _roll_back(self, cluster, main: dict, before: dict | None, secret, failure) -> None:

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -23,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aws_support import local_registry  # noqa: F401  (session fixture)
-from docker_support import BASE_IMAGE, TEST_REPOSITORY
+from docker_support import BASE_IMAGE, TEST_REPOSITORY, remove_deployment_containers
 from helpers import mixed_data, mixed_pipeline, register_sklearn, tracking_store
 from k8s_support import FakeApiServer
 from mlflow.deployments import get_deploy_client
@@ -191,6 +195,12 @@ def test_no_kubeconfig_says_where_it_was_searched(monkeypatch, tmp_path):
     for place in ("-C kubeconfig=", "KUBECONFIG (not set)", "~/.kube/config", "in-cluster"):
         assert place in message, place
     assert str(tmp_path / ".kube" / "config") in message
+
+
+def test_a_missing_kubeconfig_file_is_named(client):
+    with pytest.raises(MlflowException, match="Config key 'kubeconfig': no file at '/nope/cfg'"):
+        client.create_deployment("churn", "models:/m/1", config={"kubeconfig": "/nope/cfg",
+                                                                 "image": IMAGE})  # fmt: skip
 
 
 def test_an_unknown_context_lists_the_known_ones(client, kube_env):
@@ -384,6 +394,30 @@ def test_deployment_lifecycle_create_predict_update_rollback_delete(
     assert not left_behind(fake, name)
 
 
+def test_a_new_token_updates_the_secret_and_rolls_the_pods(
+    client, kube_env, registry, token_file, tmp_path
+):
+    fake = kube_env
+    name = new_name("tok")
+    config = {"kind": "deployment", "image": IMAGE, "auth_token_file": str(token_file)}
+    client.create_deployment(name, f"models:/{registry['name']}/1", config=config)
+    template = fake.get("apps/v1", NS, "deployments", name)["spec"]["template"]
+    rotated = tmp_path / "rotated"
+    rotated.write_text("rotated-" + uuid.uuid4().hex)
+    client.update_deployment(name, config={"auth_token_file": str(rotated), "image": IMAGE})
+    secret = fake.get("v1", NS, "secrets", f"{name}-mlflow-deploy-token")
+    assert base64.b64decode(secret["data"]["token"]).decode() == rotated.read_text()
+    after = fake.get("apps/v1", NS, "deployments", name)["spec"]["template"]
+    digest = "mlflow_deploy.token_sha256"
+    assert after["metadata"]["annotations"][digest] != template["metadata"]["annotations"][digest]
+    assert rotated.read_text() not in manifest_texts(fake)
+    client.update_deployment(name, config={"auth_token_file": "", "image": IMAGE})
+    assert fake.get("v1", NS, "secrets", f"{name}-mlflow-deploy-token") is None
+    env = fake.get("apps/v1", NS, "deployments", name)["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in env[0]["env"] if "TOKEN" in e["name"]]
+    client.delete_deployment(name)
+
+
 def test_kserve_create_canary_update_failed_rollback(client, kube_env, registry, crd):
     fake = kube_env
     fake.install_kserve(crd)
@@ -486,6 +520,60 @@ def test_the_image_is_built_pushed_and_referenced_by_digest(
     assert any(line.startswith("Pushed ") for line in client.lines)
     assert any(": Pushed" in line or ": Layer already exists" in line for line in client.lines)
     client.delete_deployment(name)
+
+
+@pytest.mark.docker
+def test_run_local_serves_the_image_as_the_pods_would(
+    registry, docker_client, base_image, token_file, monkeypatch, tmp_path
+):
+    """``mlflow deployments run-local -t onnx-kubernetes``: the image, hardened as the pod spec
+    says, answering with the token, until SIGINT."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster-needed"))
+    os.chmod(token_file, 0o444)  # the container user reads it (a mounted file, not an env var)
+    port = _endpoints.free_port()
+    local = new_name("local")
+    cmd = [sys.executable, "-m", "mlflow", "deployments", "run-local", "-t", "onnx-kubernetes",
+           "--name", local, "-m", f"models:/{registry['name']}/1"]  # fmt: skip
+    config = {"local_port": port, "base_image": BASE_IMAGE, "auth_token_file": token_file,
+              "image_repository": f"{TEST_REPOSITORY}/k8s-local", "workers": 2}  # fmt: skip
+    for key, value in config.items():
+        cmd += ["-C", f"{key}={value}"]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=registry["uri"])
+    process = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    try:
+        _endpoints.wait_until(
+            lambda: any("Ctrl+C stops it" in line for line in lines), 300, what="run-local"
+        )
+        (container,) = docker_client.containers.list(
+            filters={"label": f"mlflow_deploy.run_local={local}"}
+        )
+        host = container.attrs["HostConfig"]
+        assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
+        assert container.attrs["Config"]["User"] == "10001:10001"
+        assert "MLFLOW_DEPLOY_WORKERS=2" in container.attrs["Config"]["Env"]
+        x = registry["x"].head(5)
+        body = json.dumps({"dataframe_split": json.loads(x.to_json(orient="split", index=False))})
+        url = f"http://127.0.0.1:{port}/invocations"
+        headers = {"Content-Type": "application/json"}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, body.encode(), headers), timeout=30)
+        assert refused.value.code == 401
+        headers["Authorization"] = "Bearer " + token_file.read_text().strip()
+        with urllib.request.urlopen(
+            urllib.request.Request(url, body.encode(), headers), timeout=30
+        ) as answer:
+            assert json.load(answer)["predictions"] == registry["model"].predict(x).tolist()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        assert not docker_client.containers.list(
+            all=True, filters={"label": f"mlflow_deploy.run_local={local}"}
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+        remove_deployment_containers(docker_client, [local])
 
 
 # --- helpers -------------------------------------------------------------------------------
