@@ -502,8 +502,7 @@ def test_the_image_is_built_pushed_and_referenced_by_digest(
     try:
         info = client.create_deployment(name, f"models:/{registry['name']}/1", config=config)
     finally:  # the images tagged for the registry (the session's cleanup knows the plain ones)
-        for tagged in docker_client.images.list(name=f"{local_registry}/{TEST_REPOSITORY}/k8s"):
-            docker_client.images.remove(tagged.id, force=True)
+        remove_images(docker_client, f"{local_registry}/{TEST_REPOSITORY}/")
     image = info["image"]
     repository, _, digest = image.partition("@")
     assert repository == f"{local_registry}/{TEST_REPOSITORY}/k8s" and digest.startswith("sha256:")
@@ -574,9 +573,18 @@ def test_run_local_serves_the_image_as_the_pods_would(
         if process.poll() is None:
             process.kill()
         remove_deployment_containers(docker_client, [local])
+        remove_images(docker_client, f"{TEST_REPOSITORY}/")
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def remove_images(docker_client, prefix: str) -> None:
+    """Remove the images with a tag under ``prefix`` (the name filter of the engine does not
+    match a registry host with a port)."""
+    for image in docker_client.images.list():
+        if any(tag.startswith(prefix) for tag in image.tags):
+            docker_client.images.remove(image.id, force=True)
 
 
 class serving_runtime:
