@@ -320,7 +320,10 @@ def merge_patch(old: dict, new: dict) -> dict:
 
 
 def with_applied(obj: dict) -> dict:
-    """``obj`` carrying itself (minus this annotation) in the :data:`APPLIED` annotation."""
+    """``obj`` carrying itself (minus this annotation) in the :data:`APPLIED` annotation.
+    A Secret is returned as is: its data is not copied into an annotation."""
+    if obj["kind"] == "Secret":
+        return obj
     meta = obj["metadata"]
     notes = {k: v for k, v in (meta.get("annotations") or {}).items() if k != APPLIED}
     bare = {**obj, "metadata": {**meta, "annotations": notes}}

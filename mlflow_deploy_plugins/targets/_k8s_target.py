@@ -139,7 +139,7 @@ class KubernetesTarget:
         try:
             self._wait(cluster, main, cfg.rollout_timeout)
         except _deployments.DeploymentError as e:
-            self._roll_back(cluster, main, before, secret, e)
+            self._roll_back(cluster, main, before, secret, e, cfg.rollout_timeout)
         for obj in objects:
             if obj["kind"] in _COMPANIONS:
                 cluster.apply(obj)
@@ -150,7 +150,9 @@ class KubernetesTarget:
             self.progress(f"Deleted Secret {manifests.secret_name(name)} (no auth_token_file)")
         return self.get_deployment(name, cluster)
 
-    def _roll_back(self, cluster, main: dict, before: dict | None, secret, failure) -> None:
+    def _roll_back(
+        self, cluster, main: dict, before: dict | None, secret, failure, timeout: float
+    ) -> None:
         """Put the previous spec back (a reverse merge patch), wait for it, and raise the
         failure with the pod events."""
         events = cluster.events(main["metadata"]["name"])
@@ -162,7 +164,7 @@ class KubernetesTarget:
                 cluster.patch("Secret", secret["metadata"]["name"], {"data": secret["data"]})
             self.progress(f"Rolling '{name}' back to the previous version")
             try:
-                self._wait(cluster, before, main["spec"].get("progressDeadlineSeconds", 120))
+                self._wait(cluster, before, timeout)
                 outcome = "rolled back: the previous version serves"
             except _deployments.DeploymentError as e:
                 outcome = f"rolled back, but the previous version is not ready either: {e.summary}"

@@ -337,7 +337,8 @@ def test_deployment_lifecycle_create_predict_update_rollback_delete(
     token = token_file.read_text().strip()
     secret = fake.get("v1", NS, "secrets", f"{name}-mlflow-deploy-token")
     assert base64.b64decode(secret["data"]["token"]).decode() == token
-    assert token not in manifest_texts(fake)  # only the Secret holds it
+    assert secret["data"]["token"] not in json.dumps(secret["metadata"])  # no annotated copy
+    assert token not in manifest_texts(fake)  # only the Secret's data holds it
     for api, plural in (("apps/v1", "deployments"),
                         ("autoscaling/v2", "horizontalpodautoscalers"),
                         ("policy/v1", "poddisruptionbudgets"),
