@@ -87,6 +87,11 @@ def token_secret(cfg, target: str, name: str, token: str) -> dict:
     }
 
 
+def secret_token(secret: dict) -> str:
+    """The token a live token Secret holds."""
+    return base64.b64decode(secret["data"][TOKEN_KEY]).decode()
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
@@ -192,7 +197,9 @@ def pod_spec(cfg, image: str, name: str, container_name: str) -> dict:
 # --- kind=kserve -----------------------------------------------------------------------------
 
 
-def inference_service(cfg, target: str, name: str, image: str, notes: Mapping[str, str]) -> dict:
+def inference_service(
+    cfg, target: str, name: str, image: str, notes: Mapping[str, str], token: str | None
+) -> dict:
     """A KServe InferenceService (v1beta1) with our image as its custom predictor container,
     which speaks the Open Inference Protocol (V2) on port 8080."""
     predictor = {
@@ -202,6 +209,8 @@ def inference_service(cfg, target: str, name: str, image: str, notes: Mapping[st
     }
     if cfg.canary_traffic_percent is not None:
         predictor["canaryTrafficPercent"] = cfg.canary_traffic_percent
+    if token:  # the predictor's pod annotations: a new token makes a new revision
+        predictor["annotations"] = {TOKEN_DIGEST: token_digest(token)}
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",
@@ -306,7 +315,7 @@ def render(
     """Every object of the deployment, in the order they are applied (Secret first)."""
     objects = [token_secret(cfg, target, name, token)] if token else []
     if cfg.kind == "kserve":
-        return [*objects, inference_service(cfg, target, name, image, notes)]
+        return [*objects, inference_service(cfg, target, name, image, notes, token)]
     objects += [
         deployment(cfg, target, name, image, notes, token),
         service(cfg, target, name),

@@ -122,7 +122,7 @@ class KubernetesTarget:
                 f"{cfg.kind} needs delete + create"
             )
         self._check(cfg)
-        token = _token(cfg)
+        token = self._update_token(cluster, name, cfg, config or {})
         model_uri = model_uri or _notes(live).get(_deployments.LABEL_MODEL_URI)
         if cfg.dry_run:
             return self._dry_run(name, model_uri, cfg, token)
@@ -149,6 +149,23 @@ class KubernetesTarget:
         if not token and cluster.delete("Secret", manifests.secret_name(name)):
             self.progress(f"Deleted Secret {manifests.secret_name(name)} (no auth_token_file)")
         return self.get_deployment(name, cluster)
+
+    def _update_token(self, cluster, name: str, cfg, config: dict) -> str | None:
+        """The token of an update: the file's, or, when the remembered file cannot be read here
+        and this call names none, the one the Secret already holds."""
+        try:
+            return _token(cfg)
+        except InvalidInputError:
+            if "auth_token_file" in config:
+                raise
+            secret = cluster.read("Secret", manifests.secret_name(name))
+            if secret is None:
+                raise
+            self.progress(
+                f"auth_token_file {cfg.auth_token_file!r} is not readable here: the "
+                "token in the Secret is kept"
+            )
+            return manifests.secret_token(secret)
 
     def _roll_back(
         self, cluster, main: dict, before: dict | None, secret, failure, timeout: float
@@ -226,12 +243,8 @@ class KubernetesTarget:
                 f"and update it with -C endpoint_url=http://127.0.0.1:8080 (or use an Ingress "
                 "or -C service_type=LoadBalancer)"
             )
-        token = None
         secret = cluster.read("Secret", manifests.secret_name(deployment_name))
-        if secret is not None:
-            import base64
-
-            token = base64.b64decode(secret["data"][manifests.TOKEN_KEY]).decode()
+        token = manifests.secret_token(secret) if secret is not None else None
         return _predict.predict(
             deployment_name,
             info["endpoint_url"].rstrip("/"),

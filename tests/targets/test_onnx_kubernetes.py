@@ -412,6 +412,13 @@ def test_a_new_token_updates_the_secret_and_rolls_the_pods(
     digest = "mlflow_deploy.token_sha256"
     assert after["metadata"]["annotations"][digest] != template["metadata"]["annotations"][digest]
     assert rotated.read_text() not in manifest_texts(fake)
+    # from a machine without the token file: the Secret's token is kept
+    rotated.unlink()
+    client.update_deployment(name, config={"image": IMAGE, "max_replicas": "4"})
+    secret = fake.get("v1", NS, "secrets", f"{name}-mlflow-deploy-token")
+    assert base64.b64decode(secret["data"]["token"]).decode().startswith("rotated-")
+    with pytest.raises(MlflowException, match="cannot be read"):
+        client.update_deployment(name, config={"image": IMAGE, "auth_token_file": str(rotated)})
     client.update_deployment(name, config={"auth_token_file": "", "image": IMAGE})
     assert fake.get("v1", NS, "secrets", f"{name}-mlflow-deploy-token") is None
     env = fake.get("apps/v1", NS, "deployments", name)["spec"]["template"]["spec"]["containers"]
