@@ -138,7 +138,8 @@ class SwarmRollout:
         )
         from docker.utils import parse_bytes
 
-        mounts = [Mount("/tmp", None, type="tmpfs", tmpfs_size=64 * 1024 * 1024)]
+        tmp_bytes = _container.TMP_SIZE_MIB * 1024 * 1024
+        mounts = [Mount(_container.TMP_PATH, None, type="tmpfs", tmpfs_size=tmp_bytes)]
         if cfg.payload_log_dir:
             mounts.append(
                 Mount(_container.PAYLOAD_LOG_PATH, os.path.abspath(cfg.payload_log_dir), "bind")
@@ -157,7 +158,7 @@ class SwarmRollout:
             "env": [f"{k}={v}" for k, v in environment.items()],
             "user": cfg.user,
             "read_only": True,
-            "cap_drop": ["ALL"],
+            "cap_drop": list(_container.DROPPED_CAPABILITIES),
             "init": True,
             "mounts": mounts,
             "secrets": self._token_secret(cfg),
