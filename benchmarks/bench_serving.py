@@ -13,7 +13,9 @@ One run on this machine (issue 3, "Benchmark"):
    tree after warm-up, then ``wrk`` pinned to core 1 (Lua script for POST bodies): 1-row requests at
    concurrency 1, 8, 32 and 100-row requests at concurrency 8. MLflow scoring protocol
    (``/invocations``, dataframe_split) for mlflow serve; V2 JSON (one 1-D input per column) for
-   MLServer and for ours; ours also /invocations at c=32;
+   MLServer and for ours; ours also /invocations at c=32, and TF Serving's REST API
+   (``/v1/models/{name}:predict``, row format) at 1 row c=32 and 100 rows c=8 beside V2 with the
+   same graph tensor (issue 16);
 4. prints the table, the ratios of ours to each baseline and the issue's goals.
 
 Every server is stopped (process group) on exit, errors and Ctrl-C. Only 127.0.0.1 is used.
@@ -79,7 +81,8 @@ class Scenario:
     key: str  # "1 row c=32": comparable across servers (extra rows carry a suffix)
     rows: int
     connections: int
-    body: str  # "mlflow" (dataframe_split), "v2" (one 1-D input per column), "v2-tensor"
+    body: str  # "mlflow" (dataframe_split), "v2" (one 1-D input per column), "v2-tensor",
+    # "tfserving" (TF Serving REST row format: one list of the tensor's values per instance)
     path: str = ""
     extra: bool = False  # an additional row for one server, not compared
 
@@ -425,6 +428,8 @@ def write_bodies(x, workdir: Path, tensor_input: str) -> dict[tuple[str, int], s
                     }
                 ],
             },
+            # TF Serving's REST API, row format: the same [rows, 20] tensor (ours only).
+            "tfserving": {"instances": data},
         }
         for kind, body in kinds.items():
             path = workdir / f"body-{kind}-{rows}.json"
@@ -438,6 +443,8 @@ def first_prediction(body_kind: str, payload: bytes):
     if body_kind == "mlflow":
         preds = doc["predictions"]
         return preds[0] if isinstance(preds, list) else next(iter(preds.values()))[0]
+    if body_kind == "tfserving":
+        return doc["predictions"][0]
     outputs = doc["outputs"]
     return {o["name"]: o["data"][0] for o in outputs}
 
@@ -629,6 +636,10 @@ def server_specs(
     if not args.no_tensor_rows:
         for key in ("1 row c=1", "1 row c=32", "100 rows c=8"):
             ours_scenarios.append(by_key[key].at(infer, "v2-tensor", " V2 tensor"))
+    if not args.no_tfserving_rows:
+        predict = f"/v1/models/{bundle.manifest.name}:predict"
+        for key in ("1 row c=32", "100 rows c=8"):
+            ours_scenarios.append(by_key[key].at(predict, "tfserving", " TF Serving REST"))
     specs["ours"] = ("ours (mlflow_deploy_plugins.serving)", ours, ours_scenarios)
     specs["uvicorn"] = (
         "uvicorn + onnxruntime + orjson, a minimal V2 server (the graph's tensor)",
@@ -1022,6 +1033,11 @@ def main() -> int:
         "--no-tensor-rows",
         action="store_true",
         help="skip ours' extra rows with the ONNX tensor as the V2 input",
+    )
+    parser.add_argument(
+        "--no-tfserving-rows",
+        action="store_true",
+        help="skip ours' extra rows with TF Serving's REST API (:predict, row format)",
     )
     parser.add_argument("--json", dest="json_out", default=None, help="write raw results here")
     parser.add_argument("--markdown", default=None, help="write the tables as Markdown here")

@@ -68,6 +68,7 @@ def main(verbose: bool) -> None:
       mlflow-deploy promote churn 3 --alias champion   # convert, gate, register churn-onnx
       mlflow-deploy convert models:/churn/3 --output ./churn-onnx
       mlflow-deploy drift models:/churn-onnx@champion --current PAYLOAD_LOG_DIR --window 24h
+      mlflow-deploy batch models:/churn-onnx@champion --input day.parquet --output scored.parquet
 
     The tracking and registry servers come from MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, as
     for every mlflow command.
@@ -279,11 +280,13 @@ def _run_server(argv: list[str]) -> int:
 
 def _add_subcommands() -> None:
     """Commands that live with their code: ``drift`` (monitoring/cli.py), ``webhooks
-    serve|register`` and ``watch`` (registry/cli.py). Both modules import only click at the top,
-    so ``--help`` stays fast."""
+    serve|register`` and ``watch`` (registry/cli.py), ``batch`` (batch/cli.py). These modules
+    import only click at the top, so ``--help`` stays fast."""
+    from mlflow_deploy_plugins.batch.cli import batch_command
     from mlflow_deploy_plugins.monitoring.cli import drift_command
     from mlflow_deploy_plugins.registry.cli import watch_command, webhooks_group
 
+    main.add_command(batch_command, "batch")
     main.add_command(drift_command, "drift")
     main.add_command(webhooks_group, "webhooks")
     main.add_command(watch_command, "watch")

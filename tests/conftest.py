@@ -9,6 +9,7 @@ CI starts the engine itself (tests/infra/docker.sh) and nothing that can run may
 from __future__ import annotations
 
 import os
+import sys
 
 import mlflow
 import numpy as np
@@ -92,3 +93,30 @@ def base_image(docker_client) -> str:
     except docker.errors.ImageNotFound:
         engine_unavailable(f"the local base image {BASE_IMAGE} is missing")
     return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session for the whole test run (starting one costs 5-10 s): one
+    core, one shuffle partition, no UI, bound to 127.0.0.1; its Python workers run this
+    interpreter (pandas, mlflow and this package). CI installs pyspark (the ``spark`` extra,
+    pinned in constraints.txt) and a JRE; elsewhere the Spark tests skip without them."""
+    if os.environ.get("CI"):
+        import pyspark
+    else:
+        pyspark = pytest.importorskip("pyspark")
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("mlflow-deploy-plugins-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
+    assert pyspark.__version__
+    yield session
+    session.stop()

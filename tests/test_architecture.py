@@ -46,6 +46,9 @@ ALLOWED: dict[str, set[str]] = {
         "registry.gateway",
         "targets.deploy",
     },
+    # batch scoring: the runtime's session and decoding in-process, or MLflow's Spark UDF over
+    # the twin (bundles and conversion for models that are not ONNX yet)
+    "batch": {"core", "errors", "onnx", "bundle", "serving"},
     # the console script: cli.py, console.py and every package's cli.py wire the layers
     "cli": {"*"},
     "__init__": {"*"},

@@ -69,8 +69,8 @@ class ConversionResult:
 
     #: opsets of the converter's graph (the saved, optimised graph may import more domains)
     opsets: dict[str, int] = field(default_factory=dict)
-    #: onnxruntime's session over ``onnx_model`` (the gate's): ``save`` predicts the signature's
-    #: example with it instead of loading the graph again
+    #: onnxruntime's session over ``onnx_model`` (the gate's): ``save`` runs the input example
+    #: with it instead of loading the graph again
     session: Any = field(default=None, repr=False, compare=False)
 
     def save(self, path: str, **kwargs) -> None:

@@ -54,14 +54,17 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
 
     example = result.sample_frame[result.io.columns].head(input_example_rows)
     session = result.session or make_session(result.onnx_model.SerializeToString())
-    default_out = _predict(session, result.io, example, None)
+    _predict(session, result.io, example, None)  # the saved example must run on the twin
     if _takes_arrays(result):
         # The source was logged with an array (tensor signature): keep taking arrays, which
         # MLflow's schema enforcement refuses for a signature with named columns.
         example = example.to_numpy()
-    mlflow_model.signature = infer_signature(
-        example, default_out, params={"predict_method": "predict"}
-    )
+    # The output schema is the source's (None when it declares none): the twin returns what the
+    # source returns, and spark_udf's default result type comes from this schema. One inferred
+    # from the twin's array made spark_udf return [[0], [1]] where the source returns 0, 1, and
+    # refuse string labels ("tensor spec type object is not supported").
+    mlflow_model.signature = infer_signature(example, params={"predict_method": "predict"})
+    mlflow_model.signature.outputs = getattr(result.source.signature, "outputs", None)
     _save_example(mlflow_model, example, path)
 
     source = result.source

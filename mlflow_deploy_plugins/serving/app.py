@@ -21,6 +21,7 @@ from mlflow_deploy_plugins.serving import codecs
 from mlflow_deploy_plugins.serving.access_log import LOGGER as ACCESS_LOGGER
 from mlflow_deploy_plugins.serving.access_log import AccessLog
 from mlflow_deploy_plugins.serving.batching import Batcher
+from mlflow_deploy_plugins.serving.codecs import tfserving
 from mlflow_deploy_plugins.serving.errors import (
     MethodNotAllowed,
     NotFound,
@@ -34,6 +35,7 @@ from mlflow_deploy_plugins.serving.metrics import ServingMetrics
 from mlflow_deploy_plugins.serving.model import ServedModel
 from mlflow_deploy_plugins.serving.results import Pending
 from mlflow_deploy_plugins.serving.settings import ServingSettings
+from mlflow_deploy_plugins.serving.tfserving_routes import TfServingRoutes
 from mlflow_deploy_plugins.serving.wire import Request, Response, error_response
 
 _logger = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class ServingApp:
         self._max_body = settings.max_body_bytes
         #: (path, status) -> (requests_total child, request_duration_seconds child).
         self._metric_children: dict[tuple[str, int], tuple] = {}
+        self.tfserving = TfServingRoutes(self)  # TF Serving's REST API, on this dataplane
 
     # ------------------------------------------------------------------ the handler
     def handle(self, request: Request) -> Response | Pending | asyncio.Future:
@@ -140,6 +143,8 @@ class ServingApp:
         if path.startswith("/v2/models/") and path.endswith("/ready"):
             _allow(method, "GET", "HEAD")
             return self._model_ready_response(request)
+        if path[:4].lower() == "/v1/":
+            return self.tfserving.handle(request)
         if self._token is not None and path not in OPEN_PATHS:
             self._authorize(request)
         if path in self._model_paths:
@@ -184,6 +189,11 @@ class ServingApp:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), self._token
         )
+
+    def token_matches(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` value (HTTP header, gRPC metadata) carries the bearer
+        token; always True when none is configured."""
+        return self._token is None or self._token_in({"authorization": authorization or ""})
 
     def _authorize(self, request: Request) -> None:
         if not self._has_token(request):
@@ -352,16 +362,20 @@ class ServingApp:
             children = self._children_for(key)
         children[0].inc()
         children[1].observe(duration_s)
-        if self.access_log is not None and (self._log_every_request or response.status >= 400):
-            self.access_log.record(
-                request.method,
-                request.path,
-                response.status,
-                duration_s,
-                len(response.body),
-                request.request_id,
-                request.remote,
-            )
+        self.log_access(
+            request.method,
+            request.path,
+            response.status,
+            duration_s,
+            len(response.body),
+            request.request_id,
+            request.remote,
+        )
+
+    def log_access(self, method, path, status, duration_s, size, request_id, remote) -> None:
+        """One access log line: for every request with ``--access-log``, else for errors."""
+        if self.access_log is not None and (self._log_every_request or status >= 400):
+            self.access_log.record(method, path, status, duration_s, size, request_id, remote)
 
 
 def _unauthorized() -> Unauthorized:
@@ -389,7 +403,7 @@ def _route_label(path: str, app: ServingApp) -> str:
         return "/v2/models/{name}"
     if path in app._ready_paths:
         return "/v2/models/{name}/ready"
-    return "other"
+    return app.tfserving.route_label(path) or "other"
 
 
 def _allow(method: str, *allowed: str) -> None:
@@ -401,6 +415,8 @@ def _allow(method: str, *allowed: str) -> None:
 
 
 def _error_response(error: ServingError, path: str) -> Response:
+    if path[:4].lower() == "/v1/":  # TF Serving's {"error"} and status codes
+        return Response(*tfserving.error_body(error), JSON, list(error.headers))
     body = error.to_mlflow_body() if path == "/invocations" else error.to_body()
     return Response(error.status, body, JSON, list(error.headers))
 

@@ -148,6 +148,14 @@ class HeadersTooLarge(ServingError):
     error_code = "RESOURCE_LIMIT_EXCEEDED"
 
 
+class Unimplemented(ServingError):
+    """A method of a protocol the served model has no signature for (TF Serving's
+    ``:classify``/``:regress``)."""
+
+    status = 501
+    error_code = "NOT_IMPLEMENTED"
+
+
 class NotReady(ServingError):
     status = 503
     error_code = "TEMPORARILY_UNAVAILABLE"

@@ -117,6 +117,13 @@ async def _serve(
         authorize=app.early_auth_error if settings.auth_token else None,
     )
     app.in_flight = lambda: server.in_flight
+    grpc_server = None
+    if settings.grpc_port is not None:
+        from mlflow_deploy_plugins.serving.grpc_server import start_grpc
+
+        grpc_server = await start_grpc(
+            app, settings.host, settings.grpc_port, settings.max_body_bytes
+        )
     recheck = _watch_payload_log_dir(app, settings)
     if reuse_port and settings.reuse_port_takeover:
         steer_new_connections(server, settings.reuse_port_takeover, settings.workers)
@@ -145,7 +152,11 @@ async def _serve(
     app.draining = True
     app.ready = False
     grace = SHARED_PORT_IDLE_GRACE_S if reuse_port else 0.0
+    if grpc_server is not None:  # stops taking calls, lets the running ones finish
+        stopping = asyncio.ensure_future(grpc_server.stop(SHUTDOWN_TIMEOUT_S))
     await shutdown(server, timeout=SHUTDOWN_TIMEOUT_S, idle_grace_s=grace)
+    if grpc_server is not None:
+        await stopping
     # Every request is answered (or its connection aborted): wait for a run still going.
     await loop.run_in_executor(None, offload.shutdown)
     if app.payload_log is not None:

@@ -55,6 +55,12 @@ class ServingSettings:
         "Worker processes sharing the port with SO_REUSEPORT; one per core scales best.",
         check=at_least(1),
     )
+    grpc_port: int | None = setting(
+        None,
+        "Also serve the Open Inference Protocol over gRPC on this port (needs the grpc extra: "
+        "grpcio); off by default.",
+        check=between(1, 65535),
+    )
     model_name: str | None = setting(
         None, "Served model name (/v2/models/{name}); None uses the manifest's name."
     )

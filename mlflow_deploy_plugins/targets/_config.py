@@ -21,6 +21,12 @@ option = config.setting
 
 # The image build's keys, the same in every target that builds the serving image (a new field
 # object per call: each config class declares its own).
+def base_image_option():
+    return option(
+        "python:3.11-slim", "Image the serving image is built FROM (needs python3 with venv)."
+    )
+
+
 def python_version_option():
     return option(
         None, "Python version of the base image the wheels are for (e.g. 3.11); default: probed."

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ from mlflow_deploy_plugins.core import config
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 from mlflow_deploy_plugins.targets import _deployments, _endpoints
+from mlflow_deploy_plugins.targets._images import recipes
 
 _logger = logging.getLogger(__name__)
 
@@ -22,6 +24,15 @@ _logger = logging.getLogger(__name__)
 TOKEN_PATH = "/run/secrets/mlflow-deploy-token"
 #: Where ``-C payload_log_dir`` is mounted (read-write).
 PAYLOAD_LOG_PATH = "/var/lib/mlflow-deploy/payload-log"
+# The hardening every serving container gets, read by the Docker options below and by the
+# Kubernetes pod spec (targets/_k8s_manifests.py): one place for both.
+#: The only writable path under the read-only root filesystem, and its size in MiB.
+TMP_PATH = "/tmp"
+TMP_SIZE_MIB = 64
+#: Linux capabilities dropped (all: the server needs none).
+DROPPED_CAPABILITIES = ("ALL",)
+#: Most processes (server workers + threads) one container may run.
+PIDS_LIMIT = 512
 _MEMORY = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 _USER = re.compile(r"^\d+:\d+$")
 
@@ -43,6 +54,11 @@ def runtime_setting(name: str) -> config.Check:
     """The runtime's own rule for a -C key that is a serving setting of the same name, so the
     target and the runtime never disagree on a range."""
     return config.check_of(ServingSettings, name)
+
+
+def runtime_option(name: str, default: Any, help: str, **kwargs: Any):
+    """A target ``-C`` key that is the serving setting ``name``: same name, the runtime's rule."""
+    return config.setting(default, help, check=runtime_setting(name), **kwargs)
 
 
 # The container -C keys every target running hardened serving containers declares with the same
@@ -112,6 +128,26 @@ class ContainerConfig(Protocol):
     stop_timeout: float
 
 
+@dataclass(frozen=True)
+class LocalRun:
+    """The container keys of a ``run_local`` container (what :func:`container_options` and
+    ``_rollout`` read): a target whose own keys are not container keys (SageMaker, Kubernetes)
+    runs its image locally with these."""
+
+    port: int
+    network_mode: str
+    ready_timeout: float
+    host: str = "127.0.0.1"
+    user: str = recipes.DEFAULT_USER
+    workers: int = 1
+    stop_timeout: float = 30.0
+    restart_policy: str = "no"
+    auth_token_file: str | None = None
+    payload_log_dir: str | None = None
+    memory: str | None = None
+    cpus: float | None = None
+
+
 def uid_gid(user: str) -> tuple[int, int]:
     """``"10001:10001"`` -> ``(10001, 10001)``."""
     uid, gid = user.split(":")
@@ -161,6 +197,12 @@ def serving_environment(
         "auth_token_file": TOKEN_PATH if cfg.auth_token_file else None,
         "payload_log_dir": PAYLOAD_LOG_PATH if cfg.payload_log_dir else None,
     }
+    return runtime_environment(settings)
+
+
+def runtime_environment(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Serving settings (name -> value, ``None`` left out) as the runtime's ``MLFLOW_DEPLOY_*``
+    variables, the one spelling every target uses."""
     return {
         ServingSettings.env_var(name): _env_value(value)
         for name, value in settings.items()
@@ -200,11 +242,11 @@ def container_options(
         "environment": environment,
         "user": cfg.user,
         "read_only": True,
-        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"},
-        "cap_drop": ["ALL"],
+        "tmpfs": {TMP_PATH: f"rw,nosuid,nodev,size={TMP_SIZE_MIB}m"},
+        "cap_drop": list(DROPPED_CAPABILITIES),
         "security_opt": ["no-new-privileges:true"],
         "init": True,  # forwards SIGTERM, reaps the worker processes
-        "pids_limit": 512,
+        "pids_limit": PIDS_LIMIT,
         "volumes": volumes,
     }
     if cfg.restart_policy != "no":
@@ -318,7 +360,12 @@ def container_labels(
 
 def remembered_config(container) -> dict[str, Any]:
     """The ``-C`` settings a container was started with (its config label)."""
-    return json.loads(container.labels.get(_deployments.LABEL_CONFIG, "{}"))
+    return remembered_config_of(container.labels)
+
+
+def remembered_config_of(labels: Mapping[str, str]) -> dict[str, Any]:
+    """The ``-C`` settings kept in a config label (of a container or a service)."""
+    return json.loads(labels.get(_deployments.LABEL_CONFIG, "{}"))
 
 
 def describe_container(container, *, target: str, flavor: str) -> dict[str, Any]:

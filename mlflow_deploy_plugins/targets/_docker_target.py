@@ -11,8 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mlflow_deploy_plugins.errors import AlreadyExistsError
-from mlflow_deploy_plugins.targets import _container, _deployments, _docker, _predict, _rollout
+from mlflow_deploy_plugins.errors import AlreadyExistsError, InvalidInputError
+from mlflow_deploy_plugins.targets import (
+    _container,
+    _deployments,
+    _docker,
+    _predict,
+    _rollout,
+    _swarm,
+)
 from mlflow_deploy_plugins.targets._endpoints import endpoint_url
 from mlflow_deploy_plugins.targets._images import builder
 from mlflow_deploy_plugins.targets._images.recipes import Recipe
@@ -74,16 +81,25 @@ class DockerTarget:
         _deployments.check_flavor(flavor, self.target)
         cfg = self.config_class.from_config(config)
         client = self.docker()
-        if _docker.deployment_containers(client, self.target, name):
+        replicated = bool(getattr(cfg, "replicas", None))
+        if replicated:
+            _swarm.check_manager(client, self.target)
+        if _docker.deployment_containers(client, self.target, name) or (
+            _swarm.deployment_services(client, self.target, name)
+        ):
             raise AlreadyExistsError(
                 f"Deployment '{name}' already exists on {self.target}: update it "
                 "(mlflow deployments update) or delete it first"
             )
-        _docker.check_port(client, cfg.host, cfg.port)
+        self._check_port(cfg)
         _container.prepare_host_paths(cfg)
         resolved, image = self._build(model_uri, cfg)
         try:
-            container, seconds = self._rollout_of(name, cfg, resolved, image).create(cfg)
+            if replicated:
+                spec = self._service_spec(name, cfg, resolved, image)
+                deployed, seconds = self._swarm_of(name).create(image.tag, spec, cfg)
+            else:
+                deployed, seconds = self._rollout_of(name, cfg, resolved, image).create(cfg)
         except BaseException:
             if not image.cached:
                 _docker.remove_image(client, image.tag)
@@ -92,7 +108,7 @@ class DockerTarget:
             f"Deployment '{name}' ready in {seconds:.2f} s at "
             f"{endpoint_url(cfg.host, cfg.port)} ({resolved.lineage()})"
         )
-        return self._describe(container)
+        return self._describe(deployed)
 
     def update_deployment(
         self,
@@ -113,6 +129,9 @@ class DockerTarget:
         _deployments.check_flavor(flavor, self.target)
         self.config_class.from_config(config)  # bad keys/values fail before Docker is asked
         client = self.docker()
+        services = _swarm.deployment_services(client, self.target, name)
+        if services:
+            return self._update_service(name, services[0], model_uri, config)
         containers = _docker.deployment_containers(client, self.target, name)
         old = _docker.current(containers, self.container_prefix + name)
         if old is None:
@@ -124,10 +143,15 @@ class DockerTarget:
                 _docker.remove(leftover)
         old_cfg = self.config_class.from_config(_container.remembered_config(old))
         cfg = self.config_class.from_config({**old_cfg.remembered(), **(config or {})})
+        if getattr(cfg, "replicas", None):
+            raise InvalidInputError(
+                f"'{name}' runs as one container: -C replicas cannot be added by an update; "
+                "delete it and create it again with -C replicas=N"
+            )
         model_uri = model_uri or old.labels[_deployments.LABEL_MODEL_URI]
         plan = _rollout.plan_update(name, old_cfg, cfg, _docker.status(old) == "running")
         if plan.check_port:
-            _docker.check_port(client, cfg.host, cfg.port, deployment=name)
+            self._check_port(cfg, deployment=name)
         _container.prepare_host_paths(cfg)
         resolved, image = self._build(model_uri, cfg)
         old_image = old.labels.get(_deployments.LABEL_IMAGE)
@@ -166,6 +190,13 @@ class DockerTarget:
             _docker.stop(container, timeout or remembered)
             _docker.remove(container)
             self.progress(f"Deployment '{name}': container {container.name} removed")
+        for service in _swarm.deployment_services(client, self.target, name):
+            images.add(_swarm.labels(service).get(_deployments.LABEL_IMAGE))
+            stop_timeout = _container.remembered_config_of(_swarm.labels(service)).get(
+                "stop_timeout", cfg.stop_timeout
+            )
+            self._swarm_of(name).remove(service, stop_timeout)
+            self.progress(f"Deployment '{name}': service {service.name} removed")
         if cfg.remove_image:
             for image in filter(None, images):
                 if _docker.remove_image(client, image):
@@ -176,10 +207,13 @@ class DockerTarget:
         groups: dict[str, list] = {}
         for container in _docker.deployment_containers(self.docker(), self.target):
             groups.setdefault(container.labels[_deployments.LABEL_DEPLOYMENT], []).append(container)
-        return [
-            self._describe(_docker.current(found, self.container_prefix + name))
-            for name, found in sorted(groups.items())
-        ]
+        found = {
+            name: _docker.current(group, self.container_prefix + name)
+            for name, group in groups.items()
+        }
+        for service in _swarm.deployment_services(self.docker(), self.target):
+            found[_swarm.labels(service)[_deployments.LABEL_DEPLOYMENT]] = service
+        return [self._describe(found[name]) for name in sorted(found)]
 
     def get_deployment(self, name: str) -> dict:
         """The deployment ``name`` as ``list_deployments`` describes it.
@@ -187,6 +221,9 @@ class DockerTarget:
         Raises:
             MlflowException: RESOURCE_DOES_NOT_EXIST when there is none.
         """
+        services = _swarm.deployment_services(self.docker(), self.target, name)
+        if services:
+            return self._describe(services[0])
         containers = _docker.deployment_containers(self.docker(), self.target, name)
         container = _docker.current(containers, self.container_prefix + name)
         if container is None:
@@ -286,5 +323,84 @@ class DockerTarget:
             name, self.container_prefix + name, start, self.recipe, self.progress
         )
 
-    def _describe(self, container) -> dict:
-        return _container.describe_container(container, target=self.target, flavor=self.flavor)
+    def _describe(self, deployed) -> dict:
+        """``deployed``: a container, or the swarm service of a replicated deployment."""
+        if hasattr(deployed, "tasks"):
+            return _swarm.describe_service(
+                self.docker(), deployed, target=self.target, flavor=self.flavor
+            )
+        return _container.describe_container(deployed, target=self.target, flavor=self.flavor)
+
+    def _check_port(self, cfg, deployment: str | None = None) -> None:
+        """The port must be free: no container, service or other program holds it."""
+        client = self.docker()
+        owner = _swarm.port_claim(client, cfg.port, deployment)
+        if owner is not None:
+            raise InvalidInputError(
+                f"Port {cfg.port} is already used by deployment '{owner}' (a swarm service); "
+                "choose another with -C port=..."
+            )
+        _docker.check_port(client, cfg.host, cfg.port, deployment=deployment)
+
+    # --- replicated deployments (-C replicas=N): a swarm service -----------------------------
+
+    def _swarm_of(self, name: str) -> _swarm.SwarmRollout:
+        return _swarm.SwarmRollout(self.docker(), name, self.container_prefix + name, self.progress)
+
+    def _service_spec(self, name, cfg, resolved, image, takeover: int | None = None) -> dict:
+        """The service of ``name`` running ``image`` with ``cfg``: the container's labels and
+        environment, as the swarm service spec has them."""
+        labels = _container.container_labels(
+            self.target,
+            name,
+            resolved,
+            host=cfg.host,
+            port=cfg.port,
+            network_mode=cfg.network_mode,
+            image=image.tag,
+            config=cfg.remembered(),
+        )
+        env = self.environment(
+            cfg, cfg.port, container_port=self.recipe.container_port, takeover=takeover
+        )
+        return self._swarm_of(name).spec(cfg, image.tag, labels, env)
+
+    def _update_service(self, name: str, service, model_uri, config) -> dict:
+        """A swarm rolling update of a replicated deployment; swarm's verdict decides."""
+        old_labels = _swarm.labels(service)
+        old_cfg = self.config_class.from_config(_container.remembered_config_of(old_labels))
+        cfg = self.config_class.from_config({**old_cfg.remembered(), **(config or {})})
+        if not cfg.replicas:
+            raise InvalidInputError(f"'{name}' is a replicated deployment: -C replicas stays >= 1")
+        _swarm.check_manager(self.docker(), self.target)
+        if (cfg.port, cfg.host) != (old_cfg.port, old_cfg.host):
+            self._check_port(cfg, deployment=name)
+        _container.prepare_host_paths(cfg)
+        resolved, image = self._build(model_uri or old_labels[_deployments.LABEL_MODEL_URI], cfg)
+        self.progress(
+            f"Updating '{name}' ({cfg.replicas} replica(s), one at a time): "
+            f"{old_labels.get(_deployments.LABEL_SERVED_NAME)} "
+            f"v{old_labels.get(_deployments.LABEL_SERVED_VERSION)} -> {resolved.lineage()}"
+        )
+        # Each new task steers new connections to itself until the task it replaces is gone
+        # (only when every replica has the same socket count as before).
+        same_shape = (cfg.workers, cfg.replicas, cfg.port) == (
+            old_cfg.workers,
+            old_cfg.replicas,
+            old_cfg.port,
+        )
+        takeover = cfg.replicas * cfg.workers if same_shape else None
+        spec = self._service_spec(name, cfg, resolved, image, takeover=takeover)
+        swarm = self._swarm_of(name)
+        try:
+            seconds = swarm.update(service, image.tag, spec, cfg)
+        except BaseException:
+            if not image.cached and image.tag != old_labels.get(_deployments.LABEL_IMAGE):
+                _docker.remove_image(self.docker(), image.tag)
+            raise
+        swarm.remove_secrets(keep=(spec["secrets"][0]["SecretName"] if spec["secrets"] else None))
+        old_image = old_labels.get(_deployments.LABEL_IMAGE)
+        if cfg.remove_image and old_image and old_image != image.tag:
+            _docker.remove_image(self.docker(), old_image)
+        self.progress(f"Deployment '{name}' now serves {resolved.lineage()} ({seconds:.1f} s)")
+        return self._describe(service)

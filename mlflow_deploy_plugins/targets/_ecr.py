@@ -10,13 +10,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlflow_deploy_plugins.targets import _aws, _deployments
+from mlflow_deploy_plugins.targets import _aws, _push
 
 _logger = logging.getLogger(__name__)
 
 
-class PushError(_deployments.DeploymentError):
-    """``docker push`` to ECR failed; ``logs`` holds the registry's last answers."""
+#: ``docker push`` to ECR failed; ``logs`` holds the registry's last answers.
+PushError = _push.PushError
 
 
 @dataclass(frozen=True)
@@ -88,46 +88,13 @@ def push_image(
     docker_client.images.get(local_tag).tag(push_ref, tag=tag)
     progress(f"Pushing {local_tag} to {repository_uri}:{tag}")
     try:
-        digest = _stream_push(docker_client, push_ref, tag, username, password, progress)
+        credentials = {"username": username, "password": password}
+        digest = _push.stream_push(docker_client, push_ref, tag, progress, credentials)
     finally:
         with contextlib.suppress(Exception):  # the extra local name only; the image stays
             docker_client.images.remove(f"{push_ref}:{tag}", noprune=True)
     progress(f"Pushed {repository_uri}:{tag} ({digest or 'no digest reported'})")
     return PushedImage(f"{repository_uri}:{tag}", repository, tag, digest)
-
-
-def _stream_push(docker_client, ref: str, tag: str, username: str, password: str, progress):
-    import docker.errors
-
-    seen: dict[str, str] = {}
-    tail: list[str] = []
-    digest = ""
-    try:
-        stream = docker_client.api.push(
-            ref,
-            tag=tag,
-            auth_config={"username": username, "password": password},
-            stream=True,
-            decode=True,
-        )
-        for chunk in stream:
-            if "error" in chunk:
-                tail.append(str(chunk["error"]))
-                raise PushError(f"Pushing {ref}:{tag} failed", logs="\n".join(tail[-20:]))
-            status, layer = str(chunk.get("status", "")), chunk.get("id")
-            tail.append(f"{layer}: {status}" if layer else status)
-            del tail[:-40]
-            if layer and seen.get(layer) != status and not status.startswith("Pushing"):
-                seen[layer] = status
-                progress(f"  {layer}: {status}")
-            aux = chunk.get("aux")
-            if isinstance(aux, dict) and aux.get("Digest"):
-                digest = aux["Digest"]
-    except docker.errors.APIError as e:
-        raise PushError(
-            f"Pushing {ref}:{tag} failed: {e.explanation or e}", logs="\n".join(tail[-20:])
-        ) from e
-    return digest
 
 
 def delete_image(aws: _aws.AwsSession, repository: str, tag: str) -> bool:

@@ -71,6 +71,7 @@ def predict(
     auth_token_file: str | None = None,
     timeout: float = 60,
     invocations_path: str = "/invocations",
+    auth_token: str | None = None,
 ) -> PredictionsResponse:
     """Score ``inputs`` on a deployment's endpoint.
 
@@ -82,6 +83,7 @@ def predict(
         auth_token_file: a file holding the bearer token, sent when given.
         timeout: seconds to wait for the answer.
         invocations_path: the path of MLflow's scoring route on the endpoint.
+        auth_token: the bearer token itself (e.g. read from a Kubernetes Secret).
 
     Returns:
         The answer: ``{"predictions": ...}`` for MLflow inputs, the V2 response for V2 inputs.
@@ -93,7 +95,9 @@ def predict(
     path, body = request_body(inputs, served_model, invocations_path)
     headers = {"Content-Type": "application/json"}
     if auth_token_file:
-        headers["Authorization"] = "Bearer " + _deployments.read_token(auth_token_file)
+        auth_token = _deployments.read_token(auth_token_file)
+    if auth_token:
+        headers["Authorization"] = "Bearer " + auth_token
     request = urllib.request.Request(endpoint_url + path, body, headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

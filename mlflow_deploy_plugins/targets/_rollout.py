@@ -240,3 +240,66 @@ class ContainerRollout:
             except _deployments.DeploymentError as e:
                 _logger.error("Previous version of '%s' did not come back: %s", self.deployment, e)
             raise
+
+
+def serve_image_foreground(
+    target,
+    name: str,
+    resolved: _deployments.ResolvedModel,
+    image: str,
+    run,
+    options: dict[str, Any],
+    *,
+    container_prefix: str,
+    remembered: dict[str, Any],
+    serving_as: str,
+    url_path: str = "",
+) -> None:
+    """``run_local`` of a target whose deployments live elsewhere (SageMaker, Kubernetes): run
+    ``image`` on the local engine as a labelled ``run_local`` container, wait for readiness,
+    stream its log until Ctrl+C, then stop and remove it.
+
+    Args:
+        target: the target's lifecycle object (``target``, ``recipe``, ``progress``, ``docker()``).
+        name: names the local container.
+        resolved: the model it serves (labels, the progress line).
+        image: the image to run.
+        run: its container keys (a ``_container.LocalRun``).
+        options: ``containers.create`` options (e.g. from ``_container.container_options``).
+        container_prefix: the container name's prefix.
+        remembered: the ``-C`` settings shown on the container's label.
+        serving_as: how it is served, for the progress line ("as SageMaker would").
+        url_path: appended to the endpoint URL in the progress line.
+    """
+    from mlflow_deploy_plugins.targets import _container
+
+    client = target.docker()
+    labels = _container.container_labels(
+        target.target,
+        name,
+        resolved,
+        host=run.host,
+        port=run.port,
+        network_mode=run.network_mode,
+        image=image,
+        config=remembered,
+        local=True,
+    )
+
+    def start_container(container_name: str, port: int, takeover):
+        return _docker.run_container(client, image, container_name, labels, options)
+
+    container_name = f"{container_prefix}local-{name}-{uuid.uuid4().hex[:6]}"
+    rollout = ContainerRollout(
+        name, container_name, start_container, target.recipe, target.progress
+    )
+
+    def start():
+        container, _ = rollout.create(run, what=f"'{name}'")
+        target.progress(
+            f"Serving '{name}' {serving_as} ({resolved.lineage()}) at "
+            f"{_endpoints.endpoint_url(run.host, run.port)}{url_path}; Ctrl+C stops it"
+        )
+        return container
+
+    _docker.run_foreground(start, name, run.stop_timeout, target.progress)

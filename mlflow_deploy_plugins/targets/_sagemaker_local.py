@@ -9,13 +9,10 @@ import logging
 import os
 import tarfile
 import tempfile
-import uuid
-from dataclasses import dataclass
 
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 from mlflow_deploy_plugins.targets import _container, _deployments, _docker, _rollout
 from mlflow_deploy_plugins.targets import _sagemaker as sm
-from mlflow_deploy_plugins.targets._endpoints import endpoint_url
 from mlflow_deploy_plugins.targets._images import recipes
 
 _logger = logging.getLogger(__name__)
@@ -23,23 +20,8 @@ _logger = logging.getLogger(__name__)
 CONTAINER_PREFIX = "mlflow-deploy-sagemaker-"
 
 
-@dataclass(frozen=True)
-class LocalRun:
-    """The container keys of a local SageMaker-like run (what ``_container`` and ``_rollout``
-    read): nothing beyond SageMaker's own contract is mounted or limited."""
-
-    port: int
-    network_mode: str
-    ready_timeout: float
-    host: str = "127.0.0.1"
-    user: str = recipes.DEFAULT_USER
-    workers: int = 1
-    stop_timeout: float = 30.0
-    restart_policy: str = "no"
-    auth_token_file: str | None = None
-    payload_log_dir: str | None = None
-    memory: str | None = None
-    cpus: float | None = None
+#: The container keys of a local run (shared with the other targets' ``run_local``).
+LocalRun = _container.LocalRun
 
 
 def unpack_model_data(archive: bytes, model_dir: str) -> None:
@@ -96,32 +78,15 @@ def serve_foreground(target, name: str, model_uri: str, flavor=None, config=None
         model_dir = os.path.join(work, "model")
         unpack_model_data(sm.bundle_archive(resolved.bundle.path), model_dir)
         options = container_spec(cfg, run, model_dir)
-        labels = _container.container_labels(
-            target.target,
+        _rollout.serve_image_foreground(
+            target,
             name,
             resolved,
-            host=run.host,
-            port=run.port,
-            network_mode=run.network_mode,
-            image=image,
-            config=cfg.remembered(),
-            local=True,
+            image,
+            run,
+            options,
+            container_prefix=CONTAINER_PREFIX,
+            remembered=cfg.remembered(),
+            serving_as="as SageMaker would",
+            url_path="/invocations",
         )
-
-        def start_container(container_name: str, port: int, takeover):
-            return _docker.run_container(client, image, container_name, labels, options)
-
-        container_name = f"{CONTAINER_PREFIX}local-{name}-{uuid.uuid4().hex[:6]}"
-        rollout = _rollout.ContainerRollout(
-            name, container_name, start_container, target.recipe, target.progress
-        )
-
-        def start():
-            container, _ = rollout.create(run, what=f"'{name}'")
-            target.progress(
-                f"Serving '{name}' as SageMaker would ({resolved.lineage()}) at "
-                f"{endpoint_url(run.host, run.port)}/invocations; Ctrl+C stops it"
-            )
-            return container
-
-        _docker.run_foreground(start, name, run.stop_timeout, target.progress)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from mlflow.deployments import BaseDeploymentClient
 
 from mlflow_deploy_plugins.core import config
+from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.serving.settings import LOG_LEVELS
 
 # Shared parts are imported as modules: MLflow's plugin loader counts every BaseDeploymentClient
@@ -112,6 +113,13 @@ class OnnxDockerConfig(TargetConfig):
         "Requests with this many rows run off the event loop (runtime default 4096).",
         check=_container.runtime_setting("offload_rows"),
     )
+    replicas: int | None = option(
+        None,
+        "Run a Docker Swarm service of N replicas (the engine must be a swarm manager) instead "
+        "of one container: every replica binds host:port (SO_REUSEPORT, network_mode=host); "
+        "updates are swarm rolling updates (start-first, rolled back on failure).",
+        check=config.at_least(1),
+    )
     memory: str | None = _container.memory_option()
     cpus: float | None = _container.cpus_option()
     restart_policy: str = _container.restart_policy_option()
@@ -132,6 +140,15 @@ class OnnxDockerConfig(TargetConfig):
     image_repository: str | None = _config.image_repository_option()
     rebuild: bool = _config.rebuild_option()
     remove_image: bool = _config.remove_image_option()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.replicas and self.network_mode != "host":
+            raise InvalidInputError(
+                "Config key 'replicas' of target 'onnx-docker' needs network_mode=host: every "
+                "replica binds host:port itself (SO_REUSEPORT); swarm's ingress publishing is "
+                "not used"
+            )
 
     def remembered(self) -> dict[str, Any]:
         """What the container label keeps (update starts from it)."""

@@ -1,11 +1,10 @@
 """Issue 11: the twin's outputs have the source pyfunc's types (int64 'l', float64, str, bool)
-through the pyfunc, ``mlflow.models.predict`` and ``mlflow.pyfunc.spark_udf`` (a real local Spark)."""
+through the pyfunc and ``mlflow.models.predict``; through ``mlflow.pyfunc.spark_udf`` (a real
+local Spark) in tests/batch/test_spark_udf.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import mlflow
 import numpy as np
@@ -77,63 +76,3 @@ def test_mlflow_models_predict_types(models, kind, tmp_path):
     assert [type(v) for v in twin] == [type(v) for v in source]
     np.testing.assert_allclose(twin, source, rtol=1e-5) if kind == "value" else None
     assert kind == "value" or twin == source
-
-
-@pytest.fixture(scope="session")
-def spark():
-    pyspark = pytest.importorskip("pyspark") if not os.environ.get("CI") else __import__("pyspark")
-    from pyspark.sql import SparkSession
-
-    # the Python workers must be this interpreter (pandas, mlflow, this package)
-    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("mlflow-deploy-plugins-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.host", "127.0.0.1")
-        .getOrCreate()
-    )
-    assert pyspark.__version__
-    yield session
-    session.stop()
-
-
-#: result types tried per kind of output: the twin must work wherever the source does
-SPARK_TYPES = {
-    "int": ["long", "integer", "double"],
-    "str": ["string"],
-    "value": ["double", "float"],
-}
-
-
-def _spark_predict(spark, df, uri, columns, result_type):
-    from pyspark.errors import PySparkException
-
-    udf = mlflow.pyfunc.spark_udf(spark, uri, result_type=result_type, env_manager="local")
-    try:
-        return [r.p for r in df.withColumn("p", udf(*columns)).select("p").collect()]
-    except PySparkException as e:
-        return e
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", list(SPARK_TYPES))
-def test_spark_udf_result_types_like_the_source(models, spark, kind):
-    rows = models["frame"].head(12)
-    df = spark.createDataFrame(rows)
-    supported = 0
-    for result_type in SPARK_TYPES[kind]:
-        source_uri, twin_uri = models[kind]
-        source = _spark_predict(spark, df, source_uri, list(rows.columns), result_type)
-        if isinstance(source, Exception):
-            continue  # the source does not support this result type either
-        supported += 1
-        twin = _spark_predict(spark, df, twin_uri, list(rows.columns), result_type)
-        assert not isinstance(twin, Exception), f"{result_type}: {twin}"
-        if kind == "value":
-            assert twin == pytest.approx(source, rel=1e-5), result_type
-        else:
-            assert twin == source, result_type
-    assert supported, "no result type worked on the source"

@@ -96,7 +96,16 @@ def _stall_uploads(port: int, count: int) -> list[socket.socket]:
         f"Content-Length: {1 << 20}\r\n\r\n"
     ).encode()
     for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        for attempt in range(5):
+            # a SYN the kernel handed to the just-killed worker's listener is reset: a client
+            # reconnects (the restarted worker and the other one answer)
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except ConnectionResetError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05)
         socks.append(sock)
         # refused (503: body budget or connection cap) and closed is bounded too
         with contextlib.suppress(OSError):

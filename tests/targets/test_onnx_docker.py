@@ -20,15 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from docker_support import (
-    BASE_IMAGE,
-    TEST_REPOSITORY,
-    corrupt_bundles,
-    remove_deployment_containers,
-)
-from helpers import CATEGORICAL, NUMERIC, mixed_data, mixed_pipeline, tracking_store
+from docker_support import BASE_IMAGE, TEST_REPOSITORY, remove_deployment_containers
+from helpers import CATEGORICAL, NUMERIC
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
+from onnx_docker_support import Load, churn_registry, corrupt_bundles
 
 from mlflow_deploy_plugins.targets import _container, _deployments, _endpoints, onnx_docker
 from mlflow_deploy_plugins.targets._container import container_options, serving_environment
@@ -196,33 +192,6 @@ def test_unreadable_token_file_is_refused_before_building(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A store with a source sklearn model (v1, v2) and the ONNX twin of v1 (@champion)."""
-    from helpers import register_sklearn
-    from sklearn.linear_model import LogisticRegression
-
-    import mlflow_deploy_plugins
-
-    path = tmp_path_factory.mktemp("store")
-    with tracking_store(path) as uri:
-        x, y = mixed_data()
-        name = f"churn-{RUN}"
-        v1 = mixed_pipeline(LogisticRegression()).fit(x, y)
-        v2 = mixed_pipeline(LogisticRegression(C=0.02)).fit(x, y)
-        register_sklearn(v1, name, x.head(100))
-        register_sklearn(v2, name, x.head(100))
-        mlflow_deploy_plugins.promote(name, 1, alias="champion", sample=x)
-        yield {
-            "uri": uri,
-            "name": name,
-            "onnx_name": f"{name}-onnx",
-            "x": x,
-            "models": {"1": v1, "2": v2},
-            "path": path,
-        }
-
-
-@pytest.fixture(scope="module")
 def client(docker_client, base_image):
     deploy = get_deploy_client("onnx-docker")
     lines: list[str] = []
@@ -232,6 +201,13 @@ def client(docker_client, base_image):
     deploy.created = names
     yield deploy
     remove_deployment_containers(docker_client, names)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A store with a source sklearn model (v1, v2) and the ONNX twin of v1 (@champion)."""
+    with churn_registry(tmp_path_factory.mktemp("store"), RUN) as found:
+        yield found
 
 
 def config(port: int, **extra) -> dict[str, str]:
@@ -406,79 +382,6 @@ def test_create_an_onnx_twin_with_the_cli_then_delete_twice(client, docker_clien
 
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(image)
-
-
-class Load:
-    """Continuous clients: keep-alive sessions (V2) and one new connection per request
-    (MLflow scoring). Bounded: they stop when told to, or after ``limit_s``."""
-
-    def __init__(self, port: int, model: str, frame, limit_s: float = 120.0):
-        import requests
-
-        self.requests = requests
-        self.url = f"http://127.0.0.1:{port}"
-        self.model = model
-        self.v2 = {
-            "inputs": [
-                {
-                    "name": c,
-                    "shape": [1, 1],
-                    "datatype": "FP64" if c in NUMERIC else "BYTES",
-                    "data": [float(frame[c].iloc[0]) if c in NUMERIC else str(frame[c].iloc[0])],
-                }
-                for c in frame.columns
-            ]
-        }
-        self.scoring = {"dataframe_records": json.loads(frame.head(2).to_json(orient="records"))}
-        self.ok = 0
-        self.failed: list[str] = []
-        self.versions: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + limit_s
-        self._threads = [threading.Thread(target=self._keepalive) for _ in range(2)]
-        self._threads.append(threading.Thread(target=self._fresh))
-
-    def _running(self) -> bool:
-        return not self._stop.is_set() and time.monotonic() < self._deadline
-
-    def _keepalive(self):
-        session = self.requests.Session()
-        while self._running():
-            try:
-                r = session.post(
-                    f"{self.url}/v2/models/{self.model}/infer", json=self.v2, timeout=10
-                )
-                if r.status_code != 200:
-                    self.failed.append(f"keep-alive {r.status_code} {r.text[:100]}")
-                    continue
-                self.ok += 1
-                version = r.json().get("model_version")
-                self.versions[version] = self.versions.get(version, 0) + 1
-            except self.requests.RequestException as e:
-                self.failed.append(f"keep-alive {e!r}")
-
-    def _fresh(self):
-        while self._running():
-            try:
-                r = self.requests.post(f"{self.url}/invocations", json=self.scoring, timeout=10)
-                if r.status_code != 200:
-                    self.failed.append(f"new connection {r.status_code} {r.text[:100]}")
-                else:
-                    self.ok += 1
-            except self.requests.RequestException as e:
-                self.failed.append(f"new connection {e!r}")
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
 
 
 @pytest.mark.docker
@@ -753,6 +656,9 @@ class FakeEngine:
 
         wanted = (filters or {}).get("label", [])
         return [c for c in self.items.values() if all(matches(c, f) for f in wanted)]
+
+    def info(self):
+        return {"Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False}}
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ Modules: ``base`` (element limit, dtype tables, decoded requests, decode plans) 
 (conversions, JSON loading, message helpers) are shared, ``content_encoding`` undoes a request's
 ``Content-Encoding``; ``v2_decode``, ``v2_bind``, ``v2_binary``
 (the binary tensor extension, both ways) and ``v2_encode`` are Open Inference Protocol V2;
-``mlflow_decode``, ``mlflow_tables``, ``mlflow_csv`` and ``mlflow_encode`` are MLflow scoring. This
-package re-exports their public API; the other names are shared inside the package only (tests
-import them from their modules).
+``mlflow_decode``, ``mlflow_tables``, ``mlflow_csv`` and ``mlflow_encode`` are MLflow scoring;
+``tfserving`` is TF Serving's REST API (decoded through ``mlflow_decode.mlflow_table``; imported as a
+module by its routes). This package re-exports the V2 and MLflow public API; the other names are
+shared inside the package only (tests import them from their modules).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ _logger = logging.getLogger(__name__)
 
 #: What pandas.read_csv reads as a missing value (NaN), in every column: its default
 #: ``na_values`` (``pandas._libs.parsers.STR_NA_VALUES``), matched exactly in string columns.
-_CSV_NA = frozenset(
+CSV_NA = frozenset(
     {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
     | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
 )
@@ -67,16 +67,21 @@ def csv_columns(
     position = column_positions(names, io)
     by_column = list(zip(*rows, strict=True))
     dtypes = io.column_dtypes()
-    columns = {c: _csv_column(by_column[position[c]], c, dtypes[c]) for c in io.columns}
+    columns = {c: csv_column(by_column[position[c]], c, dtypes[c]) for c in io.columns}
     return columns, len(rows)
 
 
-def _csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
-    """CSV text -> 1-D array of ``dtype``, read as pandas.read_csv(dtype=...) would."""
+def csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
+    """CSV text -> 1-D array of ``dtype``, read as pandas.read_csv(dtype=...) would (also how
+    ``mlflow-deploy batch`` reads a CSV file's model columns).
+
+    Raises:
+        Unprocessable: a value of the wrong type, naming the column, the value and its row.
+    """
     if dtype == "string":
         # an empty cell or "NA" is a missing value (None), not the category "" or "NA":
         # refused or answered as the source treats missing values in this column
-        return string_array([None if v in _CSV_NA else v for v in values])
+        return string_array([None if v in CSV_NA else v for v in values])
     text = np.array(values)
     target = np.dtype(dtype)
     if target.kind == "b":
@@ -95,12 +100,12 @@ def _csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
     except (ValueError, OverflowError):
         pass
     if target.kind == "f":
-        text = np.array(["nan" if v.strip() in _CSV_NA else v for v in values])
+        text = np.array(["nan" if v.strip() in CSV_NA else v for v in values])
     for i, v in enumerate(text.tolist()):
         try:
             np.array([v]).astype(target)
         except (ValueError, OverflowError):
-            missing = v.strip() in _CSV_NA
+            missing = v.strip() in CSV_NA
             raise Unprocessable(
                 f"Incompatible input types for column '{column}': expected {dtype}, got "
                 f"{'a missing value' if missing else repr(clip(v, 40))} (row {i})",

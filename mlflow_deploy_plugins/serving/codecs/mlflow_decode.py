@@ -94,7 +94,7 @@ def decode_mlflow(
     if params is not None and type(params) is not dict:
         raise BadRequest("'params' must be a JSON object", field="params")
     plan = plan_for(io)
-    feed, n_rows, columns = _mlflow_table(keys[0], doc[keys[0]], plan, max_elements)
+    feed, n_rows, columns = mlflow_table(keys[0], doc[keys[0]], plan, max_elements)
     if columns is None:  # else encode_columns checked the raw values (a null is no category)
         feed = refuse_missing(plan, feed)
     return MlflowRequest(feed, n_rows, io, params, columns)
@@ -138,8 +138,9 @@ def _check_width(width: int, plan) -> None:
         )
 
 
-def _mlflow_table(fmt: str, payload: Any, plan, max_elements: int):
-    """-> (feed, n_rows, columns or None)."""
+def mlflow_table(fmt: str, payload: Any, plan, max_elements: int):
+    """One of ``MLFLOW_FORMATS``' payloads -> ``(feed, n_rows, columns or None)``; TF Serving's
+    REST front end (``tfserving.py``) decodes its ``instances``/``inputs`` through it too."""
     io = plan.io
     if fmt == "dataframe_split":
         if type(payload) is not dict:
