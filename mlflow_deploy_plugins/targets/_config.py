@@ -43,12 +43,6 @@ def wheel_cache_option():
     return option(None, "Host directory caching downloaded wheels; default ~/.cache/mlflow-deploy.")
 
 
-def base_image_option():
-    return option(
-        "python:3.11-slim", "Image the serving image is built FROM (needs python3 with venv)."
-    )
-
-
 def image_repository_option():
     return option(
         None, "Repository of the image (its tag is a content hash); default mlflow-deploy/MODEL."
