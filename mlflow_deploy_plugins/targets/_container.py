@@ -24,6 +24,8 @@ _logger = logging.getLogger(__name__)
 TOKEN_PATH = "/run/secrets/mlflow-deploy-token"
 #: Where ``-C payload_log_dir`` is mounted (read-write).
 PAYLOAD_LOG_PATH = "/var/lib/mlflow-deploy/payload-log"
+#: Where the runtime's gRPC server listens in bridge network mode (``-C grpc_port`` publishes it).
+GRPC_CONTAINER_PORT = 8081
 # The hardening every serving container gets, read by the Docker options below and by the
 # Kubernetes pod spec (targets/_k8s_manifests.py): one place for both.
 #: The only writable path under the read-only root filesystem, and its size in MiB.
@@ -177,9 +179,11 @@ def serving_environment(
         Variable -> value.
     """
     host_mode = cfg.network_mode == "host"
+    grpc_port = getattr(cfg, "grpc_port", None)
     settings = {
         "host": cfg.host if host_mode else "0.0.0.0",
         "port": port if host_mode else container_port,
+        "grpc_port": grpc_port if host_mode or not grpc_port else GRPC_CONTAINER_PORT,
         "workers": cfg.workers,
         "log_level": cfg.log_level,
         # lets the next version bind the same port during an update (host network mode)
@@ -258,6 +262,8 @@ def container_options(
     else:
         options["network_mode"] = "bridge"
         options["ports"] = {f"{container_port}/tcp": (cfg.host, port)}
+        if getattr(cfg, "grpc_port", None):
+            options["ports"][f"{GRPC_CONTAINER_PORT}/tcp"] = (cfg.host, cfg.grpc_port)
     if cfg.memory:
         options["mem_limit"] = cfg.memory
     if cfg.cpus:

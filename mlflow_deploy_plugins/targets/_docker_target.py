@@ -16,12 +16,13 @@ from mlflow_deploy_plugins.targets import (
     _container,
     _deployments,
     _docker,
+    _endpoints,
     _predict,
     _rollout,
     _swarm,
 )
 from mlflow_deploy_plugins.targets._endpoints import endpoint_url
-from mlflow_deploy_plugins.targets._images import builder
+from mlflow_deploy_plugins.targets._images import builder, recipes
 from mlflow_deploy_plugins.targets._images.recipes import Recipe
 
 _logger = logging.getLogger(__name__)
@@ -288,11 +289,14 @@ class DockerTarget:
             return resolved, self._image(resolved, cfg)
 
     def _image(self, resolved: _deployments.ResolvedModel, cfg) -> builder.BuiltImage:
+        recipe = self.recipe
+        if getattr(cfg, "grpc_port", None):  # the image carries grpcio only when asked
+            recipe = recipes.with_extra(recipe, "grpc")
         return builder.ensure_image_for(
             self.docker(),
             resolved,
             cfg,
-            recipe=self.recipe,
+            recipe=recipe,
             repository=cfg.image_repository,
             progress=self.progress,
         )
@@ -341,6 +345,12 @@ class DockerTarget:
                 "choose another with -C port=..."
             )
         _docker.check_port(client, cfg.host, cfg.port, deployment=deployment)
+        grpc_port = getattr(cfg, "grpc_port", None)
+        if grpc_port and _endpoints.port_in_use(cfg.host, grpc_port) and deployment is None:
+            raise InvalidInputError(
+                f"gRPC port {grpc_port} on {cfg.host} is already in use; choose another with "
+                "-C grpc_port=..."
+            )
 
     # --- replicated deployments (-C replicas=N): a swarm service -----------------------------
 

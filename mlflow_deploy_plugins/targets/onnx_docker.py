@@ -45,6 +45,12 @@ class OnnxDockerConfig(TargetConfig):
     network_mode: str = _container.network_mode_option()
     base_image: str = _config.base_image_option()
     user: str = _container.user_option(recipes.DEFAULT_USER)
+    grpc_port: int | None = option(
+        None,
+        "Also serve the Open Inference Protocol over gRPC on this host port (the image then "
+        "carries grpcio); off by default.",
+        check=_container.HOST_PORT,
+    )
     workers: int = option(
         1,
         "Server processes sharing the port; one per core scales best.",

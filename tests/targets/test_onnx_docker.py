@@ -179,6 +179,21 @@ def test_container_options_bridge_mode_publish_on_host():
     assert "restart_policy" not in opts
 
 
+def test_grpc_port_reaches_the_runtime_and_is_published_in_bridge_mode():
+    host = OnnxDockerConfig.from_config({"port": "9001", "grpc_port": "9002"})
+    env = serving_environment(host, 9001, container_port=8080)
+    assert env["MLFLOW_DEPLOY_GRPC_PORT"] == "9002"
+    bridge = OnnxDockerConfig.from_config(
+        {"network_mode": "bridge", "port": "9001", "grpc_port": "9002"}
+    )
+    env = serving_environment(bridge, 9001, container_port=8080)
+    assert env["MLFLOW_DEPLOY_GRPC_PORT"] == str(_container.GRPC_CONTAINER_PORT)
+    opts = container_options(bridge, 9001, env, container_port=8080)
+    assert opts["ports"][f"{_container.GRPC_CONTAINER_PORT}/tcp"] == ("127.0.0.1", 9002)
+    plain = OnnxDockerConfig.from_config({"port": "9001"})
+    assert "MLFLOW_DEPLOY_GRPC_PORT" not in serving_environment(plain, 9001, container_port=8080)
+
+
 def test_unreadable_token_file_is_refused_before_building(tmp_path):
     token = tmp_path / "token"
     token.write_text("s3cret")
@@ -506,6 +521,39 @@ def test_an_unknown_model_uri_is_resource_does_not_exist(client, docker_client, 
     assert not docker_client.containers.list(
         all=True, filters={"label": f"mlflow_deploy.deployment={name}"}
     )
+
+
+@pytest.mark.docker
+def test_grpc_port_serves_tritonclient_grpc_from_the_container(client, docker_client, registry):
+    import tritonclient.grpc as grpcclient
+
+    name = new_name(client, "grpc")
+    port, grpc_port = _endpoints.free_port(), _endpoints.free_port()
+    info = client.create_deployment(
+        name, f"models:/{registry['name']}/1", config=config(port, grpc_port=grpc_port)
+    )
+    assert info["config"]["grpc_port"] == grpc_port
+    frame = registry["x"].head(6)
+    triton = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert triton.is_server_ready()
+    inputs = []
+    for column in NUMERIC + CATEGORICAL:
+        datatype = "BYTES" if column in CATEGORICAL else "FP64"
+        tensor = grpcclient.InferInput(column, [len(frame), 1], datatype)
+        tensor.set_data_from_numpy(
+            frame[[column]].to_numpy(object if column in CATEGORICAL else np.float64)
+        )
+        inputs.append(tensor)
+    served = info["served_model"]
+    result = triton.infer(
+        served, inputs, outputs=[grpcclient.InferRequestedOutput("probabilities")]
+    )
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"),
+        registry["models"]["1"].predict_proba(frame),
+        atol=1e-5,
+    )
+    client.delete_deployment(name, config={"remove_image": "true"})
 
 
 @pytest.mark.docker

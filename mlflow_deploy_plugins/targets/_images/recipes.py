@@ -280,3 +280,10 @@ class MlserverRecipe:
 
 #: The recipe of the mlserver target's images (``-C mode=docker``).
 MLSERVER = MlserverRecipe()
+
+
+def with_extra(recipe, extra: str):
+    """``recipe`` whose image also installs this package's ``extra`` (e.g. ``grpc``)."""
+    import dataclasses
+
+    return dataclasses.replace(recipe, runtime_extra=f"{recipe.runtime_extra},{extra}")

@@ -47,7 +47,8 @@ def runtime_lock(target: ImagePlatform, extra: str) -> list[str]:
 
     Args:
         target: the image's platform.
-        extra: the extra of this package the image runs (``serve`` for the ONNX runtime).
+        extra: the extra(s) of this package the image runs (``serve`` for the ONNX runtime,
+            ``serve,grpc`` with the gRPC front end).
 
     Returns:
         Sorted ``name==version`` lines.
@@ -87,12 +88,15 @@ def runtime_lock(target: ImagePlatform, extra: str) -> list[str]:
         return found
 
     pins: dict[str, str] = {}
-    queue = requirements(DIST_NAME, extra)
-    if not queue:
-        raise InvalidInputError(
-            f"The installed {DIST_NAME} declares no '{extra}' extra: its metadata is "
-            "stale, reinstall it (pip install -e . from a source tree)"
-        )
+    queue = []
+    for wanted in extra.split(","):  # "serve,grpc": the union of the extras
+        found = requirements(DIST_NAME, wanted)
+        if not found:
+            raise InvalidInputError(
+                f"The installed {DIST_NAME} declares no '{wanted}' extra: its metadata is "
+                "stale, reinstall it (pip install -e . from a source tree)"
+            )
+        queue += found
     extras_done: set[tuple[str, str]] = set()
     while queue:
         req = queue.pop()
