@@ -543,6 +543,11 @@ def server_specs(
             "parallel_workers": args.mlserver_parallel_workers,
             "debug": False,  # no access log, INFO logging (as ours with --no-access-log)
         }
+        if args.mlserver_defaults:  # what each one's users get without tuning
+            if name == "mlserver":
+                del settings["parallel_workers"], settings["debug"]
+            else:
+                settings["parallel_workers"] = 0
         if name == "mlserver-onnx":
             settings["metrics_endpoint"] = None  # the mlserver target's default
         (repo / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -575,7 +580,9 @@ def server_specs(
             return mlserver_server("mlserver", "MLServer", model, command, env)
 
         specs["mlserver"] = (
-            f"MLServer 1.7.1 + mlserver-mlflow (parallel_workers={pw})",
+            "MLServer 1.7.1 + mlserver-mlflow ("
+            + ("MLServer's defaults" if args.mlserver_defaults else f"parallel_workers={pw}")
+            + ")",
             mlserver,
             v2_scenarios,
         )
@@ -590,8 +597,8 @@ def server_specs(
         return mlserver_server("mlserver-onnx", "MLServer + ours", model, command, dict(base_env))
 
     specs["mlserver-onnx"] = (
-        f"MLServer 1.7.1 + mlflow_deploy_plugins.mlserver_runtime (parallel_workers={pw}, "
-        "no metrics endpoint)",
+        "MLServer 1.7.1 + mlflow_deploy_plugins.mlserver_runtime (parallel_workers="
+        f"{0 if args.mlserver_defaults else pw}, no metrics endpoint)",
         mlserver_onnx,
         v2_scenarios,
     )
@@ -1009,6 +1016,14 @@ def main() -> int:
         default=0,
         help="MLServer parallel_workers (0: inference in the server process, "
         "its fastest on one core; default 0)",
+    )
+    parser.add_argument(
+        "--mlserver-defaults",
+        action="store_true",
+        help="each MLServer row in the configuration its users get by default: mlserver-mlflow "
+        "with MLServer's own defaults (parallel_workers 1, debug on, metrics endpoint), ours "
+        "with what the mlserver target generates (parallel_workers 0, debug off, no metrics "
+        "endpoint); --mlserver-parallel-workers is then ignored",
     )
     parser.add_argument(
         "--default-config",

@@ -7,17 +7,16 @@ the errors are the REST ones with the gRPC status of the same HTTP status.
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import numpy as np
 import pytest
+import triton_grpc
 from conftest import CLF_COLUMNS, free_port, v2_columns_body
 
 from mlflow_deploy_plugins.serving.grpc_schema import MESSAGES
 
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 TOKEN = "grpc-s3cret"
+MODEL = "churn-onnx"
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +44,21 @@ def grpc_token_server(start_server, served, tmp_path_factory):
     return server
 
 
-def triton_inputs(frame):
-    inputs = []
-    for column in CLF_COLUMNS:
-        datatype = "BYTES" if column == "city" else "FP64"
-        tensor = tritonclient_grpc.InferInput(column, [len(frame)], datatype)
-        values = frame[column].to_numpy(object if datatype == "BYTES" else np.float64)
-        tensor.set_data_from_numpy(values)
-        inputs.append(tensor)
-    return inputs
+def columns(frame) -> dict:
+    """The frame as the child process's tritonclient scenarios take it (city as BYTES)."""
+    return {c: frame[c].tolist() for c in CLF_COLUMNS}
+
+
+def triton_infer(port, frame, **kwargs) -> dict:
+    return triton_grpc.run(
+        "infer",
+        port=port,
+        model=MODEL,
+        columns=columns(frame),
+        strings=["city"],
+        outputs=kwargs.pop("outputs", ["label", "probabilities"]),
+        **kwargs,
+    )
 
 
 def raw_call(port: int, method: str, request, metadata=()):
@@ -88,14 +93,13 @@ def typed_request(frame, **overrides):
 
 
 def test_health_and_metadata_with_tritonclient(grpc_server, served):
-    client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{grpc_server.grpc_port}")
-    assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("churn-onnx") and client.is_model_ready("churn-onnx", "1")
-    assert not client.is_model_ready("other-model")
-    server = client.get_server_metadata()
-    assert server.name == "mlflow-deploy-plugins" and "binary_tensor_data" in server.extensions
-    meta = client.get_model_metadata("churn-onnx", as_json=True)
-    http_meta = grpc_server.get("/v2/models/churn-onnx").json()
+    found = triton_grpc.run("health", port=grpc_server.grpc_port, model=MODEL)
+    assert found["live"] and found["ready"]
+    assert found["model_ready"] and found["model_ready_v1"] and not found["other_ready"]
+    assert found["server_name"] == "mlflow-deploy-plugins"
+    assert "binary_tensor_data" in found["extensions"]
+    meta = found["metadata"]
+    http_meta = grpc_server.get(f"/v2/models/{MODEL}").json()
     assert meta["name"] == http_meta["name"] and meta["versions"] == http_meta["versions"]
     assert [i["name"] for i in meta["inputs"]] == [i["name"] for i in http_meta["inputs"]]
     assert [o["datatype"] for o in meta["outputs"]] == [o["datatype"] for o in http_meta["outputs"]]
@@ -103,21 +107,21 @@ def test_health_and_metadata_with_tritonclient(grpc_server, served):
 
 def test_infer_answers_like_http_v2_and_the_source(grpc_server, served):
     frame = served.clf_frame.head(50)
-    client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{grpc_server.grpc_port}")
-    result = client.infer("churn-onnx", triton_inputs(frame), request_id="r-1")
-    assert result.get_response().id == "r-1"
-    http = grpc_server.post("/v2/models/churn-onnx/infer", v2_columns_body(frame)).json()
+    result = triton_infer(grpc_server.grpc_port, frame, request_id="r-1")
+    assert result["id"] == "r-1"
+    http = grpc_server.post(f"/v2/models/{MODEL}/infer", v2_columns_body(frame)).json()
     for output in http["outputs"]:
-        over_grpc = result.as_numpy(output["name"])
-        assert list(over_grpc.shape) == output["shape"]
+        over_grpc = result["outputs"][output["name"]]
+        assert over_grpc["shape"] == output["shape"]
         if output["datatype"] == "BYTES":
-            assert [v.decode() for v in over_grpc.reshape(-1)] == output["data"]
+            assert over_grpc["data"] == output["data"]
         else:
             np.testing.assert_array_equal(
-                over_grpc.reshape(-1), np.asarray(output["data"], over_grpc.dtype)
+                np.asarray(over_grpc["data"], over_grpc["dtype"]),
+                np.asarray(output["data"], over_grpc["dtype"]),
             )
     # V2 carries the graph's label tensor (the class index: False/True -> 0/1)
-    labels = result.as_numpy("label").reshape(-1)
+    labels = np.asarray(result["outputs"]["label"]["data"])
     expected = served.source_pyfunc.predict(frame)
     assert labels.astype(int).tolist() == np.asarray(expected).astype(int).tolist()
 
@@ -135,23 +139,18 @@ def test_typed_contents_and_requested_outputs(grpc_server, served):
 
 
 def test_the_aio_client_infers_concurrently(grpc_server, served):
-    import tritonclient.grpc.aio as aioclient
-
     frame = served.clf_frame.head(3)
-
-    async def main():
-        client = aioclient.InferenceServerClient(f"127.0.0.1:{grpc_server.grpc_port}")
-        try:
-            results = await asyncio.gather(
-                *(client.infer("churn-onnx", triton_inputs(frame)) for _ in range(20))
-            )
-        finally:
-            await client.close()
-        return results
-
-    results = asyncio.run(main())
-    first = results[0].as_numpy("probabilities")
-    assert all(np.array_equal(r.as_numpy("probabilities"), first) for r in results)
+    found = triton_grpc.run(
+        "aio_infer",
+        port=grpc_server.grpc_port,
+        model=MODEL,
+        columns=columns(frame),
+        strings=["city"],
+        calls=20,
+    )
+    first = found["probabilities"][0]
+    assert len(found["probabilities"]) == 20 and len(first) == 6
+    assert all(p == first for p in found["probabilities"])
 
 
 @pytest.mark.parametrize(
@@ -199,13 +198,15 @@ def test_bad_requests_get_the_rest_cause_with_the_grpc_status(
 
 def test_raw_contents_of_the_wrong_size_are_refused(grpc_server, served):
     frame = served.clf_frame.head(2)
-    client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{grpc_server.grpc_port}")
-    inputs = triton_inputs(frame)
-    inputs[0]._raw_content = b"\0" * 12  # 2 FP64 need 16 bytes
-    with pytest.raises(tritonclient_grpc.InferenceServerException) as info:
-        client.infer("churn-onnx", inputs)
-    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "age" in info.value.message()
+    found = triton_grpc.run(
+        "infer_raw_of_wrong_size",
+        port=grpc_server.grpc_port,
+        model=MODEL,
+        columns=columns(frame),
+        strings=["city"],
+    )
+    assert found["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "age" in found["message"]
 
 
 def test_messages_over_the_size_limit_are_resource_exhausted(start_server, served):
@@ -222,25 +223,22 @@ def test_messages_over_the_size_limit_are_resource_exhausted(start_server, serve
 
 def test_the_token_is_the_authorization_metadata(grpc_token_server, served):
     port = grpc_token_server.grpc_port
-    client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{port}")
-    assert client.is_server_live() and client.is_server_ready()  # health stays open
+    health = triton_grpc.run("health", port=port, model=MODEL, metadata=False)
+    assert health["live"] and health["ready"] and health["model_ready"]  # health stays open
     frame = served.clf_frame.head(2)
-    with pytest.raises(tritonclient_grpc.InferenceServerException) as denied:
-        client.infer("churn-onnx", triton_inputs(frame))
-    assert denied.value.status() == "StatusCode.UNAUTHENTICATED"
-    with pytest.raises(tritonclient_grpc.InferenceServerException):
-        client.infer("churn-onnx", triton_inputs(frame), headers={"authorization": "Bearer no"})
-    with pytest.raises(tritonclient_grpc.InferenceServerException):
-        client.get_model_metadata("churn-onnx")
-    result = client.infer(
-        "churn-onnx", triton_inputs(frame), headers={"authorization": f"Bearer {TOKEN}"}
-    )
-    assert result.as_numpy("probabilities").shape[0] == 2
+    denied = triton_infer(port, frame)
+    assert denied["error"]["status"] == "StatusCode.UNAUTHENTICATED"
+    assert "authorization: Bearer" in denied["error"]["message"]
+    assert triton_infer(port, frame, token="no")["error"]["status"] == "StatusCode.UNAUTHENTICATED"
+    meta = triton_grpc.run("metadata_with", port=port, model=MODEL)
+    assert meta["error"]["status"] == "StatusCode.UNAUTHENTICATED"
+    assert triton_grpc.run("metadata_with", port=port, model=MODEL, token=TOKEN)["name"] == MODEL
+    result = triton_infer(port, frame, token=TOKEN)
+    assert result["outputs"]["probabilities"]["shape"][0] == 2
 
 
 def test_grpc_calls_are_counted_in_the_shared_metrics(grpc_server, served):
-    client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{grpc_server.grpc_port}")
-    client.infer("churn-onnx", triton_inputs(served.clf_frame.head(1)))
+    assert "outputs" in triton_infer(grpc_server.grpc_port, served.clf_frame.head(1))
     metrics = grpc_server.get("/metrics").text
     line = next(
         line

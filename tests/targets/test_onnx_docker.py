@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import triton_grpc
 from docker_support import BASE_IMAGE, TEST_REPOSITORY, remove_deployment_containers
 from helpers import CATEGORICAL, NUMERIC
 from mlflow.deployments import get_deploy_client
@@ -525,8 +526,7 @@ def test_an_unknown_model_uri_is_resource_does_not_exist(client, docker_client, 
 
 @pytest.mark.docker
 def test_grpc_port_serves_tritonclient_grpc_from_the_container(client, docker_client, registry):
-    import tritonclient.grpc as grpcclient
-
+    # tritonclient.grpc runs in a child process: it cannot be imported beside MLServer
     name = new_name(client, "grpc")
     port, grpc_port = _endpoints.free_port(), _endpoints.free_port()
     info = client.create_deployment(
@@ -534,22 +534,19 @@ def test_grpc_port_serves_tritonclient_grpc_from_the_container(client, docker_cl
     )
     assert info["config"]["grpc_port"] == grpc_port
     frame = registry["x"].head(6)
-    triton = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-    assert triton.is_server_ready()
-    inputs = []
-    for column in NUMERIC + CATEGORICAL:
-        datatype = "BYTES" if column in CATEGORICAL else "FP64"
-        tensor = grpcclient.InferInput(column, [len(frame), 1], datatype)
-        tensor.set_data_from_numpy(
-            frame[[column]].to_numpy(object if column in CATEGORICAL else np.float64)
-        )
-        inputs.append(tensor)
-    served = info["served_model"]
-    result = triton.infer(
-        served, inputs, outputs=[grpcclient.InferRequestedOutput("probabilities")]
+    result = triton_grpc.run(
+        "infer",
+        port=grpc_port,
+        model=info["served_model"],
+        columns={c: frame[c].tolist() for c in NUMERIC + CATEGORICAL},
+        strings=CATEGORICAL,
+        outputs=["probabilities"],
+        requested=["probabilities"],
+        shape_2d=True,
     )
+    probabilities = np.asarray(result["outputs"]["probabilities"]["data"])
     np.testing.assert_allclose(
-        result.as_numpy("probabilities"),
+        probabilities.reshape(len(frame), -1),
         registry["models"]["1"].predict_proba(frame),
         atol=1e-5,
     )
