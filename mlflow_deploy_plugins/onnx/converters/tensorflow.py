@@ -89,7 +89,8 @@ class TensorFlowConverter:
         SavedModel."""
         model = source.native
         kind = _kind(model)
-        feed = io.encode_columns({c: sample[c].to_numpy() for c in io.columns}, len(sample))
+        columns = {str(c): sample[c].to_numpy() for c in sample.columns}
+        feed = io.encode_columns({c: columns[c] for c in io.columns if c in columns}, len(sample))
         _refuse_missing(feed, io)
         try:
             if kind == "SavedModel":
