@@ -176,9 +176,7 @@ def _input_bindings(source: SourceModel, sample: pd.DataFrame, kind: str):
             )
         columns = tuple(str(c) for c in sample.columns)
         shape = (None, width) if len(spec.shape) == 2 else (None,)
-        return (
-            InputBinding(spec.name or INPUT_NAME, columns, np.dtype(spec.type).name, shape),
-        )
+        return (InputBinding(spec.name or INPUT_NAME, columns, np.dtype(spec.type).name, shape),)
     if kind == "SavedModel":
         raise UnsupportedModelError(
             f"The SavedModel of '{source.model_uri}' has {len(specs)} inputs "
