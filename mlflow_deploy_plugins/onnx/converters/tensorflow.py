@@ -198,9 +198,9 @@ def _input_bindings(source: SourceModel, sample: pd.DataFrame, kind: str):
 
 
 def _refuse_missing(feed: dict, io: IOSpec) -> None:
-    """A network has no missing-value semantics: NaN flows through its arithmetic, and TF and
-    onnxruntime do not agree where it does (TF's Relu keeps NaN). The twin refuses missing values
-    in every column; refusing here makes the probe record that."""
+    """A network has no missing-value semantics: NaN flows through its arithmetic, and the gate
+    saw NaN rows answer differently in TF and onnxruntime. The twin refuses missing values in
+    every column; refusing here makes the probe record that."""
     for binding in io.inputs:
         values = feed[binding.name]
         if values.dtype.kind == "f" and np.isnan(np.sum(values)):

@@ -50,12 +50,14 @@ def test_promoted_twin_predicts_like_the_source(tf_store, name):
     twin = mlflow.pyfunc.load_model(f"models:/{name}-onnx@champion")
     source_input, table = _fresh(name)
     expected = np.asarray(source.predict(source_input))
-    got = twin.predict(table)
+    # the twin's pyfunc takes what the source's takes: an array, or the dict of named tensors
+    got = twin.predict(source_input)
     assert isinstance(got, np.ndarray) and got.shape == expected.shape
     assert got.dtype == expected.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
     # the batch axis is dynamic: one row answers like the first of many
-    np.testing.assert_allclose(twin.predict(table.head(1)), expected[:1], atol=1e-5, rtol=1e-4)
+    one = twin.get_raw_model().predict(table.head(1))
+    np.testing.assert_allclose(one, expected[:1], atol=1e-5, rtol=1e-4)
 
 
 def test_twin_io_contract_follows_the_signature(tf_store):
@@ -73,20 +75,32 @@ def test_twin_io_contract_follows_the_signature(tf_store):
     assert "synthesized" in module.conf["parity"]["sample_origin"]  # no sample: the example's
 
 
-def test_twin_takes_the_named_tensors_like_the_source(tf_store):
-    """The two-input twin also takes ``{"a": [N, 3], "b": [N, 2]}``, what the source takes."""
-    source_input, _ = _fresh("tf-two-inputs")
-    raw = mlflow.pyfunc.load_model("models:/tf-two-inputs-onnx@champion").get_raw_model()
+def test_two_input_twin_signature_names_the_tensors(tf_store):
+    """The twin's MLflow signature is the source's (named tensors), and its raw model also takes
+    the table columns ``a_0 .. b_1`` (what ``/invocations`` and the payload log use)."""
+    source_input, table = _fresh("tf-two-inputs")
+    twin = mlflow.pyfunc.load_model("models:/tf-two-inputs-onnx@champion")
+    inputs = twin.metadata.signature.inputs
+    assert inputs.is_tensor_spec()
+    assert [(s.name, s.shape, s.type) for s in inputs.inputs] == [
+        ("a", (-1, 3), np.dtype("float32")),
+        ("b", (-1, 2), np.dtype("float32")),
+    ]
     expected = mlflow.pyfunc.load_model("models:/tf-two-inputs/1").predict(source_input)
-    np.testing.assert_allclose(raw.predict(source_input), expected, atol=1e-5, rtol=1e-4)
+    got = twin.get_raw_model().predict(table)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_missing_values_are_refused_naming_the_column(tf_store):
     _, table = _fresh("tf-two-inputs")
     table.loc[3, "b_1"] = np.nan
-    twin = mlflow.pyfunc.load_model("models:/tf-two-inputs-onnx@champion")
-    with pytest.raises(Exception, match="b_1"):
+    twin = mlflow.pyfunc.load_model("models:/tf-two-inputs-onnx@champion").get_raw_model()
+    with pytest.raises(InvalidInputError, match="b_1"):
         twin.predict(table)
+    source_input, _ = _fresh("tf-two-inputs")
+    source_input["b"][3, 1] = np.nan
+    with pytest.raises(InvalidInputError, match="Column 'b_1' contains missing values"):
+        twin.predict(source_input)
 
 
 # --------------------------------------------------------------------------- bad input
