@@ -193,3 +193,13 @@ def test_without_tensorflow_the_extra_is_named(tf_store, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(UnsupportedModelError, match=r"mlflow-deploy-plugins\[tensorflow\]"):
         load_source("models:/tf-mlp/1")
+
+
+def test_logged_models_are_told_pickle_free_from_their_mlmodel(tf_store):
+    """The automation converts them without ``trust_pickle``: a ``.keras`` file without
+    cloudpickled custom objects and a SavedModel run no code from the artifact."""
+    from mlflow_deploy_plugins.registry.trust import source_format
+
+    for name in ("tf-mlp", "tf-two-inputs", "tf-module"):
+        found = source_format(f"models:/{name}/1")
+        assert (found.flavor, found.format, found.runs_code) == ("tensorflow", "native", False)
