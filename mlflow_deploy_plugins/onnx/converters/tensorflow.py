@@ -146,7 +146,8 @@ def _signature_inputs(source: SourceModel) -> list:
     if not inputs.is_tensor_spec():
         raise UnsupportedModelError(
             f"Model '{source.model_uri}' has a column-based signature {inputs.input_names()}: "
-            f"the TensorFlow converter needs tensor inputs (numpy arrays); {HOW_TO_SIGN}"
+            "the TensorFlow converter needs tensor inputs (numpy arrays), as "
+            f"mlflow.tensorflow.log_model itself requires today; {HOW_TO_SIGN}"
         )
     specs = list(inputs.inputs)
     for spec in specs:
