@@ -7,9 +7,18 @@ inputs ``a`` ``[-1, 3]`` and ``b`` ``[-1, 2]``, and a SavedModel (a ``tf.Module`
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import numpy as np
+import pytest
 
 ROWS = 300
+#: the test modules' mark; find_spec, not importorskip: collecting the suite must not pay
+#: TensorFlow's import (~10 s)
+REQUIRES_TF = pytest.mark.skipif(
+    find_spec("tensorflow") is None or find_spec("tf2onnx") is None,
+    reason="needs the tensorflow extra (pip install mlflow-deploy-plugins[tensorflow])",
+)
 
 
 def _signature(x, y):

@@ -4,18 +4,16 @@ V2 and ``/invocations`` compared with the SOURCE tensorflow pyfunc."""
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pytest
+import tf_models
 
-pytest.importorskip("tensorflow")
-
-import mlflow  # noqa: E402
-import tf_models  # noqa: E402
+pytestmark = tf_models.REQUIRES_TF
 
 
 @pytest.fixture(scope="module")
 def tf_servers(tf_promoted, start_server, tmp_path_factory):
-
     from mlflow_deploy_plugins import build_bundle
 
     root = tmp_path_factory.mktemp("tf-bundles")

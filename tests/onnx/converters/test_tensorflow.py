@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import sys
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import tf_models
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("tf2onnx")
+from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, UnsupportedModelError
+from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
 
-import mlflow  # noqa: E402
-import tf_models  # noqa: E402
-
-from mlflow_deploy_plugins.errors import (  # noqa: E402
-    ConversionError,
-    InvalidInputError,
-    UnsupportedModelError,
-)
-from mlflow_deploy_plugins.onnx.converters.base import (  # noqa: E402
-    ConversionOptions,
-    SourceModel,
-)
+pytestmark = tf_models.REQUIRES_TF
 
 
 def _fresh(name: str):
@@ -181,7 +172,9 @@ def test_other_refusals_name_the_problem(tmp_path):
 def test_without_tf2onnx_the_extra_is_named(monkeypatch):
     from mlflow_deploy_plugins.onnx.convert import get_converter
 
-    monkeypatch.delitem(sys.modules, "mlflow_deploy_plugins.onnx.converters.tensorflow")
+    monkeypatch.delitem(
+        sys.modules, "mlflow_deploy_plugins.onnx.converters.tensorflow", raising=False
+    )
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # what an absent package looks like
     with pytest.raises(UnsupportedModelError, match=r"mlflow-deploy-plugins\[tensorflow\]"):
         get_converter("tensorflow")
