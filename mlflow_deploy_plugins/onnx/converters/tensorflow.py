@@ -78,7 +78,8 @@ class TensorFlowConverter:
         )
 
     def uniform_missing(self, source: SourceModel) -> bool:
-        """Every column meets the same tensor ops: NaN propagates through all of them alike."""
+        """Missing values are refused in every column alike (``_refuse_missing``): the probe
+        needs one call, not one per column."""
         return True
 
     def reference_outputs(
