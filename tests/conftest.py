@@ -120,3 +120,51 @@ def spark():
     assert pyspark.__version__
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def tf_promoted(tmp_path_factory):
+    """Three tiny TensorFlow models (``tf_models``: Keras Sequential, two-input functional Keras,
+    SavedModel) logged with ``mlflow.tensorflow``, registered and promoted to ``@champion`` once
+    per session; the store stays set while the session's tests use it (they re-set its URI)."""
+    pytest.importorskip("tensorflow")
+    import tf_models
+    from helpers import tracking_store
+
+    from mlflow_deploy_plugins import promote
+
+    root = tmp_path_factory.mktemp("tf-promoted")
+    data = tf_models.data(seed=0)
+    models = {
+        "tf-mlp": (tf_models.keras_mlp(), data["x"], data["x"]),
+        "tf-two-inputs": (
+            tf_models.keras_two_inputs(),
+            {"a": data["a"], "b": data["b"]},
+            {"a": data["a"], "b": data["b"]},
+        ),
+        # no sample: the gate runs on rows synthesized from the input example
+        "tf-module": (tf_models.saved_module(), data["x"], None),
+    }
+    with tracking_store(root) as uri:
+        promotions = {}
+        for name, (model, example, sample) in models.items():
+            if hasattr(model, "predict"):
+                output = model.predict(example, verbose=0)
+            else:
+                output = model(example).numpy()
+            tf_models.log(model, name, example, output[:5])
+            promotions[name] = promote(name, "1", "champion", sample=sample)
+    return {"uri": uri, "root": root, "promotions": promotions, "models": models}
+
+
+@pytest.fixture
+def tf_store(tf_promoted, monkeypatch):
+    """``tf_promoted`` with its store set for this test (restored after)."""
+    uri = tf_promoted["uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield tf_promoted
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)

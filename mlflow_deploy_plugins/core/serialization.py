@@ -15,6 +15,11 @@ What each MLflow flavor writes (mlflow 3.x, read from its ``save_model``/``_load
 - ``xgboost``: XGBoost's own ``model_format`` (``ubj``, ``json``, ``xgb``): no pickle.
 - ``pytorch``: ``model.pt2`` in the ``model_data`` directory is ``torch.export`` (MLflow checks
   it is pickle-free); ``model.pth`` is ``torch.save`` with a pickle module.
+- ``tensorflow``: a SavedModel (``model_type: tf2-module``) is protobuf graphs and a variables
+  checkpoint, no code. A Keras model (``keras``) in the ``.keras`` format loads in Keras'
+  ``safe_mode`` (no lambda bytecode) unless MLflow also wrote its custom objects with cloudpickle
+  (``custom_objects.cloudpickle`` / ``global_custom_objects.cloudpickle`` in ``data``); the legacy
+  ``h5`` format (``save_format: h5``) can hold marshalled Lambda code: unknown.
 - ``python_function`` with a ``python_model``: cloudpickle.
 - ``onnx`` and this package's flavor: protobuf, no code.
 """
@@ -47,7 +52,8 @@ def serialization_format(flavor: str, conf: Mapping, files: Iterable[str] = ()) 
     Args:
         flavor: the flavor the model is loaded through (``sklearn``, ``pytorch``...).
         conf: that flavor's entry of the MLmodel (``Model.flavors[flavor]``).
-        files: names of the files in the flavor's data directory (only ``pytorch`` needs them).
+        files: names of the files in the flavor's data directory (``pytorch`` and
+            ``tensorflow`` need them).
 
     Returns:
         One of the constants of this module; ``unknown`` when the MLmodel does not say.
@@ -67,6 +73,8 @@ def serialization_format(flavor: str, conf: Mapping, files: Iterable[str] = ()) 
         if "model.pth" in names:
             return PICKLE
         return PT2 if "model.pt2" in names else UNKNOWN
+    if flavor == "tensorflow":
+        return _tensorflow(conf, files)
     if flavor == "python_function" and conf.get("python_model"):
         return CLOUDPICKLE
     return UNKNOWN
@@ -98,3 +106,16 @@ def _sklearn_like(conf: Mapping, default: str) -> str:
             if top in sys.stdlib_module_names and top not in DATA_ONLY_STDLIB or not top:
                 return SKOPS_UNTRUSTED
     return fmt
+
+
+_KERAS_PICKLES = frozenset({"custom_objects.cloudpickle", "global_custom_objects.cloudpickle"})
+
+
+def _tensorflow(conf: Mapping, files: Iterable[str]) -> str:
+    model_type = conf.get("model_type")
+    if model_type == "tf2-module":
+        return NATIVE
+    if model_type != "keras" or conf.get("save_format", "h5") == "h5":
+        return UNKNOWN  # MLflow's loader reads a missing save_format as h5
+    names = {str(f).rsplit("/", 1)[-1] for f in files}
+    return CLOUDPICKLE if names & _KERAS_PICKLES else NATIVE

@@ -38,6 +38,7 @@ CONVERTERS = {
     "lightgbm": "mlflow_deploy_plugins.onnx.converters.lightgbm:LightGBMConverter",
     "xgboost": "mlflow_deploy_plugins.onnx.converters.xgboost:XGBoostConverter",
     "pytorch": "mlflow_deploy_plugins.onnx.converters.torch:TorchConverter",
+    "tensorflow": "mlflow_deploy_plugins.onnx.converters.tensorflow:TensorFlowConverter",
 }
 _LOADERS = {
     FLAVOR_NAME: "mlflow.onnx",
@@ -46,6 +47,7 @@ _LOADERS = {
     "lightgbm": "mlflow.lightgbm",
     "xgboost": "mlflow.xgboost",
     "pytorch": "mlflow.pytorch",
+    "tensorflow": "mlflow.tensorflow",
 }
 DEFAULT_REFERENCE_ROWS = 10_000
 

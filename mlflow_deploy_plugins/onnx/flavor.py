@@ -59,6 +59,11 @@ def save_model(result, path: str, mlflow_model=None, input_example_rows: int = 5
         # The source was logged with an array (tensor signature): keep taking arrays, which
         # MLflow's schema enforcement refuses for a signature with named columns.
         example = example.to_numpy()
+    elif _takes_named_tensors(result):
+        example = {
+            b.name: example[list(b.columns)].to_numpy(dtype=b.dtype).reshape(-1, *b.shape[1:])
+            for b in result.io.inputs
+        }
     # The output schema is the source's (None when it declares none): the twin returns what the
     # source returns, and spark_udf's default result type comes from this schema. One inferred
     # from the twin's array made spark_udf return [[0], [1]] where the source returns 0, 1, and
@@ -150,6 +155,15 @@ def _takes_arrays(result) -> bool:
     """True when the source's signature is tensor-based and the graph takes one numeric matrix
     (``convert`` marks such an IOSpec; see ``takes_one_tensor``)."""
     return bool(result.io.extra.get(POSITIONAL_COLUMNS))
+
+
+def _takes_named_tensors(result) -> bool:
+    """The source's signature names several tensors and each is one graph input (a Keras model
+    with named inputs): the twin takes the same ``{name: array}`` the source takes."""
+    inputs = getattr(getattr(result.source, "signature", None), "inputs", None)
+    if inputs is None or not inputs.is_tensor_spec() or len(inputs.inputs) < 2:
+        return False
+    return [s.name for s in inputs.inputs] == [b.name for b in result.io.inputs]
 
 
 def log_model(result, name: str = "model", registered_model_name: str | None = None, **kwargs):

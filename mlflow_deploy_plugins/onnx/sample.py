@@ -141,7 +141,14 @@ def as_frame(sample, source=None) -> pd.DataFrame:
     if isinstance(sample, (str, os.PathLike)):
         return read_table(str(sample))
     if isinstance(sample, dict):
-        return pd.DataFrame({k: np.asarray(v) for k, v in sample.items()})
+        columns = {}
+        for key, values in sample.items():
+            arr = np.asarray(values)
+            if arr.ndim == 2 and arr.shape[1] > 1:  # a named tensor input: one column per slot
+                columns.update(zip(tensor_columns(key, arr.shape), arr.T, strict=True))
+            else:
+                columns[key] = arr.reshape(len(arr)) if arr.ndim == 2 else arr
+        return pd.DataFrame(columns)
     arr = np.asarray(sample)
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
@@ -181,7 +188,19 @@ def _is_split_json(path: str) -> bool:
 def _signature_columns(signature) -> list[str] | None:
     if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
         return None
+    if signature.inputs.is_tensor_spec():
+        specs = signature.inputs.inputs
+        if len(specs) == 1:  # one tensor: MLflow feeds the frame by position, whatever its labels
+            return None
+        return [c for spec in specs for c in tensor_columns(spec.name, spec.shape)]
     return list(signature.inputs.input_names())
+
+
+def tensor_columns(name: str, shape) -> list[str]:
+    """The table columns of a named tensor input ``[N, k]``: ``name_0`` .. ``name_{k-1}``, or
+    ``name`` itself when it holds one value per row (``[N]`` or ``[N, 1]``)."""
+    width = shape[1] if len(shape) == 2 else 1
+    return [name] if width == 1 else [f"{name}_{i}" for i in range(width)]
 
 
 def check_against_signature(frame: pd.DataFrame, signature) -> pd.DataFrame:
@@ -194,7 +213,8 @@ def check_against_signature(frame: pd.DataFrame, signature) -> pd.DataFrame:
         raise InvalidInputError(
             f"The sample is missing column(s) {missing}; the model's signature expects {names}"
         )
-    for spec in signature.inputs.inputs:
+    column_specs = () if signature.inputs.is_tensor_spec() else signature.inputs.inputs
+    for spec in column_specs:
         col = frame[spec.name]
         logged = str(getattr(spec.type, "name", spec.type))
         if logged in ("double", "float", "long", "integer") and col.dtype.kind in "OUS":

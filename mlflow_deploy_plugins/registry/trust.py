@@ -38,7 +38,8 @@ class SourceFormat:
 
 
 def source_format(model_uri: str) -> SourceFormat:
-    """Read ``model_uri``'s MLmodel (and, for pytorch, its file names); loads nothing.
+    """Read ``model_uri``'s MLmodel (and, for pytorch and tensorflow, its file names); loads
+    nothing.
 
     The flavor is the one conversion would load (the first of ``onnx.convert.CONVERTERS`` the
     MLmodel has); None when no converter applies (conversion refuses it without loading).
@@ -55,8 +56,8 @@ def source_format(model_uri: str) -> SourceFormat:
         return SourceFormat(model_uri, None, serialization.UNKNOWN)
     conf = mlmodel.flavors[flavor]
     files: list[str] = []
-    if flavor == "pytorch":
-        data = conf.get("model_data", "data")
+    if flavor in ("pytorch", "tensorflow"):
+        data = conf.get("model_data") or conf.get("data") or "data"
         listed = mlflow.artifacts.list_artifacts(artifact_uri=f"{uri}/{data}")
         files = [a.path for a in listed]
     return SourceFormat(model_uri, flavor, serialization.serialization_format(flavor, conf, files))

@@ -137,6 +137,22 @@ def test_skops_model_is_converted_without_trust(tracking_uri, numeric_xy):
         ),
         ("pytorch", {"model_data": "data"}, ("data/model.pt2",), "pt2"),
         ("pytorch", {"model_data": "data"}, (), "unknown"),
+        ("tensorflow", {"model_type": "tf2-module", "saved_model_dir": "tf2model"}, (), "native"),
+        (
+            "tensorflow",
+            {"model_type": "keras", "data": "data", "save_format": "tf"},
+            ("data/model.keras", "data/save_format.txt"),
+            "native",
+        ),
+        (
+            "tensorflow",
+            {"model_type": "keras", "data": "data", "save_format": "tf"},
+            ("data/model.keras", "data/custom_objects.cloudpickle"),
+            "cloudpickle",
+        ),
+        ("tensorflow", {"model_type": "keras", "data": "data", "save_format": "h5"}, (), "unknown"),
+        ("tensorflow", {"model_type": "keras", "data": "data"}, (), "unknown"),  # read as h5
+        ("tensorflow", {"model_type": "tf1-estimator"}, (), "unknown"),
         ("python_function", {"python_model": "python_model.pkl"}, (), "cloudpickle"),
         ("onnx", {"data": "model.onnx"}, (), "onnx"),
     ],
