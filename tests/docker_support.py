@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -60,3 +62,29 @@ def corrupt_bundles(monkeypatch):
         return bundle_module.Bundle(built.path, Manifest.read(output_dir))
 
     monkeypatch.setattr(bundle_module, "build_bundle", broken)
+
+
+class BackgroundClients:
+    """Client threads that run while the ``with`` block does (started, given half a second to
+    get going, stopped and joined after it): the load a test keeps on a server during an update.
+    Subclasses pass the thread targets; a target loops while ``running()``."""
+
+    def __init__(self, *targets, limit_s: float = 120.0):
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + limit_s
+        self._threads = [threading.Thread(target=t) for t in targets]
+
+    def running(self) -> bool:
+        return not self._stop.is_set() and time.monotonic() < self._deadline
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.5)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()

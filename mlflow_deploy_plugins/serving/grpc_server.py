@@ -250,7 +250,8 @@ def _handler(servicer: InferenceServicer, app, rpc: str):
 
     call = getattr(servicer, rpc)
     route = f"grpc:/{PACKAGE}.{SERVICE}/{rpc}"
-    requests_total, duration = app.metrics.requests_total, app.metrics.request_duration_seconds
+    counted: dict[int, object] = {}  # status -> requests_total child (labels() once each)
+    duration = app.metrics.request_duration_seconds.labels(route)
     open_rpc = rpc in _OPEN
 
     async def handle(request, context):
@@ -279,8 +280,11 @@ def _handler(servicer: InferenceServicer, app, rpc: str):
             await context.abort(grpc.StatusCode.INTERNAL, InternalError("Internal error").message)
         finally:
             elapsed = time.perf_counter() - started
-            requests_total.labels(route, str(status)).inc()
-            duration.labels(route).observe(elapsed)
+            counter = counted.get(status)
+            if counter is None:
+                counter = counted[status] = app.metrics.requests_total.labels(route, str(status))
+            counter.inc()
+            duration.observe(elapsed)
             app.log_access("RPC", route, status, elapsed, 0, "", context.peer())
 
     request_class, response_class = (MESSAGES[m] for m in METHODS[rpc])

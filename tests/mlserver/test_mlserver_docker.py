@@ -27,6 +27,7 @@ import pytest
 from docker_support import (
     BASE_IMAGE,
     TEST_REPOSITORY,
+    BackgroundClients,
     corrupt_bundles,
     remove_deployment_containers,
 )
@@ -242,7 +243,7 @@ def expected(mlserver_models, version: int, frame) -> np.ndarray:
     return np.asarray(proba).reshape(len(frame), -1)[:, -2:]
 
 
-class Polling:
+class Polling(BackgroundClients):
     """Clients sending V2 requests (a new connection each) until stopped; which version
     answered is told by the probabilities."""
 
@@ -257,11 +258,10 @@ class Polling:
         self.versions = versions
         self.seen: list[int] = []
         self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(3)]
+        super().__init__(self._run, self._run, self._run)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while self.running():
             request = urllib.request.Request(
                 self.url, self.body, {"Content-Type": "application/json"}, method="POST"
             )
@@ -275,18 +275,6 @@ class Polling:
             got = np.asarray(out["data"], dtype=float).reshape(-1, 2)
             match = [v for v, p in self.versions.items() if np.allclose(got, p, atol=1e-5)]
             self.seen.append(match[0] if match else -1)
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
 
 
 @pytest.mark.docker

@@ -11,7 +11,6 @@ import grpc
 import numpy as np
 import pytest
 import triton_grpc
-from conftest import CLF_COLUMNS, free_port, v2_columns_body
 
 from mlflow_deploy_plugins.serving.grpc_schema import MESSAGES
 
@@ -20,18 +19,18 @@ MODEL = "churn-onnx"
 
 
 @pytest.fixture(scope="module")
-def grpc_server(start_server, served):
-    port = free_port()
+def grpc_server(start_server, served, kit):
+    port = kit.free_port()
     server = start_server(served.clf_bundle, "--grpc-port", str(port), label="grpc")
     server.grpc_port = port
     return server
 
 
 @pytest.fixture(scope="module")
-def grpc_token_server(start_server, served, tmp_path_factory):
+def grpc_token_server(start_server, served, tmp_path_factory, kit):
     token = tmp_path_factory.mktemp("token") / "token"
     token.write_text(TOKEN)
-    port = free_port()
+    port = kit.free_port()
     server = start_server(
         served.clf_bundle,
         "--grpc-port",
@@ -46,7 +45,7 @@ def grpc_token_server(start_server, served, tmp_path_factory):
 
 def columns(frame) -> dict:
     """The frame as the child process's tritonclient scenarios take it (city as BYTES)."""
-    return {c: frame[c].tolist() for c in CLF_COLUMNS}
+    return {c: frame[c].tolist() for c in frame.columns}
 
 
 def triton_infer(port, frame, **kwargs) -> dict:
@@ -81,7 +80,7 @@ def raw_call(port: int, method: str, request, metadata=()):
 
 def typed_request(frame, **overrides):
     request = MESSAGES["ModelInferRequest"](model_name="churn-onnx", **overrides)
-    for column in CLF_COLUMNS:
+    for column in frame.columns:
         tensor = request.inputs.add(name=column, shape=[len(frame)])
         if column == "city":
             tensor.datatype = "BYTES"
@@ -105,11 +104,11 @@ def test_health_and_metadata_with_tritonclient(grpc_server, served):
     assert [o["datatype"] for o in meta["outputs"]] == [o["datatype"] for o in http_meta["outputs"]]
 
 
-def test_infer_answers_like_http_v2_and_the_source(grpc_server, served):
+def test_infer_answers_like_http_v2_and_the_source(grpc_server, served, kit):
     frame = served.clf_frame.head(50)
     result = triton_infer(grpc_server.grpc_port, frame, request_id="r-1")
     assert result["id"] == "r-1"
-    http = grpc_server.post(f"/v2/models/{MODEL}/infer", v2_columns_body(frame)).json()
+    http = grpc_server.post(f"/v2/models/{MODEL}/infer", kit.v2_columns_body(frame)).json()
     for output in http["outputs"]:
         over_grpc = result["outputs"][output["name"]]
         assert over_grpc["shape"] == output["shape"]
@@ -126,14 +125,14 @@ def test_infer_answers_like_http_v2_and_the_source(grpc_server, served):
     assert labels.astype(int).tolist() == np.asarray(expected).astype(int).tolist()
 
 
-def test_typed_contents_and_requested_outputs(grpc_server, served):
+def test_typed_contents_and_requested_outputs(grpc_server, served, kit):
     frame = served.clf_frame.head(7)
     request = typed_request(frame, id="typed")
     request.outputs.add(name="probabilities")
     response = raw_call(grpc_server.grpc_port, "ModelInfer", request)
     assert [o.name for o in response.outputs] == ["probabilities"] and response.id == "typed"
     probabilities = np.frombuffer(response.raw_output_contents[0], np.float32)
-    http = grpc_server.post("/v2/models/churn-onnx/infer", v2_columns_body(frame)).json()
+    http = grpc_server.post("/v2/models/churn-onnx/infer", kit.v2_columns_body(frame)).json()
     (expected,) = [o for o in http["outputs"] if o["name"] == "probabilities"]
     np.testing.assert_allclose(probabilities, np.asarray(expected["data"], np.float32))
 
@@ -209,8 +208,8 @@ def test_raw_contents_of_the_wrong_size_are_refused(grpc_server, served):
     assert "age" in found["message"]
 
 
-def test_messages_over_the_size_limit_are_resource_exhausted(start_server, served):
-    port = free_port()
+def test_messages_over_the_size_limit_are_resource_exhausted(start_server, served, kit):
+    port = kit.free_port()
     server = start_server(
         served.clf_bundle, "--grpc-port", str(port), "--max-body-bytes", "65536", label="grpc-small"
     )

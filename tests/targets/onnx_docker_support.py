@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
-import time
 from pathlib import Path
 
-from docker_support import corrupt_bundles  # noqa: F401 (the tests import it from here too)
+from docker_support import BackgroundClients, corrupt_bundles  # noqa: F401 (re-exported)
 from helpers import NUMERIC, mixed_data, mixed_pipeline, tracking_store
 
 
@@ -39,7 +37,7 @@ def churn_registry(path: Path, run: str):
         }
 
 
-class Load:
+class Load(BackgroundClients):
     """Continuous clients: keep-alive sessions (V2) and one new connection per request
     (MLflow scoring). Bounded: they stop when told to, or after ``limit_s``."""
 
@@ -65,18 +63,12 @@ class Load:
         self.ok = 0
         self.failed: list[str] = []
         self.versions: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + limit_s
-        self._threads = [threading.Thread(target=self._keepalive) for _ in range(2)]
-        self._threads.append(threading.Thread(target=self._fresh))
-
-    def _running(self) -> bool:
-        return not self._stop.is_set() and time.monotonic() < self._deadline
+        super().__init__(self._keepalive, self._keepalive, self._fresh, limit_s=limit_s)
 
     def _keepalive(self):
         session = self.requests.Session()
         session.headers.update(self.headers)
-        while self._running():
+        while self.running():
             try:
                 r = session.post(
                     f"{self.url}/v2/models/{self.model}/infer", json=self.v2, timeout=10
@@ -91,7 +83,7 @@ class Load:
                 self.failed.append(f"keep-alive {e!r}")
 
     def _fresh(self):
-        while self._running():
+        while self.running():
             try:
                 r = self.requests.post(
                     f"{self.url}/invocations", json=self.scoring, headers=self.headers, timeout=10
@@ -102,15 +94,3 @@ class Load:
                     self.ok += 1
             except self.requests.RequestException as e:
                 self.failed.append(f"new connection {e!r}")
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()

@@ -58,7 +58,7 @@ def registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(docker_client, base_image):
+def client(docker_client, base_image, swarm):  # swarm: its cleanup needs the manager
     deploy = get_deploy_client("onnx-docker")
     lines: list[str] = []
     deploy.progress = lines.append
