@@ -233,7 +233,8 @@ class SwarmRollout:
         filters = {"label": f"com.docker.swarm.service.name={self.service_name}"}
         with contextlib.suppress(TimeoutError):
             _endpoints.wait_until(
-                lambda: not self.client.containers.list(all=True, filters=filters),
+                # sparse: no inspect per container (one swarm is removing raises NotFound)
+                lambda: not self.client.containers.list(all=True, filters=filters, sparse=True),
                 stop_timeout + 15,
                 what=f"The containers of service {self.service_name}",
             )
