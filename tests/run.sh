@@ -15,6 +15,15 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -c tests/constraints.txt -e '.[all,test]'
 
+# The kserve SDK's clients live in their own venv (kserve's pins clash with MLServer's).
+export KSERVE_VENV=${KSERVE_VENV:-$PWD/.venv-kserve}
+export KSERVE_PYTHON="$KSERVE_VENV/bin/python"
+if [ "${CI:-}" = "true" ]; then
+    PYTHON="$PYTHON" bash tests/infra/kserve_sdk.sh
+elif ! PYTHON="$PYTHON" bash tests/infra/kserve_sdk.sh; then
+    echo "run.sh: no kserve SDK venv: its client tests will be skipped" >&2
+fi
+
 # Services. In CI (CI=true) each must come up or the run fails; elsewhere the tests that need a
 # missing one skip with the reason.
 if [ "${CI:-}" = "true" ]; then

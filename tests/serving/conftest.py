@@ -304,6 +304,33 @@ def start_server(tmp_path_factory):
         server.kill()
 
 
+@pytest.fixture(scope="module")
+def grpc_server(start_server, served):
+    """The classifier's bundle served over HTTP and gRPC (``server.grpc_port``), no token."""
+    port = free_port()
+    server = start_server(served.clf_bundle, "--grpc-port", str(port), label="grpc")
+    server.grpc_port = port
+    return server
+
+
+@pytest.fixture(scope="module")
+def grpc_token_server(start_server, served, tmp_path_factory):
+    """The same with a bearer token (``server.token``) required on both protocols."""
+    token = tmp_path_factory.mktemp("token") / "token"
+    token.write_text("grpc-s3cret")
+    port = free_port()
+    server = start_server(
+        served.clf_bundle,
+        "--grpc-port",
+        str(port),
+        "--auth-token-file",
+        str(token),
+        label="grpc-auth",
+    )
+    server.grpc_port, server.token = port, "grpc-s3cret"
+    return server
+
+
 def pytest_terminal_summary(terminalreporter):
     if COLD_STARTS:
         terminalreporter.write_sep("-", "serving runtime cold starts (spawn -> first 200 on ready)")

@@ -14,33 +14,7 @@ import triton_grpc
 
 from mlflow_deploy_plugins.serving.grpc_schema import MESSAGES
 
-TOKEN = "grpc-s3cret"
 MODEL = "churn-onnx"
-
-
-@pytest.fixture(scope="module")
-def grpc_server(start_server, served, kit):
-    port = kit.free_port()
-    server = start_server(served.clf_bundle, "--grpc-port", str(port), label="grpc")
-    server.grpc_port = port
-    return server
-
-
-@pytest.fixture(scope="module")
-def grpc_token_server(start_server, served, tmp_path_factory, kit):
-    token = tmp_path_factory.mktemp("token") / "token"
-    token.write_text(TOKEN)
-    port = kit.free_port()
-    server = start_server(
-        served.clf_bundle,
-        "--grpc-port",
-        str(port),
-        "--auth-token-file",
-        str(token),
-        label="grpc-auth",
-    )
-    server.grpc_port = port
-    return server
 
 
 def columns(frame) -> dict:
@@ -231,8 +205,13 @@ def test_the_token_is_the_authorization_metadata(grpc_token_server, served):
     assert triton_infer(port, frame, token="no")["error"]["status"] == "StatusCode.UNAUTHENTICATED"
     meta = triton_grpc.run("metadata_with", port=port, model=MODEL)
     assert meta["error"]["status"] == "StatusCode.UNAUTHENTICATED"
-    assert triton_grpc.run("metadata_with", port=port, model=MODEL, token=TOKEN)["name"] == MODEL
-    result = triton_infer(port, frame, token=TOKEN)
+    assert (
+        triton_grpc.run("metadata_with", port=port, model=MODEL, token=grpc_token_server.token)[
+            "name"
+        ]
+        == MODEL
+    )
+    result = triton_infer(port, frame, token=grpc_token_server.token)
     assert result["outputs"]["probabilities"]["shape"][0] == 2
 
 
