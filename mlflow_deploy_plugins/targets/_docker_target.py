@@ -289,14 +289,11 @@ class DockerTarget:
             return resolved, self._image(resolved, cfg)
 
     def _image(self, resolved: _deployments.ResolvedModel, cfg) -> builder.BuiltImage:
-        recipe = self.recipe
-        if getattr(cfg, "grpc_port", None):  # the image carries grpcio only when asked
-            recipe = recipes.with_extra(recipe, "grpc")
         return builder.ensure_image_for(
             self.docker(),
             resolved,
             cfg,
-            recipe=recipe,
+            recipe=recipes.for_config(self.recipe, cfg),
             repository=cfg.image_repository,
             progress=self.progress,
         )

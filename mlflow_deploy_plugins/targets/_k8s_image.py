@@ -9,7 +9,7 @@ import socket
 
 from mlflow_deploy_plugins.errors import InvalidInputError
 from mlflow_deploy_plugins.targets import _push
-from mlflow_deploy_plugins.targets._images import builder
+from mlflow_deploy_plugins.targets._images import builder, recipes
 
 _logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build_and_push(target, resolved, cfg) -> str:
         client,
         resolved,
         cfg,
-        recipe=target.recipe,
+        recipe=recipes.for_config(target.recipe, cfg),
         repository=f"{registry}/{repository}",
         progress=target.progress,
     )

@@ -113,8 +113,14 @@ def serving_container(cfg, image: str, container_name: str) -> dict:
             "max_batch_size": cfg.max_batch_size,
             "max_batch_time_ms": cfg.max_batch_time_ms,
             "auth_token_file": f"{TOKEN_DIR}/{TOKEN_KEY}" if cfg.auth_token_file else None,
+            "grpc_port": _container.GRPC_CONTAINER_PORT if cfg.grpc_port else None,
         }
     )
+    ports = [{"name": "http1", "containerPort": port, "protocol": "TCP"}]
+    if cfg.grpc_port:
+        ports.append(
+            {"name": "grpc", "containerPort": _container.GRPC_CONTAINER_PORT, "protocol": "TCP"}
+        )
     uid, gid = _container.uid_gid(cfg.user)
     mounts = [{"name": "tmp", "mountPath": _container.TMP_PATH}]
     if cfg.auth_token_file:
@@ -125,7 +131,7 @@ def serving_container(cfg, image: str, container_name: str) -> dict:
         "name": container_name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "http1", "containerPort": port, "protocol": "TCP"}],
+        "ports": ports,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "readinessProbe": _probe(recipes.HEALTH_PATH, port, period=5, failures=3),
         "livenessProbe": _probe(LIVENESS_PATH, port, period=10, failures=6),
@@ -260,7 +266,20 @@ def service(cfg, target: str, name: str) -> dict:
             "type": cfg.service_type,
             "selector": selector(target, name),
             "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": "http1", "protocol": "TCP"}
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http1", "protocol": "TCP"},
+                *(
+                    [
+                        {
+                            "name": "grpc",
+                            "port": cfg.grpc_port,
+                            "targetPort": "grpc",
+                            "protocol": "TCP",
+                            "appProtocol": "kubernetes.io/h2c",
+                        }
+                    ]
+                    if cfg.grpc_port
+                    else []
+                ),
             ],
         },
     }

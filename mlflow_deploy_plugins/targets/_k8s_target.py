@@ -274,6 +274,17 @@ class KubernetesTarget:
                 f"Config key 'canary_traffic_percent' of target '{self.target}' needs kind=kserve"
                 " (a Deployment rolls all pods; use KServe for a canary)"
             )
+        if cfg.grpc_port is not None and cfg.kind != "deployment":
+            raise InvalidInputError(
+                f"Config key 'grpc_port' of target '{self.target}' needs kind=deployment: a KServe "
+                "custom predictor exposes one port (Knative routes a single port per container), "
+                "which the HTTP probes and V2 REST use"
+            )
+        if cfg.grpc_port == manifests.SERVICE_PORT:
+            raise InvalidInputError(
+                f"Config key 'grpc_port' of target '{self.target}'={cfg.grpc_port} is the "
+                "Service's HTTP port; choose another (8081 is usual)"
+            )
         if not cfg.image and not cfg.registry:
             raise InvalidInputError(
                 f"Config key 'registry' of target '{self.target}' is required: the registry the "

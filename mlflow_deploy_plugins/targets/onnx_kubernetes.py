@@ -109,6 +109,12 @@ class OnnxKubernetesConfig(TargetConfig):
         "UID:GID (numbers) the server runs as (runAsUser/runAsGroup/fsGroup).",
         check=_container.user_spec,
     )
+    grpc_port: int | None = option(
+        None,
+        "kind=deployment: also serve the Open Inference Protocol over gRPC; the Service's gRPC "
+        "port (h2c, to the pods' 8081; the image then carries grpcio). Off by default.",
+        check=_container.HOST_PORT,
+    )
     workers: int = _container.runtime_option("workers", 1, "Server processes per pod.")
     max_batch_size: int | None = _container.runtime_option(
         "max_batch_size", None, "Most rows per onnxruntime call (runtime default 64)."

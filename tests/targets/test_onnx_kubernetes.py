@@ -167,6 +167,9 @@ def test_mlflow_loads_the_plugin_and_the_docs_embed_the_key_table():
         ({"canary_traffic_percent": "150"}, "'canary_traffic_percent'"),
         ({"bogus": "1"}, "Unknown config key 'bogus'"),
         ({"kind": "deployment"}, "Config key 'registry' .* is required"),
+        ({"grpc_port": "8081"}, "'grpc_port'.*needs kind=deployment.*one port"),
+        ({"kind": "deployment", "grpc_port": "80"}, "'grpc_port'.*=80 is the Service's HTTP port"),
+        ({"kind": "deployment", "grpc_port": "0"}, "'grpc_port'"),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(config, fragment, monkeypatch, tmp_path):
@@ -252,6 +255,8 @@ def test_dry_run_writes_valid_hardened_manifests_without_the_token(
     assert {"name": "auth-token", "secret": {"secretName": "churn-mlflow-deploy-token",
             "items": [{"key": "token", "path": "token"}], "defaultMode": 0o440}} in pod["volumes"]  # fmt: skip
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert [p["name"] for p in container["ports"]] == ["http1"]  # no gRPC unless asked
+    assert not any(e["name"] == "MLFLOW_DEPLOY_GRPC_PORT" for e in container["env"])
 
     config.update(kind="kserve", output="", canary_traffic_percent="20")
     del config["pdb_min_available"]
@@ -265,6 +270,37 @@ def test_dry_run_writes_valid_hardened_manifests_without_the_token(
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 5)
     assert predictor["canaryTrafficPercent"] == 20
     assert token not in printed
+
+
+def test_grpc_port_opens_the_pods_and_the_services_grpc_port(registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster-needed"))
+    out = tmp_path / "manifests"
+    config = {"kind": "deployment", "image": IMAGE, "dry_run": "true", "output": str(out),
+              "grpc_port": "9000", "namespace": NS}  # fmt: skip
+    get_deploy_client("onnx-kubernetes").create_deployment(
+        "churn", f"models:/{registry['name']}/1", config=config
+    )
+    objects = {o["kind"]: o for o in (yaml.safe_load(f.read_text()) for f in out.iterdir())}
+    for obj in objects.values():
+        validate_core(obj)
+    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert {"name": "MLFLOW_DEPLOY_GRPC_PORT", "value": "8081"} in container["env"]
+    (grpc_port,) = [p for p in objects["Service"]["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_port == {"name": "grpc", "port": 9000, "targetPort": "grpc", "protocol": "TCP",
+                         "appProtocol": "kubernetes.io/h2c"}  # fmt: skip
+
+
+def test_images_carry_grpcio_only_when_grpc_port_is_set():
+    from mlflow_deploy_plugins.targets._images import recipes
+
+    lean = OnnxKubernetesConfig(kind="deployment", image=IMAGE)
+    assert recipes.for_config(onnx_kubernetes.RECIPE, lean) == onnx_kubernetes.RECIPE
+    with_grpc = recipes.for_config(onnx_kubernetes.RECIPE, lean.replace(grpc_port=9000))
+    assert with_grpc.runtime_extra.split(",") == [
+        *onnx_kubernetes.RECIPE.runtime_extra.split(","),
+        "grpc",
+    ]
 
 
 def test_the_schemas_catch_what_they_should(crd):

@@ -282,6 +282,12 @@ class MlserverRecipe:
 MLSERVER = MlserverRecipe()
 
 
+def for_config(recipe, cfg):
+    """``recipe`` with the extras a target's config asks for: grpcio when ``grpc_port`` is set
+    (the lean image carries it only then). Every target that builds calls this."""
+    return with_extra(recipe, "grpc") if getattr(cfg, "grpc_port", None) else recipe
+
+
 def with_extra(recipe, extra: str):
     """``recipe`` whose image also installs this package's ``extra`` (e.g. ``grpc``)."""
     import dataclasses
