@@ -241,7 +241,10 @@ def _values(role, name, ref, got, tol: Tolerances) -> OutputParity:
     both_nan = np.isnan(ref) & np.isnan(got)
     diff = np.where(both_nan, 0.0, np.abs(ref - got))
     scale = np.where(both_nan, 0.0, np.abs(ref))
-    rel = diff / np.maximum(scale, np.finfo(np.float64).tiny)
+    # Relative error where it means something: a source value within atol of 0 (a probability
+    # of exactly 0) is governed by atol, and dividing by it reported errors like 5e300.
+    meaningful = scale > tol.atol
+    rel = np.where(meaningful, diff / np.where(meaningful, scale, 1.0), 0.0)
     bad = ~(diff <= tol.atol + tol.rtol * scale)
     bad_rows = bad.reshape(len(ref), -1).any(axis=1) if ref.ndim else bad
     finite = ~np.isnan(diff)

@@ -193,3 +193,21 @@ def test_synthesized_sample_keeps_signature_types():
     assert grown["n"].between(1, 5).all() and grown["x"].nunique() > 900
     assert set(grown["b"]) == {True, False} and set(grown["s"]) == {"a", "b"}
     assert "1000 rows" in note and origin.startswith("synthesized")
+
+
+def test_relative_error_is_reported_only_where_the_source_value_is_not_near_zero():
+    # A random forest's probability of exactly 0 against onnxruntime's 1e-8: within atol, and the
+    # relative error is not 1e-8 / 2.2e-308 (it was reported as 5e300 before).
+    ref = np.array([[0.0, 1.0], [0.25, 0.75]])
+    got = np.array([[1e-8, 1.0 - 1e-8], [0.25 + 2.5e-5, 0.75 - 2.5e-5]])
+    io = _io(OutputSpec("probabilities", "float64", PROBABILITIES))
+    report = _compare({PROBABILITIES: ref}, {PROBABILITIES: got}, io)
+    assert report.passed, report.to_dict()
+    out = report.outputs[0]
+    assert out.max_abs_error == pytest.approx(2.5e-5)
+    assert out.max_rel_error == pytest.approx(1e-4)  # 2.5e-5 / 0.25, the largest meaningful one
+    # The gate itself is unchanged: 1e-3 where the source says 0 still fails (atol 1e-4).
+    wrong = got.copy()
+    wrong[0] = [1e-3, 1.0 - 1e-3]
+    failing = _compare({PROBABILITIES: ref}, {PROBABILITIES: wrong}, io)
+    assert not failing.passed and failing.outputs[0].mismatches == 1
