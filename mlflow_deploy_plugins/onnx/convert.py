@@ -23,7 +23,7 @@ from mlflow_deploy_plugins.errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from mlflow_deploy_plugins.onnx import missing, optimize, parity
+from mlflow_deploy_plugins.onnx import bounds, missing, optimize, parity
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
 from mlflow_deploy_plugins.onnx.sample import resolve_sample
 
@@ -262,6 +262,9 @@ def convert(
     if quantize:
         model = optimize.quantize_int8(model)
         variant += "+int8"
+    model, clipped = bounds.clip_probabilities(model, io, gate_reference)
+    if clipped:
+        served_notes = [*served_notes, f"probabilities bounded to [0, 1] (Clip on {clipped})"]
     served = optimize.served_session(model)
     gate_outputs = parity.onnx_outputs(served, io, gate_frame)
 
