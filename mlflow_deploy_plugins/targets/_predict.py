@@ -39,6 +39,9 @@ def request_body(
     import pandas as pd
 
     if isinstance(inputs, pd.DataFrame):
+        document = scoring_document(inputs)
+        if document is not None:
+            return invocations, json.dumps(document, default=_jsonable).encode()
         split = inputs.to_json(orient="split", index=False, date_format="iso")
         return invocations, b'{"dataframe_split": ' + split.encode() + b"}"
     if isinstance(inputs, dict):
@@ -60,6 +63,42 @@ def request_body(
         f"Cannot send inputs of type {type(inputs).__name__}: pass a pandas DataFrame, a dict "
         "(MLflow scoring or V2 JSON), a list of records or a numpy array"
     )
+
+
+#: The keys of MLflow's scoring JSON (``mlflow models predict`` and ``/invocations`` take it).
+SCORING_KEYS = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs"})
+
+
+def scoring_document(frame) -> dict | None:
+    """The MLflow scoring JSON a DataFrame was read from, or None.
+
+    ``mlflow deployments predict --input-path FILE`` reads FILE with ``pandas.read_json``, so a
+    scoring request (``{"dataframe_split": {"columns": [...], "data": [...]}}``, what ``mlflow
+    models predict`` and ``/invocations`` take) arrives as a frame whose columns are that JSON's
+    keys. Sent as a table it would be refused ("missing inputs ..., extra inputs
+    ['dataframe_split']"); it is sent as the document it was.
+    """
+    columns = [c for c in frame.columns if isinstance(c, str)]
+    if len(columns) != len(frame.columns) or not (set(columns) & SCORING_KEYS):
+        return None
+    if not set(columns) <= SCORING_KEYS | {"params"}:
+        return None
+    document = {}
+    for name in columns:
+        values = {k: v for k, v in frame[name].items() if not _absent(v)}
+        keys = list(values)
+        if keys == list(range(len(keys))):  # a JSON list read as rows 0..n-1
+            document[name] = list(values.values())
+        elif all(isinstance(k, str) for k in keys):
+            document[name] = values
+        else:
+            return None
+    return document
+
+
+def _absent(value) -> bool:
+    """A cell pandas filled in (NaN) because another key of the document had that entry."""
+    return isinstance(value, float) and value != value
 
 
 def predict(

@@ -303,9 +303,26 @@ def test_create_from_a_source_model_serves_its_predictions(client, registry, sou
 
 
 @pytest.mark.docker
-def test_predict_through_the_mlflow_cli(registry, source_deployment, tmp_path):
+@pytest.mark.parametrize(
+    "orient",
+    ["records", "scoring:dataframe_split", "scoring:dataframe_records", "scoring:params"],
+)
+def test_predict_through_the_mlflow_cli(registry, source_deployment, tmp_path, orient):
+    """The CLI reads --input-path with pandas.read_json: records, and also the scoring JSON
+    that ``mlflow models predict`` and /invocations take (read by pandas as a frame of its keys)."""
     frame = registry["x"].head(5)
-    (tmp_path / "in.json").write_text(frame.to_json(orient="records"))
+    expected = registry["models"]["1"].predict(frame).tolist()
+    if orient == "records":
+        text = frame.to_json(orient="records")
+    elif orient == "scoring:dataframe_records":
+        text = '{"dataframe_records": ' + frame.to_json(orient="records") + "}"
+    else:
+        text = '{"dataframe_split": ' + frame.to_json(orient="split", index=False)
+        if orient == "scoring:params":  # the source's probabilities, by MLflow's params
+            text += ', "params": {"predict_method": "predict_proba"}'
+            expected = registry["models"]["1"].predict_proba(frame)
+        text += "}"
+    (tmp_path / "in.json").write_text(text)
     done = mlflow_cli(
         "predict",
         "-t",
@@ -320,7 +337,10 @@ def test_predict_through_the_mlflow_cli(registry, source_deployment, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     out = json.loads((tmp_path / "out.json").read_text())
-    assert out["predictions"] == registry["models"]["1"].predict(frame).tolist()
+    if orient == "scoring:params":
+        np.testing.assert_allclose(out["predictions"], expected, atol=1e-6)
+    else:
+        assert out["predictions"] == expected
 
 
 @pytest.mark.docker
