@@ -15,6 +15,7 @@ and for restored SavedModels alike.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -178,7 +179,8 @@ def _input_bindings(source: SourceModel, sample: pd.DataFrame, kind: str):
             )
         columns = tuple(str(c) for c in sample.columns)
         shape = (None, width) if len(spec.shape) == 2 else (None,)
-        return (InputBinding(spec.name or INPUT_NAME, columns, np.dtype(spec.type).name, shape),)
+        name = spec.name or _keras_input_name(source.native, kind) or INPUT_NAME
+        return (InputBinding(name, columns, np.dtype(spec.type).name, shape),)
     if kind == "SavedModel":
         raise UnsupportedModelError(
             f"The SavedModel of '{source.model_uri}' has {len(specs)} inputs "
@@ -197,6 +199,31 @@ def _input_bindings(source: SourceModel, sample: pd.DataFrame, kind: str):
         shape = (None, len(columns)) if len(spec.shape) == 2 else (None,)
         bindings.append(InputBinding(spec.name, columns, np.dtype(spec.type).name, shape))
     return tuple(bindings)
+
+
+#: Names Keras gives inputs nobody named (Keras 3: input_layer_2, keras_tensor_7; tf.keras:
+#: input_1, dense_input): not a name a client knows, so the twin's input is "input".
+_GENERATED_INPUT_NAME = re.compile(r"^(input_layer|keras_tensor|input)(_\d+)?$|_input(_\d+)?$")
+#: What tf.TensorSpec accepts as a name (the export names the tf.function's inputs so).
+_TENSOR_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
+
+
+def _keras_input_name(model: Any, kind: str) -> str | None:
+    """The name a Keras model's one input was given (``keras.Input(name="features")``), which
+    TF Serving's signature and its clients use, or None for a generated name or a SavedModel.
+    MLflow's tensor signature of a numpy example has no name."""
+    if kind != "Keras model":
+        return None
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):  # a subclassed model that was never built on an Input
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    name = str(getattr(inputs[0], "name", "") or "").split(":")[0]
+    if not _TENSOR_NAME.match(name) or _GENERATED_INPUT_NAME.search(name):
+        return None
+    return name
 
 
 def _refuse_missing(feed: dict, io: IOSpec) -> None:

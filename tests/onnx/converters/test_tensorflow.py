@@ -11,6 +11,7 @@ import sys
 
 import mlflow
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pytest
 import tf_models
@@ -92,6 +93,26 @@ def test_missing_values_are_refused_naming_the_column(tf_store):
     source_input["b"][3, 1] = np.nan
     with pytest.raises(InvalidInputError, match="Column 'b_1' contains missing values"):
         twin.predict(source_input)
+
+
+@pytest.mark.parametrize("given, served", [("features", "features"), (None, "input")])
+def test_the_one_input_keeps_the_name_keras_gave_it(tmp_path, given, served):
+    """TF Serving's signature (and its clients' columnar and object-row bodies) name the Keras
+    input; MLflow's signature of a numpy example does not. A generated name stays "input"."""
+    import keras
+
+    x = tf_models.data()["x"]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name=given) if given else keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    converted = _convert(
+        _converter_source(tmp_path, model, x, model.predict(x, verbose=0)), pd.DataFrame(x)
+    )
+    assert [b.name for b in converted.io.inputs] == [served]
+    assert [i.name for i in converted.onnx_model.graph.input] == [served]
+    session = ort.InferenceSession(converted.onnx_model.SerializeToString())
+    got = session.run(None, {served: x[:5]})[0]
+    np.testing.assert_allclose(got, model.predict(x[:5], verbose=0), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad input
