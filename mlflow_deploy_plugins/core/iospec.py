@@ -16,6 +16,7 @@ import numpy as np
 from mlflow_deploy_plugins.core.refusals import (  # SchemaError: re-exported, its home for callers
     SchemaError,
     check_categories,
+    check_infinite,
     has_missing,
     missing_refused,
 )
@@ -86,6 +87,9 @@ class IOSpec:
     #: conversion time. Every other column refuses them: a twin built before this was recorded
     #: refuses missing values everywhere (refusing is right wherever the source would refuse).
     accepts_missing: tuple[str, ...] = ()
+    #: Whether the source answers infinite values, probed at conversion time (a twin built
+    #: before this was recorded refuses them, as scikit-learn and XGBoost do).
+    accepts_infinite: bool = False
 
     # ------------------------------------------------------------------ introspection
     @cached_property
@@ -199,6 +203,7 @@ class IOSpec:
             else:
                 stacked = np.stack(arrays, axis=1) if arrays else np.empty((0, 0))
             feed[binding.name] = _fit_rank(stacked, binding)
+        self.check_infinite(feed)
         return feed
 
     def encode_matrix(self, matrix: np.ndarray) -> dict:
@@ -221,6 +226,7 @@ class IOSpec:
                     f"Input '{binding.name}' must be {binding.dtype}: {e}", field=binding.name
                 ) from e
             self.check_missing(feed)
+            self.check_infinite(feed)
             return feed
         return self.encode_columns({c: matrix[:, i] for i, c in enumerate(self.columns)})
 
@@ -255,6 +261,12 @@ class IOSpec:
             for column, has_nan in zip(binding.columns, nan_columns, strict=False):
                 if has_nan and column not in self.accepts_missing:
                     raise missing_refused(column)
+
+    def check_infinite(self, feed: Mapping[str, np.ndarray]) -> None:
+        """Refuse an infinite value in a float input unless ``accepts_infinite`` (a
+        SchemaError naming the column and row; ``refusals.check_infinite``)."""
+        if not self.accepts_infinite:
+            check_infinite(self.inputs, feed)
 
     def check_unseen(self, feed: Mapping[str, np.ndarray]) -> None:
         """Refuse a category the source never saw in a column where the source refuses them
@@ -310,6 +322,7 @@ class IOSpec:
             default_role=d.get("default_role", VALUE),
             extra=dict(d.get("extra") or {}),
             accepts_missing=tuple(d.get("accepts_missing") or ()),
+            accepts_infinite=bool(d.get("accepts_infinite", False)),
         )
 
 

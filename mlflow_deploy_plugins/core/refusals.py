@@ -1,9 +1,11 @@
 """Refusals of input values the source model would refuse, shared by ``IOSpec`` (the pyfunc)
-and the serving runtime's decoders: a missing value in a column whose source refuses them, a
-category the source never saw in training (XGBoost). Each names the column and what to do."""
+and the serving runtime's decoders: a missing value in a column whose source refuses them, an
+infinite value, a category the source never saw in training (XGBoost). Each names the column and
+what to do."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,40 @@ def missing_refused(column: str) -> SchemaError:
         "predicting",
         field=column,
     )
+
+
+def infinite_refused(column: str, row: int, dtype: str) -> SchemaError:
+    """The one refusal of an infinite value where the source model refuses them."""
+    beyond = " or beyond float32's range (3.4e38)" if dtype == "float32" else ""
+    return SchemaError(
+        f"Column '{column}' holds an infinite value{beyond} (row {row}) and the source model "
+        "refuses infinite values; send a finite number",
+        field=column,
+    )
+
+
+def check_infinite(inputs, feed) -> None:
+    """Refuse an infinite value in the float ``inputs`` (``InputBinding``s) of ``feed``; a
+    value beyond float32's range is infinite once in a float32 input. One dot product per
+    input when there is none (a sum of squares is finite).
+
+    Raises:
+        SchemaError: naming the first such column and row.
+    """
+    for binding in inputs:
+        arr = feed.get(binding.name)
+        if arr is None or not binding.dtype.startswith("float"):
+            continue
+        arr = np.asarray(arr)
+        flat = arr.reshape(-1)
+        if flat.dtype.kind != "f" or math.isfinite(flat.dot(flat)):
+            continue
+        table = np.isinf(arr).reshape(len(arr), -1)
+        if not table.any():
+            continue  # large values whose squares overflow, or NaN: not ours to refuse
+        row, j = (int(k) for k in np.argwhere(table)[0])
+        column = binding.columns[j] if j < len(binding.columns) else binding.name
+        raise infinite_refused(column, row, binding.dtype)
 
 
 def has_missing(arr: np.ndarray) -> bool:

@@ -242,8 +242,13 @@ def convert(
         io,
         uniform=bool(uniform and uniform(source)),
     )
+    infinite_io = replace(probe_io, accepts_infinite=True)
+    accepts_infinite, infinite_notes = missing.probe_accepts_infinite(
+        lambda rows: converter.reference_outputs(source, rows, infinite_io), frame, io
+    )
+    missing_notes = [*missing_notes, *infinite_notes]
     timings["missing_probe_s"] = time.perf_counter() - t_probe
-    io = replace(io, accepts_missing=accepts)
+    io = replace(io, accepts_missing=accepts, accepts_infinite=accepts_infinite)
     nan_rows = missing.missing_value_rows(frame, io)
     if len(nan_rows):
         nan_reference = _source_outputs(converter, source, nan_rows, io)

@@ -221,6 +221,7 @@ def _feed(io: IOSpec, data: Any) -> dict:
             fast = _matrix_fast_path(io, data)
             if fast is not None:
                 io.check_missing(fast)
+                io.check_infinite(fast)
                 io.check_unseen(fast)
                 return fast
             return io.encode_columns(
@@ -231,6 +232,7 @@ def _feed(io: IOSpec, data: Any) -> dict:
             if set(data) == onnx_names and not set(data) & set(io.columns) - onnx_names:
                 feed = {k: np.asarray(v) for k, v in data.items()}
                 io.check_missing(feed, strings=True)
+                io.check_infinite(feed)
                 io.check_unseen(feed)
                 return feed
             return io.encode_columns({k: np.asarray(v) for k, v in data.items()})

@@ -100,6 +100,20 @@ def probe_accepts_missing(
     return tuple(accepted), notes
 
 
+def probe_accepts_infinite(predict, frame: pd.DataFrame, io: IOSpec) -> tuple[bool, list[str]]:
+    """Whether the source's ``predict(frame)`` answers rows holding +inf in every float column
+    (scikit-learn's input validation and XGBoost refuse them), and a note for the report."""
+    floats = {c for c, dtype in io.column_dtypes().items() if dtype.startswith("float")}
+    rows = frame[io.columns].head(PROBE_ROWS)
+    if not floats or not len(rows):
+        return False, []
+    data = {c: np.full(len(rows), np.inf) if c in floats else rows[c] for c in rows.columns}
+    rows = pd.DataFrame(data, index=rows.index, columns=rows.columns)
+    if _answers(predict, rows, "infinite values"):
+        return True, ["source answers infinite values: the twin answers them too (not gated)"]
+    return False, ["source refuses infinite values: the twin refuses them too"]
+
+
 def _ambiguous_categories(columns: list[str], io: IOSpec) -> list[str]:
     """Columns of ``columns`` whose training categories (``io.extra["categories"]``: LightGBM,
     XGBoost) include a text a missing value becomes on its way into a string tensor."""
@@ -107,11 +121,11 @@ def _ambiguous_categories(columns: list[str], io: IOSpec) -> list[str]:
     return [c for c in columns if set(MISSING_TEXTS) & {str(v) for v in categories.get(c, ())}]
 
 
-def _answers(predict, rows: pd.DataFrame) -> bool:
+def _answers(predict, rows: pd.DataFrame, what: str = "missing values") -> bool:
     try:
         predict(rows)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        _logger.debug("The source refuses missing values: %s: %s", type(e).__name__, e)
+        _logger.debug("The source refuses %s: %s: %s", what, type(e).__name__, e)
         return False
     return True
 

@@ -638,9 +638,9 @@ def _corpus(frame):
             "/invocations",
             b'{"dataframe_records": [{"age": NaN, "income": 1, "tenure": 1, "city": "lyon"}]}',
             None,
-            400,
-            None,
-            "NaN",
+            422,  # MLflow reads the token (Python's json): a missing value, refused by the source
+            "age",
+            "missing values",
         ),
         (
             "mlflow-infinity",
@@ -648,9 +648,9 @@ def _corpus(frame):
             "/invocations",
             b'{"inputs": {"age": [Infinity], "income": [1], "tenure": [1], "city": ["lyon"]}}',
             None,
-            400,
-            None,
-            "Infinity",
+            422,  # read as MLflow reads it; the source (sklearn) refuses infinite values
+            "age",
+            "infinite value",
         ),
         (
             "mlflow-empty-records",

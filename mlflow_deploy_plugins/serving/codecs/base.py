@@ -115,6 +115,7 @@ class Plan:
         "column_names",
         "positional",
         "refuses_missing",
+        "checks_floats",
         "refuses_unseen",
     )
 
@@ -160,6 +161,14 @@ class Plan:
             b.name
             for b in io.inputs
             if b.dtype.startswith("float") and not all(c in io.accepts_missing for c in b.columns)
+        )
+        #: The float inputs whose values are looked at: those above, and every float input
+        #: when the source refuses infinite values (``IOSpec.accepts_infinite``).
+        self.checks_floats = tuple(
+            b.name
+            for b in io.inputs
+            if b.name in self.refuses_missing
+            or (b.dtype.startswith("float") and not io.accepts_infinite)
         )
         self.refuses_unseen = bool(io.refused_categories)
 

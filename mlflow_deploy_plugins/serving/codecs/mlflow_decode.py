@@ -20,7 +20,7 @@ from mlflow_deploy_plugins.serving.codecs.values import (
     encode_columns,
     kind_of,
     list_len,
-    loads_json,
+    loads_json_tokens,
     refuse_missing,
 )
 from mlflow_deploy_plugins.serving.errors import BadRequest, Unprocessable, UnsupportedMediaType
@@ -83,7 +83,7 @@ def decode_mlflow(
     if mime == "text/csv":
         columns, n_rows = csv_columns(body, io, max_elements, header=header)
         return MlflowRequest(encode_columns(io, columns, n_rows), n_rows, io, None, columns)
-    doc = loads_json(body)
+    doc = loads_json_tokens(body)  # as MLflow's scoring server (Python's json) reads it
     if type(doc) is not dict:
         got = "a list" if type(doc) is list else f"a {type(doc).__name__}"
         raise BadRequest(f"{_REQUIRED_FORMAT}. Received {got}.")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from typing import Any
 
@@ -26,7 +25,7 @@ from mlflow_deploy_plugins.serving.codecs.mlflow_decode import mlflow_table
 from mlflow_deploy_plugins.serving.codecs.values import (
     as_text,
     kind_of,
-    loads_json,
+    loads_json_tokens,
     refuse_missing,
     show,
 )
@@ -81,7 +80,7 @@ def decode_tfserving(
             input), named; TF Serving's front end answers these 400 too (``error_body``).
         PayloadTooLarge: more than ``max_elements`` values.
     """
-    doc = _loads(body)
+    doc = loads_json_tokens(body)  # TF Serving's parser takes NaN/Infinity (kParseNanAndInfFlag)
     if type(doc) is not dict:
         raise BadRequest(
             "The body must be a JSON object with 'instances' (row format) or 'inputs' (columnar "
@@ -123,17 +122,6 @@ def check_signature(name: Any) -> None:
         f'signature, "{SIGNATURE}" (omit signature_name or send that one)',
         field="signature_name",
     )
-
-
-def _loads(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # TF Serving's parser takes NaN/Infinity tokens (kParseNanAndInfFlag); Python's too
-        return json.loads(bytes(body))
-    except (ValueError, RecursionError):
-        return loads_json(body)  # raises the BadRequest that says where and why
 
 
 def _from_rows(instances: Any, plan, max_elements: int):

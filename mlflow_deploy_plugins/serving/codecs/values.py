@@ -3,8 +3,10 @@ shape checks, and quoting client values in error messages (clipped)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from math import isfinite
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,20 @@ def loads_json(data: bytes | memoryview) -> Any:
         if data[:3] == b"\xef\xbb\xbf":
             return loads_json(data[3:])
         raise BadRequest(_json_error(data, e)) from e
+
+
+def loads_json_tokens(data: bytes | memoryview) -> Any:
+    """``loads_json`` that also reads ``NaN``, ``Infinity`` and ``-Infinity``, as Python's
+    ``json`` (MLflow's scoring server) and TF Serving's parser do: orjson first, Python's parser
+    only when orjson refuses the body."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, RecursionError):
+        return loads_json(data)  # raises the BadRequest that says where and why
 
 
 def _json_error(data: bytes | memoryview, e: orjson.JSONDecodeError) -> str:
@@ -137,16 +153,19 @@ def encode_columns(io: IOSpec, columns: dict, n_rows: int) -> dict:
 
 def refuse_missing(plan: Plan, feed: dict) -> dict:
     """``feed`` when it holds no value its source refuses: a missing value in a column whose
-    source refuses them, a category the source never saw (XGBoost); else a 422 naming the column
-    (and the value). The plan says beforehand whether there is anything to look at."""
+    source refuses them, an infinite value where the source refuses those, a category the
+    source never saw (XGBoost); else a 422 naming the column (and the value). The plan says
+    beforehand whether there is anything to look at."""
     try:
-        for name in plan.refuses_missing:
-            # One cheap pass first (per request): a sum of squares is NaN exactly when some
-            # value is NaN (squares cannot make inf - inf); only then the pass that names it.
+        for name in plan.checks_floats:
+            # One cheap pass first (per request): a sum of squares is finite unless some value
+            # is NaN or infinite (or beyond the square root of the float range); only then the
+            # passes that name it.
             flat = feed[name].reshape(-1)
             total = flat.dot(flat)
-            if total != total:
+            if not isfinite(total):
                 plan.io.check_missing(feed)
+                plan.io.check_infinite(feed)
                 break
         if plan.refuses_unseen:
             plan.io.check_unseen(feed)
