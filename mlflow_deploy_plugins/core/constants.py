@@ -15,6 +15,9 @@ MODEL_FILE = "model.onnx"
 #: ``IOSpec.extra`` key: the source takes one unnamed tensor (an MLflow tensor signature), so
 #: its callers' column names carry no meaning and columns are taken by position, as MLflow does.
 POSITIONAL_COLUMNS = "positional_columns"
+#: ``IOSpec.extra`` key: the source's signature names its columns, so MLflow's scoring server
+#: refuses rows of bare values for it ("Model is missing inputs"); so does ``/invocations``.
+NAMED_COLUMNS = "named_columns"
 #: MLflow's scoring route of one model on a shared MLServer (the mlserver target writes it into
 #: model-settings.json, ``mlserver_runtime`` registers it).
 MLSERVER_INVOCATIONS = "/v2/models/{name}/invocations"

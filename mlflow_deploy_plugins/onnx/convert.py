@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, POSITIONAL_COLUMNS
+from mlflow_deploy_plugins.core.constants import FLAVOR_NAME, NAMED_COLUMNS, POSITIONAL_COLUMNS
 from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec
 from mlflow_deploy_plugins.errors import (
     ConversionError,
@@ -227,6 +227,8 @@ def convert(
     io = converted.io
     if takes_one_tensor(source, io):
         io.extra[POSITIONAL_COLUMNS] = True
+    elif _names_columns(source):
+        io.extra[NAMED_COLUMNS] = True
     timings["load_s"], timings["convert_s"] = t1 - t0, time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -338,6 +340,13 @@ def takes_one_tensor(source: SourceModel, io: IOSpec) -> bool:
         and len(io.inputs) == 1
         and io.inputs[0].dtype != "string"
     )
+
+
+def _names_columns(source: SourceModel) -> bool:
+    """The source's signature is column-based (named columns): MLflow's scoring server refuses
+    rows of bare values for it."""
+    inputs = getattr(getattr(source, "signature", None), "inputs", None)
+    return inputs is not None and not inputs.is_tensor_spec()
 
 
 def served_io(io: IOSpec, reference: dict) -> tuple[IOSpec, list[str]]:

@@ -290,7 +290,6 @@ def test_invocations_every_format(clf_server, served, rows):
         "instances": ({"instances": rows.to_dict("records")}, JSON_CT),
         "inputs-records": ({"inputs": rows.to_dict("records")}, JSON_CT),
         "inputs-columns": ({"inputs": rows.to_dict("list")}, JSON_CT),
-        "instances-rows": ({"instances": rows.to_numpy().tolist()}, JSON_CT),
         "csv": (rows.to_csv(index=False), {"Content-Type": "text/csv"}),
         "csv-charset": (rows.to_csv(index=False), {"Content-Type": "text/csv; charset=utf-8"}),
     }
@@ -304,6 +303,14 @@ def test_invocations_every_format(clf_server, served, rows):
             assert reply.status == 200, (name, reply.text)
             got = np.asarray(reply.json()["predictions"], dtype=np.float32)
             np.testing.assert_array_equal(got, proba, err_msg=name)
+    # Rows of bare values for a source whose signature names its columns: MLflow's scoring
+    # server refuses them ("Model is missing inputs"); by position they would score a client's
+    # reordered columns as other inputs.
+    for key in ("instances", "inputs"):
+        for body in ({key: rows.to_numpy().tolist()}, {key: rows.to_numpy().tolist()[0]}):
+            reply = clf_server.post("/invocations", body, JSON_CT)
+            assert reply.status == 422, (key, reply.text)
+            assert reply.json()["message"].startswith("Model is missing inputs ['age'")
 
 
 def test_invocations_converted_bundle_matches_source(converted_server, served, rows):

@@ -20,6 +20,7 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
+from mlflow_deploy_plugins.core.constants import NAMED_COLUMNS
 from mlflow_deploy_plugins.core.iospec import (
     LABEL,
     PROBABILITIES,
@@ -657,6 +658,25 @@ def test_mlflow_hostile_corpus(name, content_type, error, field, words):
     if field is not None:
         assert field in e.message
     assert json.loads(e.to_mlflow_body())["message"] == e.message
+
+
+def test_rows_of_bare_values_are_refused_where_the_signature_names_columns():
+    """MLflow's scoring server: "Model is missing inputs" for rows without column names when
+    the signature names columns; a tensor signature (or a twin from before the record) takes
+    them by position."""
+    named = dataclasses.replace(MIXED, extra={**MIXED.extra, NAMED_COLUMNS: True})
+    row = [41.5, 52000.25, 21, "paris"]
+    for key in ("instances", "inputs"):
+        for payload in ([row, row], row):
+            with pytest.raises(Unprocessable) as caught:
+                codecs.decode_mlflow(orjson.dumps({key: payload}), JSON, named)
+            assert caught.value.field == key
+            assert caught.value.message.startswith("Model is missing inputs ['age'")
+        records = {key: [dict(zip(MIXED.columns, row, strict=True))]}
+        assert codecs.decode_mlflow(orjson.dumps(records), JSON, named).n_rows == 1
+        assert codecs.decode_mlflow(orjson.dumps({key: [row]}), JSON, MIXED).n_rows == 1
+    rows = {"instances": [F.tolist(), G.tolist()]}
+    assert codecs.decode_mlflow(orjson.dumps(rows), JSON, MATRIX).n_rows == 2
 
 
 def test_mlflow_reads_nan_and_infinity_tokens_as_its_scoring_server_does():

@@ -9,7 +9,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from mlflow_deploy_plugins.core.constants import POSITIONAL_COLUMNS
+from mlflow_deploy_plugins.core.constants import NAMED_COLUMNS, POSITIONAL_COLUMNS
 from mlflow_deploy_plugins.core.iospec import IOSpec
 
 _logger = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class Plan:
         "string_positions",
         "column_names",
         "positional",
+        "named",
         "refuses_missing",
         "checks_floats",
         "refuses_unseen",
@@ -136,6 +137,8 @@ class Plan:
         self.columns = io.columns
         #: A tensor-signature source: callers' column labels are ignored, columns go by position.
         self.positional = bool(io.extra.get(POSITIONAL_COLUMNS))
+        #: A source whose signature names its columns: no rows of bare values on /invocations.
+        self.named = bool(io.extra.get(NAMED_COLUMNS)) and len(io.columns) > 1
         self.positions = {c: j for j, c in enumerate(self.columns)}
         self.getter = itemgetter(*self.columns) if self.columns else None
         #: For rows in ``columns`` order, when every input is float: (binding, column indexes or

@@ -94,10 +94,28 @@ def decode_mlflow(
     if params is not None and type(params) is not dict:
         raise BadRequest("'params' must be a JSON object", field="params")
     plan = plan_for(io)
-    feed, n_rows, columns = mlflow_table(keys[0], doc[keys[0]], plan, max_elements)
+    payload = doc[keys[0]]
+    if plan.named and keys[0] in ("instances", "inputs"):
+        _refuse_unnamed_rows(keys[0], payload, plan)
+    feed, n_rows, columns = mlflow_table(keys[0], payload, plan, max_elements)
     if columns is None:  # else encode_columns checked the raw values (a null is no category)
         feed = refuse_missing(plan, feed)
     return MlflowRequest(feed, n_rows, io, params, columns)
+
+
+def _refuse_unnamed_rows(fmt: str, payload: Any, plan) -> None:
+    """Rows of bare values for a source whose signature names its columns: MLflow's scoring
+    server refuses them ("Model is missing inputs"), and taking them by position would answer a
+    client whose columns are in another order with predictions for other inputs."""
+    if type(payload) is not list or not payload or type(payload[0]) is dict:
+        return
+    raise Unprocessable(
+        f"Model is missing inputs {list(plan.columns)}: '{fmt}' holds rows of values without "
+        "column names, and this model's signature names its columns (MLflow's scoring server "
+        "refuses them too: rows are not matched to columns by position). Send dataframe_split "
+        f"with 'columns', dataframe_records, or '{fmt}' as a dict of columns",
+        field=fmt,
+    )
 
 
 def _mime(content_type: str | None) -> tuple[str, bool]:
