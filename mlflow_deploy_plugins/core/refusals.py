@@ -31,10 +31,14 @@ def missing_refused(column: str) -> SchemaError:
 
 def infinite_refused(column: str, row: int, dtype: str) -> SchemaError:
     """The one refusal of an infinite value where the source model refuses them."""
-    beyond = " or beyond float32's range (3.4e38)" if dtype == "float32" else ""
+    beyond = (
+        " or one beyond float32's range (3.4e38), which the twin computes this column in,"
+        if dtype == "float32"
+        else ""
+    )
     return SchemaError(
-        f"Column '{column}' holds an infinite value{beyond} (row {row}) and the source model "
-        "refuses infinite values; send a finite number",
+        f"Column '{column}' holds an infinite value{beyond} (row {row}); the source model "
+        "refuses infinite values: send a finite number",
         field=column,
     )
 

@@ -660,6 +660,26 @@ def test_mlflow_hostile_corpus(name, content_type, error, field, words):
     assert json.loads(e.to_mlflow_body())["message"] == e.message
 
 
+def test_csv_whole_numbers_written_as_floats_fill_an_integer_column():
+    """pandas reads "42.0" as a float column and MLflow takes it for an int64 column (JSON's
+    42.0 is taken here too); 42.5, 1e30 (beyond int64) and text are refused naming the row."""
+    io = IOSpec(
+        inputs=(InputBinding("age", ("age",), "int64", (None, 1)),),
+        outputs=(OutputSpec("variable", "float32", VALUE, (None,)),),
+    )
+    body = b"age\n42.0\n1e3\n7\n"
+    assert codecs.decode_mlflow(body, "text/csv", io).feed["age"].ravel().tolist() == [42, 1000, 7]
+    for bad, shown in [
+        ("42.5", "'42.5'"),
+        ("1e30", "'1e30'"),
+        ("9.3e18", "'9.3e18'"),
+        ("x", "'x'"),
+    ]:
+        with pytest.raises(Unprocessable) as caught:
+            codecs.decode_mlflow(f"age\n1\n{bad}\n".encode(), "text/csv", io)
+        assert caught.value.field == "age" and f"got {shown} (row 1)" in caught.value.message
+
+
 def test_rows_of_bare_values_are_refused_where_the_signature_names_columns():
     """MLflow's scoring server: "Model is missing inputs" for rows without column names when
     the signature names columns; a tensor signature (or a twin from before the record) takes

@@ -99,6 +99,10 @@ def csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
         return text.astype(target)
     except (ValueError, OverflowError):
         pass
+    if target.kind in "iu":
+        whole = _whole_numbers(text, target)
+        if whole is not None:  # "42.0": pandas reads a float column, MLflow takes it as 42
+            return whole
     if target.kind == "f":
         text = np.array(["nan" if v.strip() in CSV_NA else v for v in values])
     for i, v in enumerate(text.tolist()):
@@ -112,3 +116,18 @@ def csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
                 field=column,
             ) from None
     return text.astype(target)
+
+
+def _whole_numbers(text: np.ndarray, target: np.dtype) -> np.ndarray | None:
+    """Integer cells written as floats (``42.0``, ``1e3``) as ``target``, or None when some cell
+    is not a whole number within its range (JSON's ``42.0`` is taken the same way)."""
+    try:
+        floats = text.astype(np.float64)
+    except ValueError:
+        return None
+    info = np.iinfo(target)
+    if not (np.isfinite(floats).all() and (floats == np.trunc(floats)).all()):
+        return None
+    if floats.min(initial=0) < info.min or floats.max(initial=0) >= float(info.max) + 1:
+        return None
+    return floats.astype(target)
