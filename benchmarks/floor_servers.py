@@ -19,10 +19,47 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import httptools
+
+
+class _Parsing(asyncio.Protocol):
+    """A connection that feeds httptools; subclasses answer in its callbacks."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+
+    def data_received(self, data):
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
+
+
+def _serve(protocol, port: int) -> None:
+    import uvloop
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(protocol, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+async def lifespan(receive, send) -> None:
+    """ASGI lifespan: start and stop at once (shared with minimal_v2_server.py)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
 
 def httptools_server(reply: bytes, port: int) -> None:
-    import httptools
-    import uvloop
 
     response = (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
@@ -31,35 +68,17 @@ def httptools_server(reply: bytes, port: int) -> None:
         + reply
     )
 
-    class Null(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-            self.parser = httptools.HttpRequestParser(self)
-
-        def data_received(self, data):
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserError:
-                self.transport.close()
-
+    class Null(_Parsing):
         def on_message_complete(self):
             self.transport.write(response)
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Null, "127.0.0.1", port, backlog=1024)
-        async with server:
-            await server.serve_forever()
-
-    uvloop.run(main())
+    _serve(Null, port)
 
 
 def bare_server(bundle_dir: str, port: int) -> None:
-    import httptools
     import numpy as np
     import onnxruntime as ort
     import orjson
-    import uvloop
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -83,17 +102,10 @@ def bare_server(bundle_dir: str, port: int) -> None:
             start += len(rows)
             transport.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
 
-    class Bare(asyncio.Protocol):
+    class Bare(_Parsing):
         def connection_made(self, transport):
-            self.transport = transport
-            self.parser = httptools.HttpRequestParser(self)
+            super().connection_made(transport)
             self.body = []
-
-        def data_received(self, data):
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserError:
-                self.transport.close()
 
         def on_body(self, body):
             self.body.append(body)
@@ -108,13 +120,7 @@ def bare_server(bundle_dir: str, port: int) -> None:
             if len(pending) == 1:
                 asyncio.get_running_loop().call_soon(flush)
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Bare, "127.0.0.1", port, backlog=1024)
-        async with server:
-            await server.serve_forever()
-
-    uvloop.run(main())
+    _serve(Bare, port)
 
 
 def asgi_server(reply: bytes, port: int) -> None:
@@ -124,13 +130,8 @@ def asgi_server(reply: bytes, port: int) -> None:
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         more = scope["method"] == "POST"
         while more:  # read the body, as any server must
             more = (await receive()).get("more_body", False)

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import uvicorn
+from floor_servers import lifespan
 
 DTYPES = {"FP64": np.float64, "FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
 V2_TYPES = {np.dtype(v): k for k, v in DTYPES.items()}
@@ -27,13 +28,8 @@ def make_app(bundle_dir: str):
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["method"] == "GET":  # /v2/health/ready and friends
             await send({"type": "http.response.start", "status": 200, "headers": json_header})
             await send({"type": "http.response.body", "body": b'{"ready":true}'})

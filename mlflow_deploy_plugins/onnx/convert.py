@@ -333,7 +333,7 @@ def takes_one_tensor(source: SourceModel, io: IOSpec) -> bool:
     """The source's signature is tensor-based and the graph takes one numeric matrix: MLflow
     feeds such a model ``DataFrame.to_numpy()``, whatever the column labels, so we take columns
     by position too (and the twin keeps taking arrays)."""
-    inputs = getattr(getattr(source, "signature", None), "inputs", None)
+    inputs = _signature_inputs(source)
     return (
         inputs is not None
         and inputs.is_tensor_spec()
@@ -345,8 +345,13 @@ def takes_one_tensor(source: SourceModel, io: IOSpec) -> bool:
 def _names_columns(source: SourceModel) -> bool:
     """The source's signature is column-based (named columns): MLflow's scoring server refuses
     rows of bare values for it."""
-    inputs = getattr(getattr(source, "signature", None), "inputs", None)
+    inputs = _signature_inputs(source)
     return inputs is not None and not inputs.is_tensor_spec()
+
+
+def _signature_inputs(source: SourceModel):
+    """The source's MLflow signature inputs (a Schema), or None without a signature."""
+    return getattr(getattr(source, "signature", None), "inputs", None)
 
 
 def served_io(io: IOSpec, reference: dict) -> tuple[IOSpec, list[str]]:

@@ -33,14 +33,14 @@ def test_the_twin_of_a_forest_serves_no_probability_outside_0_1(tmp_path):
     # the twin's graph, with the tensor before the Clip exposed too
     twin = onnx.ModelProto()
     twin.CopyFrom(result.onnx_model)
-    twin.graph.output.append(onnx.ValueInfoProto(name="probabilities_unclipped"))
+    twin.graph.output.append(onnx.ValueInfoProto(name="probabilities_before_clip"))
     session = ort.InferenceSession(twin.SerializeToString())
     feed = result.io.encode_columns({c: probe[c].to_numpy() for c in result.io.columns})
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(None, feed), strict=True))
     # one row at a time (how a served 1-row request runs: a batch may sum in another order)
     one = {name: value[-1:] for name, value in feed.items()}
-    unclipped = session.run(["probabilities_unclipped"], one)[0]
+    unclipped = session.run(["probabilities_before_clip"], one)[0]
     assert unclipped.min() < 0 or unclipped.max() > 1, "the graph no longer overshoots: moot"
     served = session.run(["probabilities"], one)[0]
     assert served.min() >= 0.0 and served.max() <= 1.0

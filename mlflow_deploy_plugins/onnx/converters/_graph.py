@@ -1,4 +1,5 @@
-"""Helpers shared by converters: read an ONNX graph's outputs into an IOSpec, name columns."""
+"""Helpers shared by converters: read an ONNX graph's outputs into an IOSpec, name columns,
+feed an output through one more node."""
 
 from __future__ import annotations
 
@@ -85,3 +86,61 @@ def column_names(sample: pd.DataFrame | None, n: int, preferred=None) -> list[st
     if sample is not None and len(sample.columns) == n:
         return [str(c) for c in sample.columns]
     return [f"f{i}" for i in range(n)]
+
+
+def rewrite_output(
+    model: onnx.ModelProto,
+    name: str,
+    op_type: str,
+    constants=(),
+    batch_only: bool = False,
+    **attributes,
+) -> None:
+    """Feed graph output ``name`` through one more ``op_type`` node, keeping its name, in place.
+
+    Nodes that read ``name`` inside the graph keep reading the tensor as it was (renamed to a
+    name no other tensor has). ``constants`` are TensorProtos added as initializers and passed
+    as the node's extra inputs; ``batch_only`` declares the new output as shape ``[N]``.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    raw = _free_name(graph, f"{name}_before_{op_type.lower()}")
+    for node in graph.node:
+        for i, out in enumerate(node.output):
+            if out == name:
+                node.output[i] = raw
+        for i, inp in enumerate(node.input):
+            if inp == name:
+                node.input[i] = raw
+    for info in graph.value_info:
+        if info.name == name:
+            info.name = raw
+    graph.initializer.extend(constants)
+    graph.node.append(
+        helper.make_node(
+            op_type,
+            [raw, *(c.name for c in constants)],
+            [name],
+            name=f"{name}_{op_type}",
+            **attributes,
+        )
+    )
+    if batch_only:
+        for out in graph.output:
+            if out.name == name:
+                shape = out.type.tensor_type.shape
+                del shape.dim[:]
+                shape.dim.add().dim_param = "N"
+
+
+def _free_name(graph: onnx.GraphProto, base: str) -> str:
+    taken = {v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+    for node in graph.node:
+        taken.update(node.input)
+        taken.update(node.output)
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name

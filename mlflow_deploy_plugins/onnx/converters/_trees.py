@@ -23,6 +23,7 @@ from mlflow_deploy_plugins.onnx.converters import categorical
 from mlflow_deploy_plugins.onnx.converters._graph import (
     default_roles,
     outputs_from_graph,
+    rewrite_output,
     table_dtype,
 )
 from mlflow_deploy_plugins.onnx.converters.base import (
@@ -118,48 +119,6 @@ def positive_class_probability(model: onnx.ModelProto, name: str) -> None:
 
     index = helper.make_tensor(f"{name}_positive_column", TensorProto.INT64, [], [1])
     rewrite_output(model, name, "Gather", constants=[index], batch_only=True, axis=1)
-
-
-def rewrite_output(
-    model: onnx.ModelProto,
-    name: str,
-    op_type: str,
-    constants=(),
-    batch_only: bool = False,
-    **attributes,
-) -> None:
-    """Feed graph output ``name`` through one more ``op_type`` node, keeping its name, in place.
-
-    ``constants`` are TensorProtos added as initializers and passed as the node's extra inputs;
-    ``batch_only`` declares the new output as shape ``[N]``.
-    """
-    from onnx import helper
-
-    graph = model.graph
-    raw = f"{name}_before_{op_type.lower()}"
-    for node in graph.node:
-        for i, out in enumerate(node.output):
-            if out == name:
-                node.output[i] = raw
-        for i, inp in enumerate(node.input):
-            if inp == name:
-                node.input[i] = raw
-    graph.initializer.extend(constants)
-    graph.node.append(
-        helper.make_node(
-            op_type,
-            [raw, *(c.name for c in constants)],
-            [name],
-            name=f"{name}_{op_type}",
-            **attributes,
-        )
-    )
-    if batch_only:
-        for out in graph.output:
-            if out.name == name:
-                shape = out.type.tensor_type.shape
-                del shape.dim[:]
-                shape.dim.add().dim_param = "N"
 
 
 def booster_reference(kind: str, pred: np.ndarray) -> dict[str, np.ndarray]:

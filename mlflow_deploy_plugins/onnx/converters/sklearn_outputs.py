@@ -108,7 +108,7 @@ def narrow_scores(
     import numpy as np
     from onnx import numpy_helper
 
-    from mlflow_deploy_plugins.onnx.converters._trees import rewrite_output
+    from mlflow_deploy_plugins.onnx.converters._graph import rewrite_output
 
     expected = np.asarray(expected, dtype=float)
     notes = []

@@ -29,6 +29,7 @@ import pandas as pd
 from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec
 from mlflow_deploy_plugins.errors import UnsupportedModelError
 from mlflow_deploy_plugins.onnx.converters import categorical
+from mlflow_deploy_plugins.onnx.converters._graph import rewrite_output
 from mlflow_deploy_plugins.onnx.converters._trees import (
     BINARY,
     MULTICLASS,
@@ -36,7 +37,6 @@ from mlflow_deploy_plugins.onnx.converters._trees import (
     OnnxmltoolsTreeConverter,
     booster_reference,
     name_for_role,
-    rewrite_output,
 )
 
 _logger = logging.getLogger(__name__)
