@@ -142,6 +142,27 @@ def test_scoring_server_responds_to_invalid_content_type_request(
     assert reply.status == 415 == mlflow_answer(served.source_pyfunc, body, content_type)[0]
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_tokens_get_mlflows_verdict(clf_server, served, frame, token):
+    # MLflow parses /invocations JSON with Python's json, which reads these tokens; the source
+    # then refuses a missing or infinite 'age' (no imputer, sklearn's input validation)
+    doc = json.dumps({"dataframe_split": frame.to_dict(orient="split")})
+    body = doc.replace(json.dumps(float(frame.age.iloc[0])), token, 1).encode()
+    assert token.encode() in body
+    ours = assert_same(clf_server, served, body, "application/json")
+    assert ours.status == 422 and ours.json()["field"] == "age", ours.text
+
+
+@pytest.mark.parametrize("key", ["instances", "inputs"])
+def test_rows_of_bare_values_are_refused_like_mlflow_for_named_columns(
+    clf_server, served, frame, key
+):
+    # the source's signature names its columns: MLflow answers "Model is missing inputs"
+    for rows in (frame.to_numpy().tolist(), frame.to_numpy().tolist()[0]):
+        ours = assert_same(clf_server, served, _j({key: rows}), "application/json")
+        assert "Model is missing inputs" in ours.json()["message"]
+
+
 def test_csv(clf_server, served, frame):
     # test_scoring_server_successfully_evaluates_correct_dataframes_with_csv (CSV body)
     body = frame.to_csv(index=False).encode()
