@@ -352,7 +352,8 @@ def _as_dtype(arr: np.ndarray, dtype: str | None) -> np.ndarray:
 def _column_array(
     values: Any, column: str, dtype: str, n_rows: int | None, missing_ok: bool = False
 ) -> np.ndarray:
-    arr = np.asarray(values)
+    # Texts as objects: numpy's str dtype would drop trailing NULs
+    arr = np.asarray(values, dtype=object if dtype == "string" and type(values) is list else None)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:
@@ -375,7 +376,7 @@ def _column_array(
             # None and NaN reach the graph as one text, the one the gate's missing rows use
             arr = arr.copy()
             arr[[type(v) is float and v != v for v in arr.tolist()]] = None
-        return arr.astype(str).astype(object)
+        return _as_text(arr)
     target = _NUMPY[dtype]
     if arr.dtype.kind in "OUS":
         if arr.dtype.kind == "O" and has_missing(arr) and (not missing_ok or dtype[0] != "f"):
@@ -396,13 +397,16 @@ def _column_array(
 
 
 def _plain_strings(arr: np.ndarray) -> bool:
-    """Every element a ``str`` (not a subclass) without trailing NULs (numpy's ``str`` dtype drops
-    them): ``astype(str).astype(object)`` would return equal strings."""
-    values = arr.tolist()
-    for v in values:
-        if type(v) is not str:
-            return False
-    return "\x00" not in "".join(values)
+    """Every element a ``str`` (not a subclass): ``_as_text`` would return equal strings."""
+    return all(type(v) is str for v in arr.tolist())
+
+
+def _as_text(arr: np.ndarray) -> np.ndarray:
+    """``str()`` of each value (None -> "None", as the gate's missing rows), keeping trailing NULs
+    that numpy's str dtype drops ("a\\x00" is an unknown category to the source, not "a")."""
+    out = np.empty(len(arr), dtype=object)
+    out[:] = [v if type(v) is str else str(v) for v in arr.tolist()]
+    return out
 
 
 def _first_bad(arr: np.ndarray, target: Any) -> Any:

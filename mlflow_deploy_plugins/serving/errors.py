@@ -150,7 +150,7 @@ class HeadersTooLarge(ServingError):
 
 class Unimplemented(ServingError):
     """A method of a protocol the served model has no signature for (TF Serving's
-    ``:classify``/``:regress``)."""
+    ``:classify``/``:regress``), or a transfer coding the server does not implement."""
 
     status = 501
     error_code = "NOT_IMPLEMENTED"

@@ -169,7 +169,11 @@ class InferenceServicer:
         return MESSAGES["ServerReadyResponse"](ready=self._ready())
 
     async def ModelReady(self, request, context):
+        # Open, like HTTP's model ready: without the token any name gets the server's
+        # readiness, so a guessed name learns nothing (app._model_ready_response).
         known = request.name == self.app.name and request.version in ("", self.app.version)
+        if not known and not self.app.token_matches(_authorization(context)):
+            known = True
         return MESSAGES["ModelReadyResponse"](ready=known and self._ready())
 
     async def ServerMetadata(self, request, context):
@@ -188,8 +192,8 @@ class InferenceServicer:
         if not self._ready():
             raise NotReady("The model is not ready (starting, shutting down or unready)")
         doc, binary = request_document(request)
-        decoded = codecs.decode_v2_document(
-            doc, self.app.io, binary, max_elements=self._max_elements
+        decoded = codecs.decode_v2_document(  # typed contents hold no JSON booleans
+            doc, self.app.io, binary, max_elements=self._max_elements, bools=False
         )
         outputs = await self._run(decoded)
         named = {
@@ -244,6 +248,10 @@ class InferenceServicer:
             raise model_error(e) from e
 
 
+def _authorization(context) -> str | None:
+    return dict(context.invocation_metadata() or ()).get("authorization")
+
+
 def _handler(servicer: InferenceServicer, app, rpc: str):
     """The RPC ``rpc`` with auth, metrics, the error map and the access log around it."""
     import grpc
@@ -258,13 +266,11 @@ def _handler(servicer: InferenceServicer, app, rpc: str):
         started = time.perf_counter()
         status = 200
         try:
-            if not open_rpc:
-                metadata = dict(context.invocation_metadata() or ())
-                if not app.token_matches(metadata.get("authorization")):
-                    raise Unauthorized(
-                        "Missing or wrong bearer token (send the metadata "
-                        "'authorization: Bearer <token>')"
-                    )
+            if not open_rpc and not app.token_matches(_authorization(context)):
+                raise Unauthorized(
+                    "Missing or wrong bearer token (send the metadata "
+                    "'authorization: Bearer <token>')"
+                )
             return await call(request, context)
         except ServingError as e:
             status = e.status

@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 
+import numpy as np
 import orjson
 
 
@@ -36,3 +37,9 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings become records of the ``py.warnings`` logger: one JSON object per line,
+    # never a bare text line in the log stream.
+    logging.captureWarnings(True)
+    # Overflow to inf in a cast or a sum is expected and handled: a value beyond the input's
+    # range is refused by name (core/refusals.py, codecs/values.refuse_missing), not warned.
+    np.seterr(over="ignore")

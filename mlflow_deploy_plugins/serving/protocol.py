@@ -222,12 +222,13 @@ class HttpProtocol(asyncio.Protocol):
         if exchange.header_count > self._limits.max_header_count:
             self._fail(HeadersTooLarge(too_many_headers(self._limits)))
             raise _Abort
+        if not exchange.in_headers:
+            return  # a chunked body's trailer field: never merged (RFC 9110 6.5.1)
         key = self._header_names.get(name)
         if key is None:
             key = remember_header_name(self._header_names, name)
         text = value.decode("latin-1")
-        headers = exchange.headers
-        old = headers.setdefault(key, text)
+        old = (headers := exchange.headers).setdefault(key, text)
         if old is not text:
             headers[key] = f"{old}, {text}"
 

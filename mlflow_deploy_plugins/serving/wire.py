@@ -21,6 +21,7 @@ from mlflow_deploy_plugins.serving.errors import (
     InternalError,
     PayloadTooLarge,
     ServingError,
+    Unimplemented,
 )
 from mlflow_deploy_plugins.serving.settings import ServingSettings
 
@@ -125,6 +126,11 @@ def head_error(
     ):
         # llhttp would skip such a body and parse it as the next request: refuse.
         return BadRequest("protocol upgrade not supported"), None
+    coding = headers.get("transfer-encoding")
+    if coding is not None and coding.replace(" ", "").lower() != "chunked":
+        # llhttp reads the chunks and nothing else: a body in "gzip, chunked" would be served
+        # as if it were plain (RFC 9112 6.1: an unknown transfer coding gets 501)
+        return Unimplemented(f"unsupported Transfer-Encoding {coding[:64]!r}; use chunked"), None
     length = headers.get("content-length")
     if length is not None:
         try:

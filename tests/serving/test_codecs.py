@@ -1038,7 +1038,8 @@ def test_encode_columns_single_columns_and_strings_match_the_general_rules():
     assert feed["age"].shape == (2, 1) and feed["age"].dtype == np.float32
     assert feed["income"][:, 0].tolist() == [3.0, 4.0]
     assert feed["température"].flags.c_contiguous and feed["température"][:, 0].tolist() == [0, 3]
-    assert feed["city"][:, 0].tolist() == ["a", "b"]  # numpy's str dtype drops trailing NULs
+    # kept as sent (numpy's str dtype would drop the NUL: the source sees "b\x00", not "b")
+    assert feed["city"][:, 0].tolist() == ["a", "b\x00"]
     feed = io.encode_columns({**data, "city": np.array(["x", "y"], dtype=object)}, 2)
     assert feed["city"].dtype == object and feed["city"][:, 0].tolist() == ["x", "y"]
     feed = io.encode_columns({**data, "city": np.array([1, None], dtype=object)}, 2)

@@ -41,6 +41,7 @@ def raw_call(port: int, method: str, request, metadata=()):
         for m in {
             "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
             "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
+            "ModelReady": ("ModelReadyRequest", "ModelReadyResponse"),
         }[method]
     )
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -213,6 +214,24 @@ def test_the_token_is_the_authorization_metadata(grpc_token_server, served):
     )
     result = triton_infer(port, frame, token=grpc_token_server.token)
     assert result["outputs"]["probabilities"]["shape"][0] == 2
+
+
+def _model_ready(port: int, name: str, metadata=()) -> bool:
+    request = MESSAGES["ModelReadyRequest"](name=name)
+    return raw_call(port, "ModelReady", request, metadata).ready
+
+
+def test_model_ready_tells_no_names_without_the_token(grpc_token_server, grpc_server):
+    # As HTTP's model ready (open): without the token every name gets the server's readiness,
+    # so a guessed name learns nothing; with it (or with no token set) an unknown name is False.
+    port = grpc_token_server.grpc_port
+    assert _model_ready(port, MODEL) and _model_ready(port, "guessed-name")
+    auth = (("authorization", f"Bearer {grpc_token_server.token}"),)
+    assert _model_ready(port, MODEL, auth)
+    assert not _model_ready(port, "guessed-name", auth)
+    assert _model_ready(port, "guessed-name", (("authorization", "Bearer wrong"),))
+    assert not _model_ready(grpc_server.grpc_port, "guessed-name")
+    assert _model_ready(grpc_server.grpc_port, MODEL)
 
 
 def test_grpc_calls_are_counted_in_the_shared_metrics(grpc_server, served):

@@ -53,10 +53,8 @@ def _header_length(headers: Mapping[str, str], body_length: int) -> int | None:
         value = headers.get("Inference-Header-Content-Length")
         if value is None:
             return None
-    try:
-        length = int(value)
-    except (TypeError, ValueError):
-        length = -1
+    # Digits only: int() would also take " 12 ", "+12" and "1_2"
+    length = int(value) if type(value) is str and value.isascii() and value.isdigit() else -1
     if not 0 <= length <= body_length:
         raise BadRequest(
             f"Inference-Header-Content-Length must be the JSON header's size in bytes, between 0 "

@@ -25,6 +25,7 @@ from mlflow_deploy_plugins.serving.codecs.values import (
     encode_columns,
     first_not,
     fit_shape,
+    has_bool,
     json_strings,
     show,
     string_array,
@@ -85,7 +86,7 @@ _EXACT_IN_FLOAT64 = float(2**53)
 _V2_KEYS = itemgetter("name", "shape", "datatype", "data")
 
 
-def v2_columns_fast(items: list, plan: Plan, max_elements: int) -> tuple | None:
+def v2_columns_fast(items: list, plan: Plan, max_elements: int, bools: bool = True) -> tuple | None:
     """One plainly valid JSON input per column -> ``(feed, n_rows, columns)``, in one pass.
 
     Reads the request's input objects directly and converts each block of columns once. Returns
@@ -93,7 +94,8 @@ def v2_columns_fast(items: list, plan: Plan, max_elements: int) -> tuple | None:
     datatype or shape the column does not take, ``parameters``, too many values, a value that is
     not a number or a string, a column of booleans...): the general path (``v2_inputs``,
     ``bind_v2``) then runs from the start and raises the error it always raised. What this
-    returns equals what the general path returns.
+    returns equals what the general path returns. ``bools``: the request may hold JSON booleans
+    (see ``decode_v2_document``).
     """
     positions, strings = plan.positions, plan.string_positions
     width = len(positions)
@@ -127,9 +129,7 @@ def v2_columns_fast(items: list, plan: Plan, max_elements: int) -> tuple | None:
                 for v in data:
                     if type(v) is not str:
                         return None
-                if "\x00" in "".join(data):
-                    return None  # IOSpec.encode_columns drops trailing NULs (numpy str dtype)
-            elif datatype not in floats or type(data[0]) is bool:
+            elif datatype not in floats or (bools and has_bool(data)):
                 return None  # booleans are refused, not cast
             slots[j] = data
             if j != i:
@@ -211,7 +211,8 @@ def _v2_column(inp: V2Input, dtype: str) -> np.ndarray:
     if inp.datatype not in _column_datatypes(dtype):
         hint = v2_datatype(dtype)
         if hint not in ("BYTES", "BOOL"):
-            hint += " (or another numeric datatype)"
+            kind = "numeric" if np_dtype(dtype).kind == "f" else "integer"
+            hint += f" (or another {kind} datatype)"
         raise Unprocessable(
             f"Input '{inp.name}' has datatype {inp.datatype}, but column '{inp.name}' is "
             f"{dtype}: send {hint}",
@@ -244,7 +245,7 @@ def _v2_array(inp: V2Input, dtype: str) -> np.ndarray:
     elif datatype == "BYTES":
         arr = json_strings(inp.data, name)
     else:
-        arr = _json_numbers(inp.data, datatype, name)
+        arr = _json_numbers(inp.data, datatype, name, inp.bools)
         if datatype in INT_DATATYPES:
             arr = cast_exact(arr, V2_DTYPES[datatype], name)
     if arr.size != inp.count:
@@ -259,7 +260,7 @@ def _v2_array(inp: V2Input, dtype: str) -> np.ndarray:
     return arr.reshape(inp.shape)
 
 
-def _json_numbers(data: list, datatype: str, name: str) -> np.ndarray:
+def _json_numbers(data: list, datatype: str, name: str, bools: bool = True) -> np.ndarray:
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError) as e:
@@ -277,7 +278,7 @@ def _json_numbers(data: list, datatype: str, name: str) -> np.ndarray:
                 field=name,
             )
         return arr
-    if kind in "fiu":
+    if kind in "fiu" and not (bools and has_bool(data)):
         return arr  # for integer datatypes the cast checks that floats are whole
     raise Unprocessable(
         f"Input '{name}' has datatype {datatype}; its data must be numbers, got "

@@ -55,11 +55,12 @@ class V2Request(DecodedRequest):
 class V2Input:
     """One request input as sent: JSON ``data`` or binary ``raw`` bytes, not converted yet."""
 
-    __slots__ = ("name", "datatype", "shape", "count", "data", "raw")
+    __slots__ = ("name", "datatype", "shape", "count", "data", "raw", "bools")
 
-    def __init__(self, name, datatype, shape, count, data, raw):
+    def __init__(self, name, datatype, shape, count, data, raw, bools=True):
         self.name, self.datatype, self.shape, self.count = name, datatype, shape, count
-        self.data, self.raw = data, raw
+        #: ``bools``: ``data`` may hold JSON booleans (see ``decode_v2_document``).
+        self.data, self.raw, self.bools = data, raw, bools
 
 
 def decode_v2(
@@ -95,7 +96,9 @@ def decode_v2(
         doc = raw_input(body, io, max_elements)
     else:
         doc = loads_json(json_part)
-    return decode_v2_document(doc, io, binary, max_elements=max_elements)
+    # Numeric data is checked for JSON booleans value by value only when the body holds one.
+    bools = b"true" in body or b"false" in body
+    return decode_v2_document(doc, io, binary, max_elements=max_elements, bools=bools)
 
 
 def decode_v2_document(
@@ -104,6 +107,7 @@ def decode_v2_document(
     binary: memoryview | None = None,
     *,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    bools: bool = True,
 ) -> V2Request:
     """Decode a V2 inference request already parsed from JSON (``decode_v2`` after the body is
     split and parsed; the MLServer runtime with the request MLServer parsed): the same checks,
@@ -114,6 +118,9 @@ def decode_v2_document(
         io: The served model's IOSpec.
         binary: the binary part of the body, when the request used the binary extension.
         max_elements: Most tensor elements accepted, over all inputs.
+        bools: whether the document may hold JSON booleans. Numeric data is then checked for
+            them (a ``true`` among numbers is refused, as Triton does, not read as 1.0); False
+            when the body has no ``true``/``false`` token, or for gRPC's typed contents.
 
     Raises:
         The errors of :func:`decode_v2`.
@@ -132,9 +139,9 @@ def decode_v2_document(
     items = doc.get("inputs")
     fast = None
     if binary is None and plan.column_blocks is not None and type(items) is list:
-        fast = v2_columns_fast(items, plan, max_elements)
+        fast = v2_columns_fast(items, plan, max_elements, bools)
     if fast is None:
-        inputs = v2_inputs(items, binary, max_elements)
+        inputs = v2_inputs(items, binary, max_elements, bools)
         feed, n_rows, columns = bind_v2(inputs, plan)
     else:
         feed, n_rows, columns = fast
@@ -149,9 +156,11 @@ def decode_v2_document(
     )
 
 
-def v2_inputs(inputs: Any, binary: memoryview | None, max_elements: int) -> list[V2Input]:
+def v2_inputs(
+    inputs: Any, binary: memoryview | None, max_elements: int, bools: bool = True
+) -> list[V2Input]:
     """The request's ``inputs`` checked for structure (names, datatypes, shapes, element limit,
-    binary sizes), not yet against the model.
+    binary sizes), not yet against the model (``bools``: see ``decode_v2_document``).
 
     Raises:
         BadRequest: not a list of well-formed input objects, or inconsistent binary sizes.
@@ -204,7 +213,7 @@ def v2_inputs(inputs: Any, binary: memoryview | None, max_elements: int) -> list
                 f"Input '{name}' needs 'data': a flat (row-major) or nested list, got {show(data)}",
                 field=name,
             )
-        parsed.append(V2Input(name, datatype, shape, count, data, raw))
+        parsed.append(V2Input(name, datatype, shape, count, data, raw, bools))
     if binary is not None and offset != len(binary):
         raise BadRequest(
             f"The body has {len(binary) - offset} bytes after the last input's binary data; "
@@ -226,7 +235,7 @@ def _count(shape: Any) -> int:
 
 def _v2_outputs(outputs: Any, parameters: dict, known: list[str]) -> tuple[list | None, frozenset]:
     all_binary = _flag(parameters, "binary_data_output", "parameters")
-    if outputs is None:
+    if outputs is None or outputs == []:  # [] overrides nothing: every output, as Triton
         return None, frozenset(known) if all_binary else frozenset()
     if type(outputs) is not list:
         raise BadRequest("'outputs' must be a list of {\"name\": ...} objects", field="outputs")
@@ -249,6 +258,12 @@ def _v2_outputs(outputs: Any, parameters: dict, known: list[str]) -> tuple[list 
         if params.get("classification"):
             raise Unprocessable(
                 f"Output '{name}': the 'classification' parameter is not supported", field=name
+            )
+        if "shared_memory_region" in params:  # Triton would write it there, not in the body
+            raise BadRequest(
+                f"Output '{name}': shared-memory outputs are not supported; leave out "
+                "shared_memory_region to get the output in the response",
+                field=name,
             )
         flag = params.get("binary_data", params.get("binary_data_output"))
         if flag is None:

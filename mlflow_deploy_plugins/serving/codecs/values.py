@@ -183,6 +183,17 @@ def as_text(v: Any) -> str:
     return str(v)
 
 
+def has_bool(data: list) -> bool:
+    """Whether (nested) lists of numbers hold a boolean, which ``np.asarray`` would quietly read
+    as 1.0 or 0.0 among numbers: orjson writes the values back (C speed) and only booleans
+    write a ``t`` or ``f`` (numbers are digits, ``.``, ``-``, ``e``; NaN becomes null)."""
+    try:
+        text = orjson.dumps(data)
+    except TypeError:  # an int beyond 64 bits: look value by value
+        return first_not(data, (int, float), exclude=(bool,)) is not None
+    return b"t" in text or b"f" in text
+
+
 def first_not(data: list, types: tuple, exclude: tuple = ()) -> Any:
     """The first leaf of nested lists not of ``types`` (or an int too big for 64 bits)."""
     stack = [iter(data)]
