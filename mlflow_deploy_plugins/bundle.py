@@ -166,6 +166,24 @@ def _warn_if_pickle(model_uri: str, mlmodel, local: str) -> None:
         _logger.warning(message)
 
 
+def check_model_file(model_uri: str) -> None:
+    """Download an ONNX model of ours (``models:/<twin>/<version>``) and check its model file
+    against the sha256 its MLmodel records: ``promote`` does before it re-uses a twin.
+
+    Raises:
+        InvalidInputError: the file differs from the one that passed the gate, or no digest.
+    """
+    import tempfile
+
+    import mlflow
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="twin-check-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        conf = Model.load(local).flavors.get(FLAVOR_NAME) or {}
+        _check_recorded_sha256(model_uri, conf, os.path.join(local, conf.get("data", MODEL_FILE)))
+
+
 def _check_recorded_sha256(model_uri: str, conf: dict, model_file: str) -> None:
     """Refuse a model file that is not the one the parity gate verified (tampered store).
 

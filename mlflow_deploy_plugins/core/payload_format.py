@@ -162,10 +162,12 @@ def open_file(path: str | os.PathLike[str]) -> IO[bytes]:
     return open(path, "rb")  # noqa: SIM115
 
 
-def complete_lines(f: IO[bytes]) -> Iterator[bytes]:
-    """The lines of ``f`` up to the last complete one (a ``.part``'s last line may be partial)."""
+def complete_lines(f: IO[bytes], finished: bool = False) -> Iterator[bytes]:
+    """The lines of ``f`` up to the last complete one (a ``.part``'s last line may be partial).
+    ``finished``: a finished file's partial last line (a crash, a full disk) is yielded too, so
+    the reader counts it as unreadable instead of losing it unseen."""
     for line in f:
-        if not line.endswith(b"\n"):
+        if not line.endswith(b"\n") and not finished:
             return  # still being written: the next pass reads it whole
         yield line
 
@@ -180,9 +182,9 @@ def file_lines(directory: str | os.PathLike[str], log_file: LogFile) -> Iterator
         now = {x.key: x for x in list_files(directory)}.get(log_file.key)
         if now is None or not now.finished:
             return
-        f = open_file(now.path)
+        f, log_file = open_file(now.path), now
     with f:
-        yield from complete_lines(f)
+        yield from complete_lines(f, log_file.finished)
 
 
 def read_records(
@@ -193,7 +195,8 @@ def read_records(
 ) -> Iterator[dict[str, Any]]:
     """Every record in ``directory``, finished and in-progress files alike, each exactly once.
 
-    Streams line by line. A ``.part``'s incomplete last line is skipped.
+    Streams line by line. A ``.part``'s incomplete last line is skipped (still being written);
+    a finished file's is read, and refused below unless it is a whole record.
 
     Args:
         directory: a payload log directory.

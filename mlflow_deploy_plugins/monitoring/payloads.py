@@ -114,7 +114,7 @@ def _window_text(since: datetime | None, until: datetime | None) -> str:
 
 def _lines_of(path: Path) -> Iterator[bytes]:
     with open_file(path) as f:
-        yield from complete_lines(f)
+        yield from complete_lines(f, finished=not path.name.endswith(".part"))
 
 
 class _RecordBatcher:

@@ -144,6 +144,8 @@ def promote(
     twin_exists = _check_onnx_registered_model(registry, onnx_name)
 
     existing = _find_converted(registry, onnx_name, key) if twin_exists else None
+    if existing is not None and not _intact(registry, onnx_name, existing):
+        existing = None  # converted again below, into a new version
     if existing is not None:
         _logger.info(
             "%s v%s already converted as %s v%s: moving alias/stage only",
@@ -312,6 +314,25 @@ def _find_converted(registry: RegistryGateway, onnx_name: str, key: str) -> Mode
         ):
             return mv
     return None
+
+
+def _intact(registry: RegistryGateway, onnx_name: str, mv: ModelVersion) -> bool:
+    """Whether a converted twin's model file is still the one that passed the gate. A modified
+    one is never re-used: its version is tagged failed with the reason (so no later promotion
+    re-uses it either) and the source is converted again."""
+    from mlflow_deploy_plugins.bundle import check_model_file
+
+    try:
+        check_model_file(f"models:/{onnx_name}/{mv.version}")
+    except InvalidInputError as e:
+        _logger.warning("Not re-using %s v%s: %s", onnx_name, mv.version, e.message)
+        registry.set_version_tags(
+            onnx_name,
+            str(mv.version),
+            {tag_keys.STATUS: tag_keys.STATUS_FAILED, tag_keys.ERROR: tag_keys.clip(e.message)},
+        )
+        return False
+    return True
 
 
 def _parity_from_tags(tags: dict) -> dict:

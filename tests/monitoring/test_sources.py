@@ -178,6 +178,23 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
     assert sample.rows_seen == 3 and sample.bad_lines == 1
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_truncated_last_line_counts_in_a_finished_file_only(tmp_path, finished):
+    # A finished file's broken tail comes from a crash or a full disk: one unreadable line, not
+    # a record lost unseen. A .part's is still being written: the next read takes it whole.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    path = _write_file(logs, start, [_record(1.0)] * 4, finished=finished)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 20])  # the 4th record cut in half, no newline
+    sample = _read(str(logs))
+    assert sample.rows_seen == 3
+    assert sample.bad_lines == (1 if finished else 0)
+    sample = _read(str(path))  # the file itself, not its directory
+    assert sample.bad_lines == (1 if finished else 0)
+
+
 def test_reservoir_bounds_a_large_log(tmp_path):
     logger = _logger(tmp_path / "logs", max_file_bytes=50_000)
     for i in range(2000):

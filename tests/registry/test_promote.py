@@ -151,6 +151,29 @@ def test_promote_is_idempotent(tracking_uri, mixed_frame, mixed_target):
     assert onnx_versions(TWIN) == ["1", "2"]
 
 
+def test_a_tampered_twin_is_never_re_used(tracking_uri, mixed_frame, mixed_target):
+    # Re-using reads tags only; a model.onnx changed in the artifact store since it passed the
+    # gate must not be aliased again with "parity passed": converted anew, the old one marked.
+    from urllib.parse import urlparse
+
+    model = forest().fit(mixed_frame, mixed_target)
+    register_sklearn(model, NAME, mixed_frame.head(5))
+    promote(1, sample=mixed_frame)
+    location = MlflowClient().get_model_version_download_uri(TWIN, "1")
+    onnx_file = urlparse(location).path + "/model.onnx"
+    with open(onnx_file, "ab") as f:
+        f.write(b"\0")  # any change: the sha256 the MLmodel records no longer matches
+
+    again = promote(1, sample=mixed_frame)
+    assert (again.onnx_version, again.reused) == ("2", False)
+    assert alias_version(TWIN, "champion") == "2"
+    tags = version_tags(TWIN, "1")
+    assert tags[tag_keys.STATUS] == tag_keys.STATUS_FAILED
+    assert "sha256" in tags[tag_keys.ERROR] and "modified" in tags[tag_keys.ERROR]
+    third = promote(1)  # the fresh twin is the one re-used from now on
+    assert (third.onnx_version, third.reused) == ("2", True)
+
+
 def test_legacy_stage(tracking_uri, mixed_frame, mixed_target):
     model = forest().fit(mixed_frame, mixed_target)
     register_sklearn(model, NAME, mixed_frame.head(5))
