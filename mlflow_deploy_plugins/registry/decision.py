@@ -81,6 +81,17 @@ def decide(state: SlotState, *, remove_on_delete: bool, retry_failed: bool = Fal
     return explain(state, remove_on_delete=remove_on_delete, retry_failed=retry_failed)[0]
 
 
+def overrides_someone(state: SlotState) -> bool:
+    """Whether bringing the twin in line undoes what a person set on it by hand (e.g. a rollback
+    done on the twin): the source's alias decides (docs/automation.md), but says so loudly."""
+    return (
+        state.source_version is not None
+        and state.twin_version is not None
+        and state.twin_source_version != state.source_version
+        and state.twin_set_by == BY_PERSON
+    )
+
+
 def explain(
     state: SlotState, *, remove_on_delete: bool, retry_failed: bool = False
 ) -> tuple[Action, str]:
@@ -120,7 +131,10 @@ def explain(
     if twin is None:
         return Action.PROMOTE, f"source v{source} has no twin in this slot"
     if state.twin_source_version != source:
-        return Action.PROMOTE, (
+        reason = (
             f"twin v{twin} follows source v{state.twin_source_version}, the source is at v{source}"
         )
+        if overrides_someone(state):
+            reason += f"; overriding twin v{twin}, which a person set: roll back on the source"
+        return Action.PROMOTE, reason
     return Action.PROMOTE, f"a deployment does not serve twin v{twin} yet"

@@ -27,7 +27,13 @@ from mlflow_deploy_plugins.registry import ownership, trust
 from mlflow_deploy_plugins.registry import promote as promote_module
 from mlflow_deploy_plugins.registry.audit import AuditLog, AuditRecord
 from mlflow_deploy_plugins.registry.automation_config import AutomationConfig, ModelRule
-from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, explain
+from mlflow_deploy_plugins.registry.decision import (
+    Action,
+    Slot,
+    SlotState,
+    explain,
+    overrides_someone,
+)
 from mlflow_deploy_plugins.registry.gateway import RegistryGateway, alias_version, error_message
 from mlflow_deploy_plugins.registry.scheduler import OrderedScheduler
 from mlflow_deploy_plugins.registry.triggers import Outcome, Trigger
@@ -214,7 +220,9 @@ class Pipeline:
                 remove_on_delete=self.config.remove_alias_on_delete,
                 retry_failed=trigger.explicit,
             )
-            _logger.info("%s (%s): %s because %s", slot, trigger.event, action.value, reason)
+            # undoing what a person set is said louder than the automation's own work
+            level = logging.WARNING if overrides_someone(state) else logging.INFO
+            _logger.log(level, "%s (%s): %s because %s", slot, trigger.event, action.value, reason)
             if action is Action.PROMOTE:
                 return self._promote(trigger, rule, state, source_mv, twin_name, twin)
             if action is Action.REMOVE:

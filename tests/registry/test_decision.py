@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mlflow_deploy_plugins.registry.decision import Action, Slot, SlotState, decide, explain
+from mlflow_deploy_plugins.registry.decision import (
+    Action,
+    Slot,
+    SlotState,
+    decide,
+    explain,
+    overrides_someone,
+)
 
 PROMOTE, REMOVE, KEEP = Action.PROMOTE, Action.REMOVE, Action.KEEP
 SKIP, UP = Action.SKIP_FAILED, Action.UP_TO_DATE
@@ -53,6 +60,22 @@ def test_every_decision_has_a_reason_naming_who_set_the_twin():
     assert action is KEEP and "a person" in reason
     action, reason = explain(SlotState("4", ("3",), "2"), remove_on_delete=True)
     assert action is PROMOTE and "v2" in reason and "v4" in reason
+
+
+def test_undoing_a_persons_twin_alias_is_said():
+    # a rollback done by hand on the twin: the source's alias still decides (documented), but
+    # the reason (logged as a warning) names what is overridden and where to roll back
+    rolled_back = SlotState("2", ("1",), "1", twin_set_by="person")
+    action, reason = explain(rolled_back, remove_on_delete=True)
+    assert action is PROMOTE and overrides_someone(rolled_back)
+    assert "overriding twin v1, which a person set: roll back on the source" in reason
+    for who in ("watch", "webhook", "promote"):
+        state = SlotState("2", ("1",), "1", twin_set_by=who)
+        assert (
+            not overrides_someone(state)
+            and "overriding" not in explain(state, remove_on_delete=True)[1]
+        )
+    assert not overrides_someone(SlotState("2", ("1",), "2", twin_set_by="person"))  # in line
 
 
 def test_twin_version_is_the_newest_in_the_slot():
