@@ -157,6 +157,7 @@ def _report(
     checked_at: datetime,
 ) -> DriftResult:
     timings = {"read_s": prepared.seconds}
+    _warn_other_models(model, prepared.current_sample.models)
 
     started = time.perf_counter()
     outcome = run_drift(
@@ -226,6 +227,28 @@ def _report(
     client.set_terminated(run_id, "FINISHED")
     timings["log_s"] = time.perf_counter() - started
     return result
+
+
+def _warn_other_models(model: target.MonitoredModel, models: dict) -> None:
+    """Payload records name the model that served them: say so when none of them is the checked
+    model (a wrong directory?) or when they come from several models. Not refused: a server run
+    with ``--model-name`` or named after its deployment writes that name instead."""
+    names = {key.rsplit("/", 1)[0] for key in models}
+    ours = {name for name, _ in model.tagged_versions} | {model.name}
+    if names and not names & ours:
+        _logger.warning(
+            "The payload records were written by %s, not by %s: is this the right payload "
+            "log? (a server started with --model-name, or named after its deployment, writes "
+            "that name)",
+            ", ".join(sorted(models)),
+            " or ".join(sorted(n for n in ours if n)),
+        )
+    elif len(names) > 1:
+        _logger.warning(
+            "The payload records come from several models (%s): they are compared as one "
+            "population",
+            ", ".join(f"{k}: {v} records" for k, v in sorted(models.items())),
+        )
 
 
 def _params(model, prepared: Prepared, settings: DriftSettings) -> dict:

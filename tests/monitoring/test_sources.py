@@ -302,3 +302,30 @@ def test_log_of_a_live_runtime_is_read_while_it_serves(runtime, kit, tmp_path):
     for column in kit.INPUTS:
         assert sorted(sample.frame[column]) == sorted(sent[column]), column
     assert {"label", "probabilities_0", "probabilities_1"} <= set(sample.columns)
+
+
+def test_records_of_other_models_are_said(caplog):
+    # the records name the model that served them: a directory of another model's records is
+    # said (not refused: a server run with --model-name writes that name instead)
+    import logging
+
+    from mlflow_deploy_plugins.monitoring.drift import _warn_other_models
+    from mlflow_deploy_plugins.monitoring.target import MonitoredModel
+
+    model = MonitoredModel(
+        "models:/churn-onnx/1",
+        "churn-onnx",
+        "1",
+        tagged_versions=[("churn-onnx", "1"), ("churn", "3")],
+    )
+    with caplog.at_level(logging.WARNING, "mlflow_deploy_plugins.monitoring.drift"):
+        _warn_other_models(model, {"churn-onnx/1": 30})
+        _warn_other_models(model, {})  # not a payload log
+        assert not caplog.records
+        _warn_other_models(model, {"fraud-onnx/3": 30})
+        assert "written by fraud-onnx/3, not by churn or churn-onnx" in caplog.text
+        caplog.clear()
+        _warn_other_models(model, {"churn-onnx/1": 15, "someone-else/7": 15})
+        assert (
+            "several models (churn-onnx/1: 15 records, someone-else/7: 15 records)" in caplog.text
+        )
