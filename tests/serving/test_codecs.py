@@ -528,6 +528,27 @@ def _mlflow_reference_feed(body: bytes, content_type: str, io: IOSpec) -> dict:
     return io.encode_matrix(np.asarray(data))
 
 
+def test_mlflow_booleans_in_a_float_column_are_read_as_mlflow_casts_them():
+    # a boolean feature passed through to the model reaches the twin as a float input; MLflow's
+    # schema enforcement casts the DataFrame's bool column to it, so JSON true/false is 1.0/0.0
+    # on /invocations, alone, with numbers, or with nulls (V2 refuses them: Triton wants numbers)
+    for ages, expected in (
+        ([True, False], [1, 0]),
+        ([True, 3], [1, 3]),
+        ([False, None], [0, None]),
+    ):
+        rows = [[a, 1.0, 2.0, "paris"] for a in ages]
+        body = orjson.dumps({"dataframe_split": {"columns": COLUMNS, "data": rows}})
+        age = codecs.decode_mlflow(body, JSON, MIXED).feed["age"][:, 0]
+        assert age.dtype == np.float32
+        want = np.array([np.nan if e is None else e for e in expected], dtype=np.float32)
+        np.testing.assert_array_equal(age, want)
+    body = orjson.dumps(
+        {"dataframe_records": [{"age": True, "income": 1, "température": 2, "city": "x"}]}
+    )
+    assert codecs.decode_mlflow(body, JSON, MIXED).feed["age"][:, 0].tolist() == [1.0]
+
+
 def test_mlflow_golden_values_and_nulls():
     req = codecs.decode_mlflow(body_of("mlflow/split_mixed.json"), JSON, MIXED)
     assert_mixed_feed(req.feed)

@@ -237,11 +237,13 @@ def _json_column(values: Sequence, column: str, dtype: str) -> np.ndarray:
 
 
 def _json_column_array(values: Any, field: str, dtype: str, label: str | None = None) -> np.ndarray:
-    """JSON numbers -> array of ``dtype``; ``null`` in a float column is NaN (as in pandas)."""
+    """JSON numbers -> array of ``dtype``; ``null`` in a float column is NaN (as in pandas);
+    ``true``/``false`` in a float column are 1.0/0.0, as MLflow's schema enforcement casts a
+    boolean column to the double a twin's input takes (e.g. a passthrough bool feature)."""
     target = np_dtype(dtype)
     try:
         arr = np.asarray(values)
-        ok = arr.dtype.kind in "fiu" or (arr.dtype.kind == "b" and target.kind == "b")
+        ok = arr.dtype.kind in "fiu" or (arr.dtype.kind == "b" and target.kind in "bf")
     except (ValueError, TypeError):
         arr, ok = None, False
     if not ok:
@@ -251,7 +253,7 @@ def _json_column_array(values: Any, field: str, dtype: str, label: str | None = 
 
 def _with_nulls(values, label: str, field: str, dtype: str, nan_ok: bool) -> np.ndarray:
     """Slow path: find the offending value, or read nulls in a float column as NaN."""
-    want = (bool,) if dtype == "bool" else (int, float)
+    want = (bool,) if dtype == "bool" else (int, float, bool) if nan_ok else (int, float)
     fixed = []
     for i, v in enumerate(values):
         if v is None and nan_ok:
