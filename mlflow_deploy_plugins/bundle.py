@@ -6,10 +6,12 @@ converted through the parity gate first, without writing to the registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -166,6 +168,27 @@ def _warn_if_pickle(model_uri: str, mlmodel, local: str) -> None:
         _logger.warning(message)
 
 
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_QUIET = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """No "Downloading artifacts" bar on stderr for a check the user did not ask for (it would
+    land in the middle of ``mlflow-deploy promote --json`` output). MLflow reads the setting from
+    the environment only; the lock keeps concurrent checks from restoring each other's value."""
+    with _QUIET:
+        old = os.environ.get(_PROGRESS_BAR)
+        os.environ[_PROGRESS_BAR] = "false"
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop(_PROGRESS_BAR, None)
+            else:
+                os.environ[_PROGRESS_BAR] = old
+
+
 def check_model_file(model_uri: str) -> None:
     """Download an ONNX model of ours (``models:/<twin>/<version>``) and check its model file
     against the sha256 its MLmodel records: ``promote`` does before it re-uses a twin.
@@ -178,7 +201,7 @@ def check_model_file(model_uri: str) -> None:
     import mlflow
     from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix="twin-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="twin-check-") as tmp, _no_progress_bar():
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         conf = Model.load(local).flavors.get(FLAVOR_NAME) or {}
         _check_recorded_sha256(model_uri, conf, os.path.join(local, conf.get("data", MODEL_FILE)))
