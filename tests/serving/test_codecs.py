@@ -547,6 +547,12 @@ def test_mlflow_booleans_in_a_float_column_are_read_as_mlflow_casts_them():
         {"dataframe_records": [{"age": True, "income": 1, "température": 2, "city": "x"}]}
     )
     assert codecs.decode_mlflow(body, JSON, MIXED).feed["age"][:, 0].tolist() == [1.0]
+    # CSV as pandas.to_csv writes a bool column; a column that is not all booleans is refused
+    head = "age,income,température,city\n"
+    csv = (head + "True,1,2,x\nFALSE,1,2,y\n").encode()
+    assert codecs.decode_mlflow(csv, "text/csv", MIXED).feed["age"][:, 0].tolist() == [1, 0]
+    with pytest.raises(Unprocessable, match="column 'age'"):
+        codecs.decode_mlflow((head + "True,1,2,x\nabc,1,2,y\n").encode(), "text/csv", MIXED)
 
 
 def test_mlflow_golden_values_and_nulls():

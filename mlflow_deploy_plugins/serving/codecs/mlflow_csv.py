@@ -104,6 +104,11 @@ def csv_column(values: tuple, column: str, dtype: str) -> np.ndarray:
         if whole is not None:  # "42.0": pandas reads a float column, MLflow takes it as 42
             return whole
     if target.kind == "f":
+        lowered = np.char.lower(np.char.strip(text))
+        if np.isin(lowered, ("true", "false")).all():
+            # pandas reads a column of True/False as bool, and MLflow casts it to the double a
+            # twin's input takes (a passthrough bool feature): 1.0/0.0, as in JSON
+            return (lowered == "true").astype(target)
         text = np.array(["nan" if v.strip() in CSV_NA else v for v in values])
     for i, v in enumerate(text.tolist()):
         try:
