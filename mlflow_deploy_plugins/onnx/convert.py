@@ -23,8 +23,9 @@ from mlflow_deploy_plugins.errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from mlflow_deploy_plugins.onnx import bounds, missing, optimize, parity
+from mlflow_deploy_plugins.onnx import missing, optimize, parity
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions, SourceModel
+from mlflow_deploy_plugins.onnx.outputs import source_like_outputs
 from mlflow_deploy_plugins.onnx.sample import resolve_sample
 
 _logger = logging.getLogger(__name__)
@@ -269,9 +270,8 @@ def convert(
     if quantize:
         model = optimize.quantize_int8(model)
         variant += "+int8"
-    model, clipped = bounds.clip_probabilities(model, io, gate_reference)
-    if clipped:
-        served_notes = [*served_notes, f"probabilities bounded to [0, 1] (Clip on {clipped})"]
+    model, output_notes = source_like_outputs(model, io, gate_reference)
+    served_notes = [*served_notes, *output_notes]
     served = optimize.served_session(model)
     gate_outputs = parity.onnx_outputs(served, io, gate_frame)
 

@@ -105,7 +105,7 @@ def rewrite_output(
     from onnx import helper
 
     graph = model.graph
-    raw = _free_name(graph, f"{name}_before_{op_type.lower()}")
+    raw = free_name(graph, f"{name}_before_{op_type.lower()}")
     for node in graph.node:
         for i, out in enumerate(node.output):
             if out == name:
@@ -134,7 +134,7 @@ def rewrite_output(
                 shape.dim.add().dim_param = "N"
 
 
-def _free_name(graph: onnx.GraphProto, base: str) -> str:
+def free_name(graph: onnx.GraphProto, base: str) -> str:
     taken = {v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
     for node in graph.node:
         taken.update(node.input)
