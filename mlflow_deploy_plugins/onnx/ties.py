@@ -7,8 +7,9 @@ depends on the batch size, so its own label picks either class, and can change w
 rows of a batch (found on a model zoo: 37 of 5,000 fresh rows, none on the training rows the
 gate checks). :func:`first_max_labels` rebuilds the label output from the probabilities as
 ``classes[first index whose probability is within EPS of the row's maximum]``, when the source's
-labels are its probabilities' argmax on the whole sample and the graph's label node names its
-classes. Output names, dtypes and shapes are unchanged; the parity gate runs on the result.
+labels are its probabilities' argmax on the whole sample and the graph's label comes from a
+vote-averaging tree ensemble that names its classes. Output names, dtypes and shapes are
+unchanged; the parity gate runs on the result.
 """
 
 from __future__ import annotations
@@ -69,9 +70,15 @@ def first_max_labels(
 
 
 def _graph_classes(model: onnx.ModelProto, label: str) -> np.ndarray | None:
-    """The class labels, in probability-column order, of the node producing ``label``."""
+    """The class labels, in probability-column order, of the node producing ``label`` when it
+    averages votes (a tree ensemble without post transform: random forests, extra trees, single
+    trees). Boosted trees' and linear models' probabilities go through a sigmoid or softmax of
+    float sums, which do not tie: their graphs are left as they are (no extra nodes to run)."""
     for node in model.graph.node:
         if label in node.output:
+            post = next((a.s for a in node.attribute if a.name == "post_transform"), b"NONE")
+            if node.op_type != "TreeEnsembleClassifier" or post != b"NONE":
+                return None
             for attr in node.attribute:
                 if attr.name == "classlabels_int64s" and attr.ints:
                     return np.array(list(attr.ints), dtype=np.int64)
