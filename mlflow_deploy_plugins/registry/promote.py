@@ -25,7 +25,7 @@ from mlflow_deploy_plugins.errors import (
 from mlflow_deploy_plugins.onnx import parity
 from mlflow_deploy_plugins.onnx.convert import DEFAULT_REFERENCE_ROWS, ConversionResult, convert
 from mlflow_deploy_plugins.onnx.converters.base import ConversionOptions
-from mlflow_deploy_plugins.registry import ownership
+from mlflow_deploy_plugins.registry import ownership, twins
 from mlflow_deploy_plugins.registry.conversion_run import log_conversion_run
 from mlflow_deploy_plugins.registry.gateway import RegistryGateway, alias_version, is_already_exists
 from mlflow_deploy_plugins.registry.trust import warn_if_pickle
@@ -143,8 +143,8 @@ def promote(
     key = idempotency_key(name, version, options.fingerprint())
     twin_exists = _check_onnx_registered_model(registry, onnx_name)
 
-    existing = _find_converted(registry, onnx_name, key) if twin_exists else None
-    if existing is not None and not _intact(registry, onnx_name, existing):
+    existing = twins.find_converted(registry, onnx_name, key) if twin_exists else None
+    if existing is not None and not twins.intact(registry, onnx_name, existing):
         existing = None  # converted again below, into a new version
     if existing is not None:
         _logger.info(
@@ -191,7 +191,8 @@ def promote(
             f"Conversion of {name} v{version} failed: {type(e).__name__}: {e}"
         ) from e
 
-    onnx_version, run_id = None, None
+    onnx_version, run_id, reused = None, None, False
+    created = None  # the twin version this call registered (undone on failure)
     try:
         if not twin_exists:
             _create_onnx_registered_model(registry, onnx_name, name)
@@ -202,10 +203,12 @@ def promote(
             run_id=run_id,
             # a tracking server refuses a models:/<model_id> source without its model_id
             model_id=model_id,
-            tags={tag_keys.STATUS: "pending"},
+            # the key from the first moment: a concurrent promotion of the same source version
+            # sees this one (see twins.earlier_twin)
+            tags={tag_keys.STATUS: "pending", tag_keys.IDEMPOTENCY_KEY: key},
             description=f"ONNX twin of {name} v{version}",
         )
-        onnx_version = str(mv.version)
+        onnx_version = created = str(mv.version)
         registry.wait_until_ready(onnx_name, onnx_version)
         registry.set_version_tags(
             onnx_name,
@@ -225,10 +228,18 @@ def promote(
         registry.set_version_tags(
             onnx_name, onnx_version, {tag_keys.STATUS: tag_keys.STATUS_CONVERTED}
         )
+        earlier = twins.earlier_twin(registry, onnx_name, key, onnx_version)
+        if earlier is not None:  # the same promotion ran concurrently and registered first
+            duplicate = DeployPluginError(
+                f"a duplicate of {onnx_name} v{earlier}, registered first by a concurrent "
+                f"promotion of {name} v{version}"
+            )
+            _undo_version(registry, onnx_name, created, duplicate)
+            onnx_version, created, reused = earlier, None, True
         _tag_source_converted(registry, name, version, onnx_name, onnx_version, result)
         _move(registry, name, version, onnx_name, onnx_version, alias, stage, promoted_by)
     except Exception as e:
-        _undo_version(registry, onnx_name, onnx_version, e)
+        _undo_version(registry, onnx_name, created, e)
         registry.tag_source_failed(name, version, e)
         if isinstance(e, MlflowException):
             raise
@@ -242,7 +253,7 @@ def promote(
         onnx_version,
         alias,
         stage,
-        False,
+        reused,
         run_id,
         {**result.parity.metrics(""), "passed": result.parity.passed},
     )
@@ -304,35 +315,6 @@ def _create_onnx_registered_model(registry: RegistryGateway, onnx_name: str, sou
         if not is_already_exists(e):
             raise
         _check_onnx_registered_model(registry, onnx_name)
-
-
-def _find_converted(registry: RegistryGateway, onnx_name: str, key: str) -> ModelVersion | None:
-    for mv in registry.model_versions(onnx_name):
-        if (
-            mv.tags.get(tag_keys.IDEMPOTENCY_KEY) == key
-            and mv.tags.get(tag_keys.STATUS) == tag_keys.STATUS_CONVERTED
-        ):
-            return mv
-    return None
-
-
-def _intact(registry: RegistryGateway, onnx_name: str, mv: ModelVersion) -> bool:
-    """Whether a converted twin's model file is still the one that passed the gate. A modified
-    one is never re-used: its version is tagged failed with the reason (so no later promotion
-    re-uses it either) and the source is converted again."""
-    from mlflow_deploy_plugins.bundle import check_model_file
-
-    try:
-        check_model_file(f"models:/{onnx_name}/{mv.version}")
-    except InvalidInputError as e:
-        _logger.warning("Not re-using %s v%s: %s", onnx_name, mv.version, e.message)
-        registry.set_version_tags(
-            onnx_name,
-            str(mv.version),
-            {tag_keys.STATUS: tag_keys.STATUS_FAILED, tag_keys.ERROR: tag_keys.clip(e.message)},
-        )
-        return False
-    return True
 
 
 def _parity_from_tags(tags: dict) -> dict:
@@ -415,9 +397,7 @@ def _undo_version(
         return
     try:
         registry.client.delete_model_version(onnx_name, onnx_version)
-        _logger.warning(
-            "Deleted %s v%s after a failed promotion: %s", onnx_name, onnx_version, error
-        )
+        _logger.warning("Deleted %s v%s: %s", onnx_name, onnx_version, error)
     except MlflowException:  # cannot delete it: make sure nobody takes it for a verified one
         registry.set_version_tags(
             onnx_name,

@@ -174,6 +174,38 @@ def test_a_tampered_twin_is_never_re_used(tracking_uri, mixed_frame, mixed_targe
     assert (third.onnx_version, third.reused) == ("2", True)
 
 
+def test_concurrent_promotions_of_one_version_agree_on_one_twin(
+    tracking_uri, mixed_frame, mixed_target
+):
+    # two CI jobs, or a person and the automation, promoting the same version at once: each
+    # used to register its own twin, and the source's onnx_version tag and the alias could end
+    # on different ones. The first registered wins; the others delete theirs and re-use it.
+    import threading
+
+    model = forest().fit(mixed_frame, mixed_target)
+    register_sklearn(model, NAME, mixed_frame.head(5))
+    barrier, results, errors = threading.Barrier(3), [], []
+
+    def run():
+        barrier.wait()
+        try:
+            results.append(promote(1, sample=mixed_frame))
+        except Exception as e:  # reported below with the others
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    (winner,) = onnx_versions(TWIN)
+    assert {r.onnx_version for r in results} == {winner}
+    assert sum(not r.reused for r in results) == 1
+    assert alias_version(TWIN, "champion") == winner
+    assert version_tags(NAME, "1")[tag_keys.ONNX_VERSION] == winner
+
+
 def test_legacy_stage(tracking_uri, mixed_frame, mixed_target):
     model = forest().fit(mixed_frame, mixed_target)
     register_sklearn(model, NAME, mixed_frame.head(5))
