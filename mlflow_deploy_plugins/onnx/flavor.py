@@ -264,8 +264,18 @@ def _predict(session, io: IOSpec, data: Any, predict_method: str | None) -> np.n
     except SchemaError as e:
         raise InvalidInputError(str(e)) from e
     feed = _feed(io, data)
-    raw = session.run([out_spec.name], feed)[0]
+    if any(value.shape[:1] == (0,) for value in feed.values()):
+        # No rows: an empty answer of the output's type. Running some graphs on 0 rows fails in
+        # onnxruntime (ArrayFeatureExtractor), others answer empty; the answer is the same for all.
+        raw = _empty_output(out_spec)
+    else:
+        raw = session.run([out_spec.name], feed)[0]
     return io.as_source(out_spec, raw)
+
+
+def _empty_output(out_spec) -> np.ndarray:
+    shape = (0, *(d if isinstance(d, int) else 0 for d in out_spec.shape[1:]))
+    return np.empty(shape, dtype=object if out_spec.dtype == "string" else out_spec.dtype)
 
 
 class _PyFuncModel:

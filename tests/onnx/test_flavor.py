@@ -259,3 +259,31 @@ def test_string_in_numeric_column_is_named(clf):
         ours.predict(bad)
     with pytest.raises(InvalidInputError, match="Column 'age'.*'forty'"):
         load_ours(clf.path).predict(bad)
+
+
+def test_zero_rows_get_an_empty_answer_of_the_outputs_type(tmp_path):
+    # onnxruntime fails on 0 rows in some graphs (a scaler + logistic regression's
+    # ArrayFeatureExtractor) and answers empty in others: the twin answers empty for all
+    import mlflow
+    from helpers import log_sklearn, tracking_store
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    import mlflow_deploy_plugins
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 3)), columns=list("abc"))
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    model.fit(frame, np.where(frame.a > 0, "yes", "no"))
+    with tracking_store(tmp_path):
+        result = mlflow_deploy_plugins.convert(
+            log_sklearn(model, frame.head(5)).model_uri, sample=frame
+        )
+        result.save(str(tmp_path / "twin"))
+        twin = mlflow.pyfunc.load_model(str(tmp_path / "twin"))
+        labels = twin.predict(frame.head(0))
+        proba = twin.predict(frame.head(0), params={"predict_method": "predict_proba"})
+        one = twin.predict(frame.head(1))
+    assert labels.shape == (0,) and labels.dtype == one.dtype
+    assert proba.shape == (0, 2)
