@@ -273,7 +273,7 @@ def convert(
     model, output_notes = source_like_outputs(model, io, gate_reference)
     served_notes = [*served_notes, *output_notes]
     served = optimize.served_session(model)
-    gate_outputs = parity.onnx_outputs(served, io, gate_frame)
+    gate_outputs = parity.onnx_outputs(served, io, gate_frame, estimator_path(source.native))
 
     def gate(expected: dict, n_missing: int) -> parity.ParityReport:
         rows = len(gate_frame) - len(nan_rows) + n_missing  # the sample's rows come first

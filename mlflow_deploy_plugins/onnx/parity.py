@@ -10,7 +10,7 @@ import pandas as pd
 
 from mlflow_deploy_plugins.core.iospec import LABEL, PREDICT_METHODS, IOSpec, SchemaError
 from mlflow_deploy_plugins.core.session import run_by_role
-from mlflow_deploy_plugins.errors import InvalidInputError, ParityError
+from mlflow_deploy_plugins.errors import ConversionError, InvalidInputError, ParityError
 
 _logger = logging.getLogger(__name__)
 
@@ -116,13 +116,28 @@ class ParityReport:
         )
 
 
-def onnx_outputs(session, io: IOSpec, frame: pd.DataFrame) -> dict:
-    """``role -> outputs`` of the onnxruntime ``session`` on ``frame``'s rows (one run)."""
+def onnx_outputs(session, io: IOSpec, frame: pd.DataFrame, source: str = "") -> dict:
+    """``role -> outputs`` of the onnxruntime ``session`` on ``frame``'s rows (one run).
+
+    Raises:
+        ConversionError: onnxruntime fails to run the graph converted from ``source`` (the
+            estimator's class path) on these rows: a converter limit, not the user's data.
+    """
     try:
         feed = io.encode_columns({c: frame[c].to_numpy() for c in io.columns}, n_rows=len(frame))
     except SchemaError as e:
         raise InvalidInputError(f"The rows do not fit the ONNX model's inputs: {e}") from e
-    return run_by_role(session, io, feed)
+    try:
+        return run_by_role(session, io, feed)
+    except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException...
+        if not source or not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise ConversionError(
+            f"The ONNX graph converted from {source} fails in onnxruntime on the sample, so it "
+            f"cannot be served: {str(e).rstrip('.')}. The converter does not support this "
+            "configuration of the model (e.g. a OneHotEncoder with infrequent categories over "
+            "several columns); change it, or log an ONNX model of your own"
+        ) from e
 
 
 def compare(

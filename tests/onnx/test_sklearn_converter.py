@@ -284,6 +284,35 @@ def test_sklearn_estimator_without_onnx_converter_is_unsupported(store, numeric_
         mlflow_deploy_plugins.convert(info.model_uri, sample=x)
 
 
+def test_a_graph_onnxruntime_cannot_run_is_a_conversion_error_naming_the_model(store):
+    # skl2onnx converts infrequent categories over two columns into a OneHotEncoder node that
+    # onnxruntime refuses at run time: a ConversionError naming the estimator and the cause, not
+    # onnxruntime's bare message
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from mlflow_deploy_plugins.errors import ConversionError
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=600),
+            "city": rng.choice(["paris", "lyon", "nice", "brest"], 600, p=[0.4, 0.3, 0.25, 0.05]),
+            "plan": rng.choice(["basic", "pro", "ent"], 600),
+        }
+    )
+    encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=40)
+    columns = ColumnTransformer([("n", "passthrough", ["x"]), ("c", encoder, ["city", "plan"])])
+    model = make_pipeline(columns, LogisticRegression()).fit(frame, frame.x > 0)
+    info = log_sklearn(model, frame.head(5))
+    with pytest.raises(ConversionError) as err:
+        mlflow_deploy_plugins.convert(info.model_uri, sample=frame)
+    message = err.value.message
+    assert "LogisticRegression" in message and "fails in onnxruntime" in message
+    assert "OneHotEncoder" in message
+
+
 def test_float32_fallback_when_float64_preprocessing_does_not_convert(store, numeric_xy):
     """PolynomialFeatures has no float64 ONNX graph onnxruntime runs: float32 inputs, noted."""
     from sklearn.preprocessing import PolynomialFeatures
