@@ -313,6 +313,35 @@ def test_a_graph_onnxruntime_cannot_run_is_a_conversion_error_naming_the_model(s
     assert "OneHotEncoder" in message
 
 
+@pytest.mark.parametrize("imputed", [["age"], ["age", "income"]])
+def test_simple_imputer_over_an_integer_column_converts(store, imputed):
+    # skl2onnx's imputer takes float inputs only: an int64 column handed to it failed to
+    # convert ("Inputs and outputs should have the same type"); it enters the graph as float64
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": rng.integers(18, 80, 300), "income": rng.normal(5e4, 1e4, 300)})
+    frame.loc[::10, "income"] = np.nan
+    columns = ColumnTransformer(
+        [("num", SimpleImputer(), imputed)], remainder="passthrough"
+    ).set_output(transform="default")
+    model = make_pipeline(columns, LogisticRegression(max_iter=1000))
+    if imputed == ["age"]:
+        frame["income"] = frame["income"].fillna(5e4)  # passthrough: no NaN for the estimator
+    model.fit(frame, frame.age > 40)
+    info = log_sklearn(model, frame.head(5))
+    result = mlflow_deploy_plugins.convert(info.model_uri, sample=frame)
+    assert result.parity.passed
+    assert {b.name: b.dtype for b in result.io.inputs}["age"] == "float64"
+    fresh = pd.DataFrame({"age": rng.integers(18, 80, 50), "income": rng.normal(5e4, 1e4, 50)})
+    session = ort.InferenceSession(result.onnx_model.SerializeToString())
+    feed = result.io.encode_columns({c: fresh[c].to_numpy() for c in result.io.columns})
+    labels = session.run([result.io.outputs[0].name], feed)[0]
+    np.testing.assert_array_equal(labels.astype(bool), model.predict(fresh))
+
+
 def test_float32_fallback_when_float64_preprocessing_does_not_convert(store, numeric_xy):
     """PolynomialFeatures has no float64 ONNX graph onnxruntime runs: float32 inputs, noted."""
     from sklearn.preprocessing import PolynomialFeatures

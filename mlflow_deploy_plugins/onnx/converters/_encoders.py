@@ -53,3 +53,17 @@ def _refusing_encoder(transformer: Any) -> Any:
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
+
+
+def imputed_columns(selector: Any) -> set[str]:
+    """Columns the ColumnTransformer ``selector`` (None: none) hands by name to a SimpleImputer
+    (or a Pipeline starting with one): its converter takes float inputs only, so an integer
+    column there enters the graph as float64 (exact below 2**53), as scikit-learn imputes it."""
+    found: set[str] = set()
+    for _, transformer, columns in getattr(selector, "transformers_", ()):
+        first = transformer
+        while getattr(first, "steps", None):
+            first = first.steps[0][1]
+        if type(first).__name__ == "SimpleImputer" and isinstance(columns, list):
+            found.update(c for c in columns if isinstance(c, str))
+    return found

@@ -260,8 +260,12 @@ def _input_bindings(model: Any, sample: pd.DataFrame):
                 f"The sample is missing column(s) {missing} that the model was fitted on "
                 f"({columns})"
             )
+        imputed = _encoders.imputed_columns(selector)
         dtypes = [table_dtype(sample[c]) for c in columns]
-        dtypes = [_FLOAT if d in ("bool", "float32") else d for d in dtypes]
+        dtypes = [
+            _FLOAT if d in ("bool", "float32") or (d.startswith("int") and c in imputed) else d
+            for c, d in zip(columns, dtypes, strict=True)
+        ]
         return spec_inputs_from_columns(columns, dtypes, per_column=True)
     if feature_names is not None:
         columns = [str(c) for c in feature_names]
