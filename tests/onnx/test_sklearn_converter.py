@@ -342,6 +342,38 @@ def test_simple_imputer_over_an_integer_column_converts(store, imputed):
     np.testing.assert_array_equal(labels.astype(bool), model.predict(fresh))
 
 
+def test_distance_and_likelihood_estimators_compute_in_float64(store):
+    # fed float32, KMeans answered another cluster at 1e8, KNN another value at 1e15 and
+    # GaussianNB NaN probabilities at 1e20 (found on a model zoo); scikit-learn computes in float64
+    from sklearn.cluster import KMeans
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.neighbors import KNeighborsRegressor
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=400), "b": rng.normal(2, 3, size=400)})
+    classes = pd.cut(frame.a + 0.3 * frame.b, 3, labels=False).astype(int)
+    cases = [
+        (GaussianNB().fit(frame, classes), 1e20, "predict_proba"),
+        (KMeans(4, random_state=0, n_init=3).fit(frame), 1e8, "predict"),
+        (KNeighborsRegressor(5).fit(frame, frame.a + frame.b), 1e15, "predict"),
+    ]
+    for model, far, method in cases:
+        result = mlflow_deploy_plugins.convert(
+            log_sklearn(model, frame.head(5)).model_uri, sample=frame
+        )
+        assert {b.dtype for b in result.io.inputs} == {"float64"}, type(model).__name__
+        rows = pd.DataFrame({"a": [0.1, 0.1], "b": [far, 0.5]})
+        session = ort.InferenceSession(result.onnx_model.SerializeToString())
+        feed = result.io.encode_columns({c: rows[c].to_numpy() for c in result.io.columns})
+        role = {"predict_proba": "probabilities"}.get(method)
+        spec = next(o for o in result.io.outputs if role is None or o.role == role)
+        got = session.run([spec.name], feed)[0]
+        expected = getattr(model, method)(rows)
+        np.testing.assert_allclose(
+            np.asarray(got, dtype=float).reshape(expected.shape), expected, rtol=1e-6
+        )
+
+
 def test_float32_fallback_when_float64_preprocessing_does_not_convert(store, numeric_xy):
     """PolynomialFeatures has no float64 ONNX graph onnxruntime runs: float32 inputs, noted."""
     from sklearn.preprocessing import PolynomialFeatures

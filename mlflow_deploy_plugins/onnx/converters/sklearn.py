@@ -291,12 +291,24 @@ def _input_bindings(model: Any, sample: pd.DataFrame):
     return spec_inputs_from_columns(columns, [dtype] * len(columns), per_column=False)
 
 
+#: Estimators whose distances or likelihoods lose what tells rows apart in float32 once inputs
+#: are large (KMeans at 1e8, KNN at 1e15, GaussianNB at 1e20 answered other than the source):
+#: fed float64 like scikit-learn computes them (float32 again if that does not convert).
+_FLOAT64_MATH = frozenset(
+    {"KMeans", "MiniBatchKMeans", "KNeighborsClassifier", "KNeighborsRegressor", "GaussianNB"}
+)
+
+
 def _float64_preprocessing(model: Any) -> bool:
-    """True for a Pipeline with steps before its estimator: scikit-learn runs those in float64."""
+    """True for a Pipeline with steps before its estimator: scikit-learn runs those in float64;
+    and for the distance- and likelihood-based estimators of ``_FLOAT64_MATH``."""
     from sklearn.pipeline import Pipeline
 
-    if isinstance(sklearn_outputs.final_estimator(model), hist_gradient_boosting.HGB_TYPES()):
+    final = sklearn_outputs.final_estimator(model)
+    if isinstance(final, hist_gradient_boosting.HGB_TYPES()):
         return True  # it computes in float64 itself (see hist_gradient_boosting.py)
+    if type(final).__name__ in _FLOAT64_MATH and type(final).__module__.startswith("sklearn."):
+        return True
     return isinstance(model, Pipeline) and len(_active_steps(model)) > 1
 
 
