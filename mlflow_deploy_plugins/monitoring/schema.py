@@ -121,7 +121,14 @@ def compare_columns(
     compared = [c for c in expected.names if c in have]
     if (missing or extra) and not intersection:
         parts = []
-        if missing:
+        inputs = [c for c in missing if c in expected.inputs]
+        predictions = [c for c in missing if c not in expected.inputs]
+        if inputs and predictions:  # the predictions are missing because the inputs are
+            parts.append(
+                f"missing column(s) {inputs} (without them the model's predictions "
+                f"{predictions} cannot be computed either)"
+            )
+        elif missing:
             parts.append(f"missing column(s) {missing}")
         if extra:
             parts.append(f"extra column(s) {extra}")

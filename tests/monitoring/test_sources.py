@@ -329,3 +329,18 @@ def test_records_of_other_models_are_said(caplog):
         assert (
             "several models (churn-onnx/1: 15 records, someone-else/7: 15 records)" in caplog.text
         )
+
+
+def test_a_missing_input_column_is_named_apart_from_the_predictions_it_prevents():
+    from mlflow_deploy_plugins.monitoring.schema import ExpectedColumns, compare_columns
+
+    expected = ExpectedColumns(
+        inputs=("age", "plan"), predictions=("prediction", "proba_1"), kinds={}
+    )
+    with pytest.raises(InvalidInputError) as err:
+        compare_columns(["age"], expected, "reference", intersection=False)
+    message = err.value.message
+    assert "missing column(s) ['plan'] (without them the model's predictions" in message
+    assert "['prediction', 'proba_1'] cannot be computed either" in message
+    with pytest.raises(InvalidInputError, match=r"missing column\(s\) \['proba_1'\];"):
+        compare_columns(["age", "plan", "prediction"], expected, "reference", intersection=False)

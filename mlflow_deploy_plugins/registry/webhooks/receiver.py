@@ -110,8 +110,15 @@ class SignatureVerifier:
             age = self._clock() - int(timestamp)
         except ValueError:
             raise WebhookSignatureError("X-MLflow-Timestamp is not a Unix time") from None
-        if abs(age) > self.window_s:
-            raise WebhookSignatureError(f"stale delivery: signed {age:.0f} s ago")
+        if age > self.window_s:
+            raise WebhookSignatureError(
+                f"stale delivery: signed {age:.0f} s ago (accepted within {self.window_s:.0f} s)"
+            )
+        if -age > self.window_s:  # a clock ahead of ours, or a forged timestamp
+            raise WebhookSignatureError(
+                f"delivery signed {-age:.0f} s in the future (accepted within "
+                f"{self.window_s:.0f} s); check the clocks of MLflow's server and this one"
+            )
         expected = sign(self._secret, delivery_id, timestamp, body).encode()
         # MLflow sends one signature; several (space-separated) would come from a secret rotation.
         valid = False
