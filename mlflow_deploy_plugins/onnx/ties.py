@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mlflow_deploy_plugins.core.iospec import LABEL, PROBABILITIES, IOSpec
-from mlflow_deploy_plugins.onnx.converters._graph import free_name
+from mlflow_deploy_plugins.onnx.converters._graph import detach_output, free_name
 
 _logger = logging.getLogger(__name__)
 
@@ -90,13 +90,7 @@ def _graph_classes(model: onnx.ModelProto, label: str) -> np.ndarray | None:
 
 def _rebuild(model, label: str, proba: str, classes: np.ndarray, float_type) -> None:
     graph = model.graph
-    raw = free_name(graph, f"{label}_by_graph")
-    for node in graph.node:  # the graph's own label stays for whatever reads it inside
-        node.output[:] = [raw if o == label else o for o in node.output]
-        node.input[:] = [raw if i == label else i for i in node.input]
-    for info in graph.value_info:
-        if info.name == label:
-            info.name = raw
+    detach_output(graph, label, f"{label}_by_graph")  # kept for whatever reads it inside
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     keys = ("max", "thr", "low", "top", "in", "idx")
     names = {k: free_name(graph, f"{label}_tie_{k}") for k in keys}

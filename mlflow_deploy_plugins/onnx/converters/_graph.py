@@ -105,17 +105,7 @@ def rewrite_output(
     from onnx import helper
 
     graph = model.graph
-    raw = free_name(graph, f"{name}_before_{op_type.lower()}")
-    for node in graph.node:
-        for i, out in enumerate(node.output):
-            if out == name:
-                node.output[i] = raw
-        for i, inp in enumerate(node.input):
-            if inp == name:
-                node.input[i] = raw
-    for info in graph.value_info:
-        if info.name == name:
-            info.name = raw
+    raw = detach_output(graph, name, f"{name}_before_{op_type.lower()}")
     graph.initializer.extend(constants)
     graph.node.append(
         helper.make_node(
@@ -132,6 +122,20 @@ def rewrite_output(
                 shape = out.type.tensor_type.shape
                 del shape.dim[:]
                 shape.dim.add().dim_param = "N"
+
+
+def detach_output(graph: onnx.GraphProto, name: str, base: str) -> str:
+    """Rename the tensor behind graph output ``name`` to a free name from ``base`` (in the nodes
+    that write and read it and in ``value_info``) and return that name; the caller then writes
+    ``name`` again from new nodes, so the output keeps its name, dtype and shape."""
+    raw = free_name(graph, base)
+    for node in graph.node:
+        node.output[:] = [raw if o == name else o for o in node.output]
+        node.input[:] = [raw if i == name else i for i in node.input]
+    for info in graph.value_info:
+        if info.name == name:
+            info.name = raw
+    return raw
 
 
 def free_name(graph: onnx.GraphProto, base: str) -> str:

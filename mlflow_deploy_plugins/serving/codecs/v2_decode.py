@@ -96,8 +96,10 @@ def decode_v2(
         doc = raw_input(body, io, max_elements)
     else:
         doc = loads_json(json_part)
-    # Numeric data is checked for JSON booleans value by value only when the body holds one.
-    bools = b"true" in body or b"false" in body
+    # Numeric data is checked for JSON booleans value by value only when the JSON holds one
+    # (the JSON part only: a binary request's tensor bytes are no JSON and may be megabytes).
+    text = body if binary is None else bytes(json_part)
+    bools = b"true" in text or b"false" in text
     return decode_v2_document(doc, io, binary, max_elements=max_elements, bools=bools)
 
 
